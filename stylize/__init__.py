@@ -1,0 +1,48 @@
+"""Fast neural style transfer with switchable normalization (instance vs batch norm).
+
+The typed API the CLI is built on::
+
+    from stylize import Stylizer, TrainConfig, train
+    Stylizer.load("starry-night").stylize_file(Path("photo.jpg"), Path("out.jpg"))
+"""
+
+__version__ = "0.1.0"
+
+from .errors import StylizeError, TrainingDiverged, TrainingInterrupted
+from .images import LoadedImage, load_image, save_image
+from .losses import LossWeights, gram_matrix, perceptual_loss, total_variation
+from .modelfile import ModelInfo, StyleModel, bundled_models, load_model, save_model
+from .network import NetConfig, TransformerNet
+from .norms import create_norm, norm_names, register_norm
+from .stylizer import Stylizer
+from .train import StepReport, TrainConfig, TrainResult, train
+from .vgg import LossNetwork
+
+__all__ = [
+    "LoadedImage",
+    "LossNetwork",
+    "LossWeights",
+    "ModelInfo",
+    "NetConfig",
+    "StepReport",
+    "StyleModel",
+    "StylizeError",
+    "Stylizer",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "TransformerNet",
+    "bundled_models",
+    "create_norm",
+    "gram_matrix",
+    "load_image",
+    "load_model",
+    "norm_names",
+    "perceptual_loss",
+    "register_norm",
+    "save_image",
+    "save_model",
+    "total_variation",
+    "train",
+]

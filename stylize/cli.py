@@ -1,0 +1,229 @@
+"""The ``stylize`` command line: parses options, calls the typed API, prints.
+
+Errors the user can fix come out as one ``error: ...`` line on stderr with exit
+code 2 (1 when training diverges, 130 when interrupted), never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, List, Optional, Sequence
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .devices import DEVICE_CHOICES
+from .errors import StylizeError
+from .modelfile import bundled_models, models_dir
+from .norms import norm_names
+from .stylizer import Stylizer, plan_outputs
+from .train import StepReport, TrainConfig, train as run_training
+from .vgg import DEFAULT_CONTENT_LAYER, loss_network_names
+
+app = typer.Typer(
+    name="stylize",
+    help="Fast neural style transfer (Johnson et al. 2016) with switchable instance / batch norm.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+# Typer bundles its own copy of click in new releases and uses click in old ones;
+# its BadParameter derives from whichever ClickException is in use.
+_UsageProblem = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException")
+
+DEVICE_HELP = f"where to run: {', '.join(DEVICE_CHOICES)} or cuda:N"
+
+
+def _progress(disable: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=stderr,
+        disable=disable,
+    )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"stylize {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Fast neural style transfer with switchable normalization."""
+
+
+@app.command()
+def train(
+    style_image: Annotated[Path, typer.Argument(help="The style image (a painting) to learn.")],
+    data: Annotated[Path, typer.Option(help="Folder of training photos, searched recursively.")],
+    out: Annotated[Path, typer.Option(help="Model file to write, e.g. starry-night.safetensors.")],
+    norm: Annotated[str, typer.Option(help=f"Normalization layers: {', '.join(norm_names())}.")] = "instance",
+    steps: Annotated[int, typer.Option(help="Total optimizer steps of the run.")] = TrainConfig.steps,
+    batch_size: Annotated[int, typer.Option(help="Photos per step.")] = TrainConfig.batch_size,
+    image_size: Annotated[int, typer.Option(help="Side of the square training crops, px.")] = TrainConfig.image_size,
+    style_size: Annotated[int, typer.Option(help="Long side of the style image, px.")] = TrainConfig.style_size,
+    content_weight: Annotated[float, typer.Option(help="Weight of the content loss.")] = TrainConfig.content_weight,
+    style_weight: Annotated[float, typer.Option(help="Weight of the style loss.")] = TrainConfig.style_weight,
+    tv_weight: Annotated[float, typer.Option(help="Weight of the total-variation loss.")] = TrainConfig.tv_weight,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = TrainConfig.lr,
+    loss_network: Annotated[
+        str, typer.Option(help=f"VGG for the loss: {', '.join(loss_network_names())}.")
+    ] = TrainConfig.loss_network,
+    loss_weights: Annotated[
+        Optional[Path],
+        typer.Option(help="Torchvision-format VGG state dict; default: download torchvision's ImageNet weights."),
+    ] = None,
+    content_layer: Annotated[str, typer.Option(help="VGG layer of the content loss.")] = DEFAULT_CONTENT_LAYER,
+    style_layers: Annotated[
+        Optional[str], typer.Option(help="Comma-separated VGG layers of the style loss; default per network.")
+    ] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = TrainConfig.device,
+    seed: Annotated[int, typer.Option(help="Seed for weights, data order and crops.")] = TrainConfig.seed,
+    workers: Annotated[int, typer.Option(help="Data loading processes (0: in the main process).")] = TrainConfig.workers,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Checkpoint every N steps into OUT.ckpt/ (0: only on Ctrl-C).")
+    ] = TrainConfig.checkpoint_every,
+    resume: Annotated[
+        Optional[Path], typer.Option(help="Continue from a checkpoint file or an OUT.ckpt/ folder.")
+    ] = None,
+) -> None:
+    """Train a style network on a folder of photos."""
+    config = TrainConfig(
+        style_image=style_image,
+        data=data,
+        out=out,
+        norm=norm,
+        steps=steps,
+        batch_size=batch_size,
+        image_size=image_size,
+        style_size=style_size,
+        content_weight=content_weight,
+        style_weight=style_weight,
+        tv_weight=tv_weight,
+        lr=lr,
+        loss_network=loss_network,
+        loss_weights=loss_weights,
+        content_layer=content_layer,
+        style_layers=tuple(layer.strip() for layer in style_layers.split(",") if layer.strip())
+        if style_layers
+        else (),
+        seed=seed,
+        device=device,
+        workers=workers,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+    )
+    progress = _progress()
+    task = progress.add_task(f"training {norm}", total=steps, status="")
+
+    def show(report: StepReport) -> None:
+        progress.start()  # once training runs, so that setup errors stay one line
+        status = (
+            f"content {report.content:.3g}  style {report.style:.3g}  tv {report.tv:.3g}"
+            f"  {report.images_per_second:.1f} img/s"
+        )
+        progress.update(task, completed=report.step, status=status)
+
+    try:
+        result = run_training(config, on_progress=show)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+    typer.echo(f"wrote {result.model} ({result.steps} steps, {result.seconds:.0f} s); metrics: {result.metrics}")
+    if result.unreadable_files:
+        typer.echo(f"skipped {len(result.unreadable_files)} unreadable training images", err=True)
+
+
+@app.command()
+def image(
+    inputs: Annotated[List[str], typer.Argument(help="Image files, folders or globs.")],
+    model: Annotated[str, typer.Option(help="A bundled model's name or a model file.")],
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help="Output file (one input) or folder; default: NAME-MODEL.EXT in the current folder."),
+    ] = None,
+    max_size: Annotated[
+        Optional[int], typer.Option(help="Shrink so the long side is at most this many px.")
+    ] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+) -> None:
+    """Stylize images with a trained model."""
+    if max_size is not None and max_size < 1:
+        raise StylizeError("--max-size must be at least 1")
+    stylizer = Stylizer.load(model, device)
+    pairs = plan_outputs(inputs, out, stylizer.name)
+    failed = 0
+    with _progress(disable=len(pairs) == 1) as progress:
+        task = progress.add_task("stylizing", total=len(pairs), status="")
+        for source, destination in pairs:
+            try:
+                stylizer.stylize_file(source, destination, max_size)
+            except StylizeError as error:
+                failed += 1
+                typer.echo(f"error: {error}", err=True)
+            progress.update(task, advance=1, status=source.name)
+    written = len(pairs) - failed
+    if len(pairs) == 1 and not failed:
+        typer.echo(f"wrote {pairs[0][1]}")
+    elif len(pairs) > 1:
+        typer.echo(f"wrote {written} of {len(pairs)} images")
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def models() -> None:
+    """List the bundled models."""
+    found = bundled_models()
+    if not found:
+        typer.echo(f"no bundled models in {models_dir()}")
+        return
+    table = Table("name", "norm", "style", "image size", "steps")
+    for info in found:
+        table.add_row(
+            info.name,
+            info.config.norm,
+            info.style,
+            str(info.training.get("image_size", "")),
+            str(info.training.get("steps_done", "")),
+        )
+    stdout.print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code instead of raising for every expected failure."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=list(argv) if argv is not None else None, prog_name="stylize", standalone_mode=False)
+    except StylizeError as error:
+        typer.echo(f"error: {error}", err=True)
+        return error.exit_code
+    except _UsageProblem as error:
+        typer.echo(f"error: {error.format_message()}", err=True)
+        return error.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        typer.echo("error: interrupted", err=True)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Atomic file writes: a file is either the old one or the complete new one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import StylizeError
+
+
+def _file_mode() -> int:
+    """The mode a plainly created file gets (mkstemp would make it owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` on success.
+
+    The temporary name keeps the suffix, so writers that infer a format from
+    the extension still work. On any error the temporary file is removed and
+    ``path`` is untouched.
+    """
+    path = Path(path)
+    blocking = next((parent for parent in reversed(path.parents) if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise StylizeError(f"cannot write {path}: {blocking} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    except OSError as error:
+        raise StylizeError(f"cannot write {path}: {error.strerror or error}") from None
+    os.close(handle)
+    try:
+        os.chmod(temporary, _FILE_MODE)
+        yield Path(temporary)
+        os.replace(temporary, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise StylizeError(f"cannot write {path}: {error.strerror or error}") from None
+        raise

@@ -1,0 +1,137 @@
+"""Image I/O: every file becomes float NCHW RGB in [0, 1] here, and only here.
+
+Handles what cameras and editors actually produce: EXIF orientation, grayscale,
+palette, CMYK, 16-bit and images with alpha (kept aside and written back).
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from .errors import StylizeError
+from .fileio import atomic_path
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+_ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    rgb: torch.Tensor  # (1, 3, H, W) float in [0, 1]
+    alpha: torch.Tensor | None  # (1, 1, H, W) float in [0, 1], or None when opaque
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), as PIL counts."""
+        return self.rgb.shape[-1], self.rgb.shape[-2]
+
+
+def open_image(path: Path) -> Image.Image:
+    """Decode fully (so truncated files fail here) and apply EXIF orientation."""
+    path = Path(path)
+    if not path.exists():
+        raise StylizeError(f"no such file: {path}")
+    if path.is_dir():
+        raise StylizeError(f"{path} is a folder, not an image")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError:
+        raise StylizeError(f"{path} has too many pixels to be safe to decode") from None
+    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as error:
+        reason = "not an image" if isinstance(error, Image.UnidentifiedImageError) else str(error)
+        raise StylizeError(f"cannot read {path}: {reason}") from None
+
+
+def _array(image: Image.Image) -> np.ndarray:
+    """HWC float32 in [0, 1], three or four channels."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        gray = np.asarray(image, dtype=np.float32) / 65535.0
+        return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    converted = image.convert("RGBA" if has_alpha else "RGB")
+    return np.asarray(converted, dtype=np.float32) / 255.0
+
+
+def image_to_tensor(image: Image.Image) -> LoadedImage:
+    pixels = torch.from_numpy(_array(image)).permute(2, 0, 1).unsqueeze(0).contiguous()
+    alpha = pixels[:, 3:4] if pixels.shape[1] == 4 else None
+    return LoadedImage(rgb=pixels[:, :3], alpha=alpha)
+
+
+def load_image(path: Path) -> LoadedImage:
+    return image_to_tensor(open_image(path))
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float -> [0, 255] uint8, rounding to nearest."""
+    return images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def tensor_to_image(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
+    channels = rgb if alpha is None else torch.cat([rgb, alpha.to(rgb)], dim=-3)
+    pixels = to_uint8(channels.reshape(channels.shape[-3:])).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(pixels)
+
+
+def output_format(path: Path) -> str:
+    formats = Image.registered_extensions()
+    suffix = Path(path).suffix.lower()
+    if suffix not in formats or formats[suffix] not in Image.SAVE:
+        raise StylizeError(f"cannot write images with extension {suffix or '(none)'!r}: {path}")
+    return formats[suffix]
+
+
+def save_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> None:
+    """Write atomically; the extension picks the format; alpha kept where it can be."""
+    path = Path(path)
+    fmt = output_format(path)
+    image = tensor_to_image(rgb, alpha if fmt in _ALPHA_FORMATS else None)
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    with atomic_path(path) as temporary:
+        image.save(temporary, format=fmt, **options)
+
+
+def resize_long_side(images: torch.Tensor, long_side: int) -> torch.Tensor:
+    height, width = images.shape[-2:]
+    scale = long_side / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(images, size=size, mode="bicubic", antialias=True).clamp(0, 1)
+
+
+def find_images(root: Path) -> list[Path]:
+    """Every image file below ``root`` by extension, sorted for a stable order."""
+    return sorted(
+        path for path in Path(root).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    )
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
+    """Files, folders and (quoted) globs -> (image path, its path relative to the output folder)."""
+    found: list[tuple[Path, Path]] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            images = find_images(path)
+            if not images:
+                raise StylizeError(f"no images in folder {path}")
+            found.extend((image, image.relative_to(path)) for image in images)
+        elif path.exists() or not glob.has_magic(text):
+            found.append((path, Path(path.name)))
+        else:
+            matches = sorted(Path(match) for match in glob.glob(text, recursive=True))
+            files = [match for match in matches if match.is_file()]
+            if not files:
+                raise StylizeError(f"no files match {text}")
+            found.extend((match, Path(match.name)) for match in files)
+    return found

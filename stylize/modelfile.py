@@ -1,0 +1,197 @@
+"""Model files: stylize's own safetensors files, and pytorch/examples checkpoints.
+
+A stylize model file is safetensors with JSON metadata carrying the network
+config (so any command rebuilds the same network) and how it was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .errors import StylizeError
+from .fileio import atomic_path
+from .network import NetConfig, TransformerNet
+
+FORMAT = "stylize"
+FORMAT_VERSION = 1
+MODEL_SUFFIX = ".safetensors"
+DEFAULT_NORM = "instance"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file says about itself, readable without loading weights."""
+
+    name: str
+    path: Path
+    config: NetConfig
+    style: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StyleModel:
+    info: ModelInfo
+    network: TransformerNet
+
+
+def models_dir() -> Path:
+    """Bundled models: $STYLIZE_MODELS, else the project's models/ folder."""
+    override = os.environ.get("STYLIZE_MODELS")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "models"
+
+
+def bundled_models() -> list[ModelInfo]:
+    folder = models_dir()
+    if not folder.is_dir():
+        return []
+    return [read_info(path) for path in sorted(folder.glob(f"*{MODEL_SUFFIX}"))]
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A path to a model file, or a bundled model's name: ``starry-night`` picks
+    ``starry-night.safetensors`` or else its instance-norm variant."""
+    path = Path(name_or_path)
+    if path.exists():
+        if path.is_dir():
+            raise StylizeError(f"{path} is a folder, not a model file")
+        return path
+    folder = models_dir()
+    for candidate in (f"{name_or_path}{MODEL_SUFFIX}", f"{name_or_path}-{DEFAULT_NORM}{MODEL_SUFFIX}"):
+        if (folder / candidate).is_file():
+            return folder / candidate
+    names = ", ".join(info.name for info in bundled_models()) or f"none in {folder}"
+    raise StylizeError(f"no model file or bundled model named {str(name_or_path)!r} (bundled: {names})")
+
+
+def save_model(
+    path: Path, network: TransformerNet, style: str, training: dict[str, Any]
+) -> None:
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "network": json.dumps(network.config.to_dict()),
+        "style": style,
+        "training": json.dumps(training),
+    }
+    tensors = {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
+    with atomic_path(Path(path)) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _stylize_info(path: Path, metadata: dict[str, str] | None) -> ModelInfo:
+    metadata = metadata or {}
+    if metadata.get("format") != FORMAT:
+        raise StylizeError(f"{path} is a safetensors file but not a stylize model")
+    version = metadata.get("format_version", "")
+    if not version.isdigit() or int(version) > FORMAT_VERSION:
+        raise StylizeError(f"{path} has model format version {version!r}; this stylize reads up to {FORMAT_VERSION}")
+    try:
+        config = NetConfig.from_dict(json.loads(metadata["network"]))
+        training = json.loads(metadata.get("training", "{}"))
+    except (KeyError, ValueError, TypeError) as error:
+        raise StylizeError(f"{path} has broken metadata ({error})") from None
+    return ModelInfo(name=model_name(path), path=path, config=config, style=metadata.get("style", ""), training=training)
+
+
+def model_name(path: Path) -> str:
+    """``starry-night.safetensors`` -> ``starry-night``."""
+    return path.name.removesuffix(MODEL_SUFFIX) if path.name.endswith(MODEL_SUFFIX) else path.stem
+
+
+def read_info(path: Path) -> ModelInfo:
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return _stylize_info(path, handle.metadata())
+    except (SafetensorError, OSError) as error:
+        raise StylizeError(f"{path} is not a readable model file ({error})") from None
+
+
+# pytorch/examples fast_neural_style names its layers differently and works in 0..255.
+_EXAMPLES_RENAMES = (
+    (re.compile(r"^res(\d)\."), lambda m: f"res.{int(m[1]) - 1}."),
+    (re.compile(r"(^|\.)in(\d)\."), lambda m: f"{m[1]}norm{m[2]}."),
+    (re.compile(r"^deconv([12])\."), lambda m: f"up{m[1]}."),
+    (re.compile(r"^deconv3\."), lambda m: "conv_out."),
+)
+_EXAMPLES_STALE = re.compile(r"(^|\.)in\d\.running_(mean|var)$")
+
+
+def _is_examples_state(state: dict[str, torch.Tensor]) -> bool:
+    return "deconv3.conv2d.weight" in state and "in1.weight" in state
+
+
+def _from_examples(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    converted = {}
+    for key, value in state.items():
+        if _EXAMPLES_STALE.search(key):
+            continue  # old InstanceNorm2d files carry statistics they never use
+        for pattern, replacement in _EXAMPLES_RENAMES:
+            key = pattern.sub(replacement, key)
+        converted[key] = value
+    return converted
+
+
+def _read_torch_file(path: Path) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling refusals, zip errors, EOF: all mean "not a model"
+        raise StylizeError(f"{path} is not a model file ({type(error).__name__})") from None
+    if isinstance(state, dict) and "model" in state and "net_config" in state:  # a training checkpoint
+        info = ModelInfo(
+            name=model_name(path),
+            path=path,
+            config=NetConfig.from_dict(state["net_config"]),
+            style=state.get("style", ""),
+        )
+        return info, state["model"]
+    if isinstance(state, dict) and _is_examples_state(state):
+        info = ModelInfo(name=model_name(path), path=path, config=NetConfig(norm="instance", input_scale=255.0))
+        return info, _from_examples(state)
+    raise StylizeError(f"{path} is not a stylize model, training checkpoint or fast_neural_style model")
+
+
+def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> StyleModel:
+    """Rebuild the network a model file describes, in eval mode on ``device``."""
+    path = resolve_model(name_or_path)
+    try:
+        if _is_safetensors(path):
+            info = read_info(path)
+            state = load_file(str(path))
+        else:
+            info, state = _read_torch_file(path)
+    except (SafetensorError, OSError) as error:
+        raise StylizeError(f"{path} is not a readable model file ({error})") from None
+    network = TransformerNet(info.config)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        detail = _mismatch(network, state, error)
+        raise StylizeError(f"{path} does not match a {info.config.norm}-norm network: {detail}") from None
+    return StyleModel(info=info, network=network.to(device).eval())
+
+
+def _mismatch(network: TransformerNet, state: dict[str, torch.Tensor], error: RuntimeError) -> str:
+    expected, given = set(network.state_dict()), set(state)
+    for label, keys in (("missing", sorted(expected - given)), ("unexpected", sorted(given - expected))):
+        if keys:
+            more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
+            return f"{label} {keys[0]}{more}"
+    lines = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+    return lines[0] if lines else type(error).__name__

@@ -1,0 +1,131 @@
+"""The Johnson et al. (2016) image transformation network.
+
+Three convolutions down (9x9, then two stride-2 3x3), five residual blocks at 128
+channels, two nearest-upsample + 3x3 convolutions up (no transposed convolutions,
+so no checkerboard), and a 9x9 convolution out, with reflection padding
+throughout. Every normalization layer comes from ``norms.create_norm``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .norms import check_norm, create_norm
+
+# Reflection padding needs every feature map to be larger than its padding;
+# smaller images are padded up to this size and cropped back.
+MIN_SIZE = 16
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Everything needed to rebuild a network; stored inside every model file."""
+
+    norm: str = "instance"
+    # Pixel scale the weights expect: 1 for stylize's own [0, 1] models,
+    # 255 for models imported from pytorch/examples' fast_neural_style.
+    input_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_norm(self.norm)
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> NetConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+class ReflectConv(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(kernel_size // 2)
+        self.conv2d = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2d(self.pad(x))
+
+
+class UpsampleConv(ReflectConv):
+    """Nearest-neighbour 2x upsampling, then a convolution (Odena et al., 2016)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int, norm: str, site: str):
+        super().__init__()
+        self.conv1 = ReflectConv(channels, channels, 3)
+        self.norm1 = create_norm(norm, channels, f"{site}.norm1")
+        self.conv2 = ReflectConv(channels, channels, 3)
+        self.norm2 = create_norm(norm, channels, f"{site}.norm2")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.norm1(self.conv1(x)))
+        return x + self.norm2(self.conv2(y))
+
+
+RESIDUAL_BLOCKS = 5
+
+# The module path of every norm layer, shallow to deep; mixed norm schemes key on these.
+NORM_SITES: tuple[str, ...] = (
+    "norm1",
+    "norm2",
+    "norm3",
+    *(f"res.{i}.norm{j}" for i in range(RESIDUAL_BLOCKS) for j in (1, 2)),
+    "norm4",
+    "norm5",
+)
+
+
+class TransformerNet(nn.Module):
+    """Maps an NCHW image in [0, 1] to a stylized image of the same size.
+
+    The output is not clamped, so the loss sees the raw values; clamp at I/O.
+    """
+
+    def __init__(self, config: NetConfig = NetConfig()):
+        super().__init__()
+        self.config = config
+        norm = config.norm
+        self.conv1 = ReflectConv(3, 32, 9)
+        self.norm1 = create_norm(norm, 32, "norm1")
+        self.conv2 = ReflectConv(32, 64, 3, stride=2)
+        self.norm2 = create_norm(norm, 64, "norm2")
+        self.conv3 = ReflectConv(64, 128, 3, stride=2)
+        self.norm3 = create_norm(norm, 128, "norm3")
+        self.res = nn.Sequential(
+            *(ResidualBlock(128, norm, f"res.{i}") for i in range(RESIDUAL_BLOCKS))
+        )
+        self.up1 = UpsampleConv(128, 64, 3)
+        self.norm4 = create_norm(norm, 64, "norm4")
+        self.up2 = UpsampleConv(64, 32, 3)
+        self.norm5 = create_norm(norm, 32, "norm5")
+        self.conv_out = ReflectConv(32, 3, 9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if height < MIN_SIZE or width < MIN_SIZE:
+            x = F.pad(x, (0, max(0, MIN_SIZE - width), 0, max(0, MIN_SIZE - height)), mode="replicate")
+        scale = self.config.input_scale
+        y = x * scale if scale != 1 else x
+        y = F.relu(self.norm1(self.conv1(y)))
+        y = F.relu(self.norm2(self.conv2(y)))
+        y = F.relu(self.norm3(self.conv3(y)))
+        y = self.res(y)
+        y = F.relu(self.norm4(self.up1(y)))
+        y = F.relu(self.norm5(self.up2(y)))
+        y = self.conv_out(y)
+        if scale != 1:
+            y = y / scale
+        # Two stride-2 convolutions then two 2x upsamplings give a size rounded
+        # up to a multiple of 4; output pixel (i, j) lines up with input (i, j).
+        return y[..., :height, :width]

@@ -1,0 +1,389 @@
+"""Training a style: the network against the VGG perceptual loss of one style image.
+
+A run is fully determined by its ``TrainConfig``: data order and crops are a
+function of (seed, position) (see ``data.py``), so a checkpoint needs only the
+weights, the optimizer state and the step to continue exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, TextIO
+
+import torch
+
+from . import __version__
+from .data import crop_loader, training_files
+from .devices import autocast, memory_format, resolve_device
+from .errors import StylizeError, TrainingDiverged, TrainingInterrupted
+from .fileio import atomic_path
+from .images import load_image, resize_long_side
+from .losses import LossWeights, perceptual_loss, style_targets
+from .modelfile import model_name, save_model
+from .network import MIN_SIZE, NetConfig, TransformerNet
+from .norms import check_norm
+from .vgg import DEFAULT_CONTENT_LAYER, DEFAULT_STYLE_LAYERS, LossNetwork, loss_network_names
+
+CHECKPOINTS_KEPT = 3
+# Reading losses back from a GPU waits for it; do that once per this many steps.
+GPU_SYNC_EVERY = 20
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    style_image: Path
+    data: Path
+    out: Path
+    norm: str = "instance"
+    steps: int = 10_000
+    batch_size: int = 4
+    image_size: int = 256
+    style_size: int = 512
+    content_weight: float = 1.0
+    style_weight: float = 1e5
+    tv_weight: float = 1e-3
+    lr: float = 1e-3
+    loss_network: str = "vgg16"
+    loss_weights: Path | None = None
+    content_layer: str = DEFAULT_CONTENT_LAYER
+    style_layers: tuple[str, ...] = ()  # empty: the loss network's defaults
+    seed: int = 42
+    device: str = "auto"
+    workers: int = 4
+    checkpoint_every: int = 1000
+    resume: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise StylizeError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("image_size", "style_size"):
+            if getattr(self, name) < MIN_SIZE:
+                raise StylizeError(f"--{name.replace('_', '-')} must be at least {MIN_SIZE} pixels")
+        for name in ("content_weight", "style_weight", "tv_weight", "workers", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise StylizeError(f"--{name.replace('_', '-')} must not be negative")
+        if not self.lr > 0:
+            raise StylizeError("--lr must be positive")
+        check_norm(self.norm)
+        if self.loss_network not in DEFAULT_STYLE_LAYERS:
+            raise StylizeError(
+                f"unknown loss network {self.loss_network!r}; choose one of: {', '.join(loss_network_names())}"
+            )
+
+    @property
+    def layers_for_style(self) -> tuple[str, ...]:
+        return self.style_layers or DEFAULT_STYLE_LAYERS[self.loss_network]
+
+    @property
+    def loss_weights_terms(self) -> LossWeights:
+        return LossWeights(content=self.content_weight, style=self.style_weight, tv=self.tv_weight)
+
+    def record(self) -> dict[str, Any]:
+        """Plain JSON-able values (absolute paths), as stored in checkpoints and models."""
+        values = dataclasses.asdict(self)
+        for key, value in values.items():
+            if isinstance(value, Path):
+                values[key] = str(value.resolve())
+        values["style_layers"] = list(self.layers_for_style)
+        return values
+
+
+# Settings that may change when a run is resumed; all others define the run.
+RUN_SETTINGS = frozenset({"steps", "out", "device", "workers", "checkpoint_every", "resume"})
+
+
+def checkpoint_dir(out: Path) -> Path:
+    return out.with_name(f"{model_name(out)}.ckpt")
+
+
+def metrics_path(out: Path) -> Path:
+    return out.with_name(f"{model_name(out)}.metrics.jsonl")
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step: int
+    steps: int
+    content: float
+    style: float
+    tv: float
+    total: float
+    images_per_second: float
+    unreadable_files: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: Path
+    metrics: Path
+    steps: int
+    seconds: float
+    unreadable_files: tuple[str, ...]
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A checkpoint file, or the newest one in a checkpoint folder."""
+    path = Path(path)
+    if path.is_dir():
+        found = _checkpoint_files(path)
+        if not found:
+            raise StylizeError(f"no checkpoints (step-*.pt) in {path}")
+        return found[-1]
+    if not path.is_file():
+        raise StylizeError(f"checkpoint not found: {path}")
+    return path
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("step-*.pt"))
+
+
+def read_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # refused pickles, zip and EOF errors: all mean "not a checkpoint"
+        raise StylizeError(f"{path} is not a training checkpoint ({type(error).__name__})") from None
+    if not isinstance(checkpoint, dict) or not {"model", "optimizer", "step", "config"} <= checkpoint.keys():
+        raise StylizeError(f"{path} is not a training checkpoint")
+    saved, wanted = checkpoint["config"], config.record()
+    for key, value in wanted.items():
+        if key not in RUN_SETTINGS and saved.get(key) != value:
+            raise StylizeError(
+                f"{path} was trained with {key.replace('_', '-')}={saved.get(key)!r}, not {value!r}; "
+                "resume with the run's original settings"
+            )
+    return checkpoint
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class MetricsLog:
+    """Per-step losses as JSON lines; a resumed run drops lines after its checkpoint."""
+
+    def __init__(self, path: Path, keep_until_step: int):
+        self.path = path
+        kept = []
+        if keep_until_step > 0 and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= keep_until_step]
+        with atomic_path(path) as temporary:
+            temporary.write_text("".join(f"{line}\n" for line in kept))
+        self._handle: TextIO = open(path, "a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class _StopRequest:
+    """The first Ctrl-C asks to stop after the current step (and checkpoint);
+    a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class _Run:
+    """State that changes as training goes: the step, time spent, files skipped."""
+
+    def __init__(self, config: TrainConfig, network: TransformerNet, optimizer: torch.optim.Optimizer):
+        self.config = config
+        self.network = network
+        self.optimizer = optimizer
+        self.step = 0
+        self.seconds_before = 0.0
+        self.started = time.perf_counter()
+        self.unreadable: set[str] = set()
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        self.network.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.step = int(checkpoint["step"])
+        self.seconds_before = float(checkpoint.get("seconds", 0.0))
+        self.unreadable = set(checkpoint.get("unreadable_files", []))
+
+    def save_checkpoint(self) -> Path:
+        folder = checkpoint_dir(self.config.out)
+        path = folder / f"step-{self.step:08d}.pt"
+        state = {
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "config": self.config.record(),
+            "net_config": self.network.config.to_dict(),
+            "style": self.config.style_image.stem,
+            "seconds": self.seconds,
+            "unreadable_files": sorted(self.unreadable),
+        }
+        with atomic_path(path) as temporary:
+            torch.save(state, temporary)
+        for old in _checkpoint_files(folder)[:-CHECKPOINTS_KEPT]:
+            old.unlink()
+        return path
+
+    def latest_checkpoint(self) -> str:
+        found = _checkpoint_files(checkpoint_dir(self.config.out))
+        return str(found[-1]) if found else "none"
+
+
+def _load_style(config: TrainConfig, device: torch.device) -> torch.Tensor:
+    style = load_image(config.style_image).rgb
+    return resize_long_side(style, config.style_size).to(device)
+
+
+def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None = None) -> TrainResult:
+    """Train ``config.steps`` steps (continuing ``config.resume`` if given) and
+    write the model to ``config.out``; ``on_progress`` hears about every step."""
+    device = resolve_device(config.device)
+    files = training_files(config.data)
+    style = _load_style(config, device)
+    if config.out.is_dir():
+        raise StylizeError(f"--out {config.out} is a folder; give a model file name such as style.safetensors")
+    checkpoint = read_checkpoint(find_checkpoint(config.resume), config) if config.resume else None
+
+    torch.manual_seed(config.seed)
+    fmt = memory_format(device)
+    network = TransformerNet(NetConfig(norm=config.norm)).to(device, memory_format=fmt).train()
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
+    run = _Run(config, network, optimizer)
+    if checkpoint is not None:
+        run.restore(checkpoint)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    style_layers = config.layers_for_style
+    loss_network = LossNetwork(
+        config.loss_network, [config.content_layer, *style_layers], config.loss_weights
+    ).to(device, memory_format=fmt)
+    with torch.no_grad(), autocast(device):
+        targets = style_targets(loss_network(style), style_layers)
+    weights = config.loss_weights_terms
+
+    loader = crop_loader(
+        files,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        start_step=run.step,
+        steps=config.steps,
+        workers=config.workers,
+        pin_memory=device.type == "cuda",
+    )
+    metrics = MetricsLog(metrics_path(config.out), keep_until_step=run.step)
+    sync_every = 1 if device.type == "cpu" else GPU_SYNC_EVERY
+    pending: list[tuple[int, torch.Tensor]] = []
+    last_report = (run.step, time.perf_counter())
+
+    def report_pending() -> None:
+        """Read queued losses back (one sync), refuse non-finite ones, log and report."""
+        nonlocal last_report
+        if not pending:
+            return
+        values = torch.stack([terms for _, terms in pending]).tolist()
+        now = time.perf_counter()
+        speed = (pending[-1][0] - last_report[0]) * config.batch_size / max(now - last_report[1], 1e-9)
+        for (step, _), (content, style_value, tv, total) in zip(pending, values):
+            if not all(map(math.isfinite, (content, style_value, tv))):
+                raise TrainingDiverged(
+                    f"the loss became {total} at step {step}; stopped without saving it. "
+                    f"Last good checkpoint: {run.latest_checkpoint()}. Try a lower --lr or --style-weight"
+                )
+            record = {"step": step, "content": content, "style": style_value, "tv": tv, "total": total}
+            metrics.write({**record, "images_per_s": round(speed, 2), "seconds": round(run.seconds, 3)})
+            if on_progress is not None:
+                on_progress(StepReport(**record, steps=config.steps, images_per_second=speed,
+                                       unreadable_files=len(run.unreadable)))
+        pending.clear()
+        last_report = (run.step, now)
+
+    try:
+        with _StopRequest() as stop:
+            for images, unreadable in loader:
+                run.unreadable.update(unreadable)
+                images = images.to(device, non_blocking=True, memory_format=fmt)
+                with autocast(device):
+                    output = network(images)
+                    with torch.no_grad():
+                        input_features = loss_network(images)
+                    terms = perceptual_loss(
+                        output, loss_network(output), input_features, targets, config.content_layer, weights
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                terms.total.backward()
+                optimizer.step()
+                run.step += 1
+                pending.append((run.step, terms.stacked()))
+
+                checkpoint_due = bool(config.checkpoint_every) and (
+                    run.step % config.checkpoint_every == 0 or run.step == config.steps
+                )
+                if len(pending) >= sync_every or checkpoint_due or stop.requested or run.step == config.steps:
+                    report_pending()
+                if checkpoint_due:
+                    run.save_checkpoint()
+                if stop.requested:
+                    saved = run.save_checkpoint()
+                    raise TrainingInterrupted(
+                        f"interrupted at step {run.step}/{config.steps}; checkpoint saved: {saved}. "
+                        f"Continue with the same command plus --resume {saved}"
+                    )
+    finally:
+        metrics.close()
+
+    training = {
+        **config.record(),
+        "steps_done": run.step,
+        "images_seen": run.step * config.batch_size,
+        "training_seconds": round(run.seconds, 1),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "unreadable_files": len(run.unreadable),
+        "loss_weights_sha256": _sha256(config.loss_weights) if config.loss_weights else None,
+        "torch": torch.__version__,
+        "stylize": __version__,
+    }
+    network.eval()
+    save_model(config.out, network, style=config.style_image.stem, training=training)
+    return TrainResult(
+        model=config.out,
+        metrics=metrics.path,
+        steps=run.step,
+        seconds=run.seconds,
+        unreadable_files=tuple(sorted(run.unreadable)),
+    )

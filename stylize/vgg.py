@@ -1,0 +1,138 @@
+"""The frozen VGG that the perceptual loss looks through.
+
+Built from torchvision, truncated after the deepest layer the loss uses, with
+ImageNet normalization inside so callers pass plain [0, 1] images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torchvision import models
+
+from .errors import StylizeError
+
+_ARCHITECTURES: dict[str, tuple[Callable[..., models.VGG], models.WeightsEnum]] = {
+    "vgg16": (models.vgg16, models.VGG16_Weights.IMAGENET1K_V1),
+    "vgg19": (models.vgg19, models.VGG19_Weights.IMAGENET1K_V1),
+    "vgg16_bn": (models.vgg16_bn, models.VGG16_BN_Weights.IMAGENET1K_V1),
+}
+
+# Johnson et al.: content at relu2_2, style at the last ReLU of blocks 1-4.
+DEFAULT_CONTENT_LAYER = "relu2_2"
+DEFAULT_STYLE_LAYERS: dict[str, tuple[str, ...]] = {
+    "vgg16": ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
+    "vgg16_bn": ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
+    "vgg19": ("relu1_2", "relu2_2", "relu3_4", "relu4_4"),
+}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def loss_network_names() -> list[str]:
+    return sorted(_ARCHITECTURES)
+
+
+def relu_indices(features: nn.Sequential) -> dict[str, int]:
+    """Name every ReLU the way the papers do (relu{block}_{n}) -> its index."""
+    names: dict[str, int] = {}
+    block, relu = 1, 0
+    for index, layer in enumerate(features):
+        if isinstance(layer, nn.ReLU):
+            relu += 1
+            names[f"relu{block}_{relu}"] = index
+        elif isinstance(layer, nn.MaxPool2d):
+            block, relu = block + 1, 0
+    return names
+
+
+def _architecture(name: str) -> tuple[Callable[..., models.VGG], models.WeightsEnum]:
+    if name not in _ARCHITECTURES:
+        raise StylizeError(
+            f"unknown loss network {name!r}; choose one of: {', '.join(loss_network_names())}"
+        )
+    return _ARCHITECTURES[name]
+
+
+def _download_state_dict(name: str, weights: models.WeightsEnum) -> dict[str, torch.Tensor]:
+    try:
+        return weights.get_state_dict(progress=True)
+    except OSError as error:  # URLError and socket errors are OSErrors
+        raise StylizeError(
+            f"cannot download the ImageNet weights for {name} ({error}); "
+            "offline, pass --loss-weights FILE with a torchvision-format VGG state dict"
+        ) from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a torchvision-format state dict without ever unpickling code."""
+    if not path.is_file():
+        raise StylizeError(f"loss weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for foreign files
+        raise StylizeError(f"{path} is not a PyTorch weights file ({type(error).__name__})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StylizeError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+class LossNetwork(nn.Module):
+    """Frozen VGG features; ``forward`` returns the requested layers' activations."""
+
+    def __init__(self, name: str, layers: Sequence[str], weights_file: Path | None = None):
+        super().__init__()
+        build, imagenet_weights = _architecture(name)
+        features = build(weights=None).features
+        indices = relu_indices(features)
+        unknown = [layer for layer in layers if layer not in indices]
+        if unknown:
+            raise StylizeError(
+                f"{name} has no layer {unknown[0]!r}; its layers are: {', '.join(indices)}"
+            )
+        self.layers = {indices[layer]: layer for layer in layers}
+        depth = max(self.layers) + 1
+        self.features = features[:depth]
+
+        if weights_file is None:
+            state = _download_state_dict(name, imagenet_weights)
+        else:
+            state = read_state_dict(weights_file)
+        self._load_features(state, depth, source=str(weights_file or name))
+
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def _load_features(self, state: dict[str, torch.Tensor], depth: int, source: str) -> None:
+        wanted = {}
+        for key, value in state.items():
+            prefix, _, rest = key.partition(".")
+            index, _, param = rest.partition(".")
+            if prefix == "features" and index.isdigit() and int(index) < depth:
+                wanted[f"{index}.{param}"] = value
+        try:
+            self.features.load_state_dict(wanted, strict=True)
+        except RuntimeError as error:
+            detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+            raise StylizeError(f"{source} does not fit this loss network: {detail}") from None
+
+    def train(self, mode: bool = True) -> LossNetwork:
+        # Always eval: a loss network's BatchNorm must keep its ImageNet statistics.
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (images - self.mean) / self.std
+        activations = {}
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in self.layers:
+                activations[self.layers[index]] = x
+        return activations
