@@ -183,7 +183,7 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
         network.load_state_dict(state, strict=True)
     except RuntimeError as error:
         detail = _mismatch(network, state, error)
-        raise StylizeError(f"{path} does not match a {info.config.norm}-norm network: {detail}") from None
+        raise StylizeError(f"{path} does not hold a {info.config.norm}-norm network: {detail}") from None
     return StyleModel(info=info, network=network.to(device).eval())
 
 

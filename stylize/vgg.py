@@ -7,18 +7,21 @@ ImageNet normalization inside so callers pass plain [0, 1] images.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 from torchvision import models
+from torchvision.models.vgg import cfgs, make_layers
 
 from .errors import StylizeError
 
-_ARCHITECTURES: dict[str, tuple[Callable[..., models.VGG], models.WeightsEnum]] = {
-    "vgg16": (models.vgg16, models.VGG16_Weights.IMAGENET1K_V1),
-    "vgg19": (models.vgg19, models.VGG19_Weights.IMAGENET1K_V1),
-    "vgg16_bn": (models.vgg16_bn, models.VGG16_BN_Weights.IMAGENET1K_V1),
+# name -> (torchvision layer config, batch norm, ImageNet weights); only the
+# feature stack is ever built: the classifier would be 120M unused parameters.
+_ARCHITECTURES: dict[str, tuple[str, bool, models.WeightsEnum]] = {
+    "vgg16": ("D", False, models.VGG16_Weights.IMAGENET1K_V1),
+    "vgg19": ("E", False, models.VGG19_Weights.IMAGENET1K_V1),
+    "vgg16_bn": ("D", True, models.VGG16_BN_Weights.IMAGENET1K_V1),
 }
 
 # Johnson et al.: content at relu2_2, style at the last ReLU of blocks 1-4.
@@ -50,7 +53,7 @@ def relu_indices(features: nn.Sequential) -> dict[str, int]:
     return names
 
 
-def _architecture(name: str) -> tuple[Callable[..., models.VGG], models.WeightsEnum]:
+def _architecture(name: str) -> tuple[str, bool, models.WeightsEnum]:
     if name not in _ARCHITECTURES:
         raise StylizeError(
             f"unknown loss network {name!r}; choose one of: {', '.join(loss_network_names())}"
@@ -88,8 +91,8 @@ class LossNetwork(nn.Module):
 
     def __init__(self, name: str, layers: Sequence[str], weights_file: Path | None = None):
         super().__init__()
-        build, imagenet_weights = _architecture(name)
-        features = build(weights=None).features
+        config, batch_norm, imagenet_weights = _architecture(name)
+        features = make_layers(cfgs[config], batch_norm=batch_norm)
         indices = relu_indices(features)
         unknown = [layer for layer in layers if layer not in indices]
         if unknown:

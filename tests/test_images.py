@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylize import StylizeError, load_image, save_image
+from stylize.images import expand_inputs, find_images, resize_long_side
+
+
+def test_rgb_becomes_nchw_float_in_unit_range(tmp_path: Path) -> None:
+    pixels = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    image = load_image(tmp_path / "a.png")
+    assert image.rgb.shape == (1, 3, 2, 3) and image.rgb.dtype == torch.float32 and image.alpha is None
+    torch.testing.assert_close(image.rgb[0].permute(1, 2, 0), torch.from_numpy(pixels).float() / 255)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    pixels = np.zeros((10, 20, 3), dtype=np.uint8)
+    pixels[:, :10] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display needs a 90 degree clockwise turn
+    Image.fromarray(pixels).save(tmp_path / "r.jpg", exif=exif, quality=100)
+    rgb = load_image(tmp_path / "r.jpg").rgb
+    assert rgb.shape[-2:] == (20, 10)
+    assert rgb[0, :, :8].mean() > 0.9 and rgb[0, :, 12:].mean() < 0.1  # white on top after the turn
+
+
+def test_grayscale_palette_and_cmyk_become_rgb(tmp_path: Path) -> None:
+    Image.new("L", (4, 3), 128).save(tmp_path / "g.png")
+    Image.new("CMYK", (4, 3), (0, 255, 255, 0)).save(tmp_path / "c.jpg")
+    palette = Image.new("P", (4, 3), 0)
+    palette.putpalette([0, 0, 255] + [0] * 765)
+    palette.save(tmp_path / "p.png")
+    gray = load_image(tmp_path / "g.png").rgb
+    assert gray.shape == (1, 3, 3, 4) and torch.allclose(gray, torch.full_like(gray, 128 / 255))
+    red = load_image(tmp_path / "c.jpg").rgb.mean(dim=(0, 2, 3))
+    assert red[0] > 0.9 and red[1] < 0.1 and red[2] < 0.1
+    assert torch.allclose(load_image(tmp_path / "p.png").rgb.mean(dim=(0, 2, 3)), torch.tensor([0.0, 0.0, 1.0]))
+
+
+def test_sixteen_bit_grayscale_keeps_its_range(tmp_path: Path) -> None:
+    values = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "16.png")
+    assert Image.open(tmp_path / "16.png").mode.startswith("I")
+    rgb = load_image(tmp_path / "16.png").rgb
+    torch.testing.assert_close(rgb[0, 0, 0], torch.tensor([0.0, 32768 / 65535, 1.0]))
+
+
+def test_alpha_is_kept_and_written_back_to_png_but_not_jpeg(tmp_path: Path) -> None:
+    rgba = np.zeros((3, 4, 4), dtype=np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = np.array([0, 85, 170, 255], dtype=np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    image = load_image(tmp_path / "a.png")
+    assert image.alpha is not None and image.alpha.shape == (1, 1, 3, 4)
+    save_image(tmp_path / "out.png", image.rgb, image.alpha)
+    save_image(tmp_path / "out.jpg", image.rgb, image.alpha)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), rgba)
+    assert Image.open(tmp_path / "out.jpg").mode == "RGB"
+
+
+def test_palette_transparency_becomes_alpha(tmp_path: Path) -> None:
+    palette = Image.new("P", (2, 2), 1)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    palette.putpixel((0, 0), 0)
+    palette.save(tmp_path / "t.png", transparency=0)
+    alpha = load_image(tmp_path / "t.png").alpha
+    assert alpha is not None and alpha[0, 0, 0, 0] == 0 and alpha[0, 0, 1, 1] == 1
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_text("hello"), "not an image"),
+        (lambda p: p.write_bytes(b""), "not an image"),
+        (lambda p: p.mkdir(), "is a folder"),
+        (lambda p: None, "no such file"),
+    ],
+)
+def test_unreadable_inputs_raise_one_clear_error(tmp_path: Path, make, message: str) -> None:
+    path = tmp_path / "x.jpg"
+    make(path)
+    with pytest.raises(StylizeError, match=message):
+        load_image(path)
+
+
+def test_truncated_jpeg_is_an_error(tmp_path: Path) -> None:
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "f.jpg")
+    data = (tmp_path / "f.jpg").read_bytes()
+    (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(StylizeError, match="cannot read"):
+        load_image(tmp_path / "t.jpg")
+
+
+def test_save_is_atomic_and_keeps_the_old_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "keep.png"
+    target.write_bytes(b"old contents")
+
+    def broken_save(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        Path(str(fp)).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(StylizeError, match="No space left"):
+        save_image(target, torch.rand(1, 3, 4, 4))
+    assert target.read_bytes() == b"old contents"
+    assert os.listdir(tmp_path) == ["keep.png"]
+
+
+def test_unknown_output_extension_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StylizeError, match="extension '.xyz'"):
+        save_image(tmp_path / "a.xyz", torch.rand(1, 3, 4, 4))
+    assert not list(tmp_path.iterdir())
+
+
+def test_rounding_to_uint8(tmp_path: Path) -> None:
+    rgb = torch.tensor([0.0, 0.5 / 255, 1.6 / 255, 2.0]).view(1, 1, 1, 4).expand(1, 3, 1, 4)
+    save_image(tmp_path / "r.png", rgb)
+    assert np.asarray(Image.open(tmp_path / "r.png"))[0, :, 0].tolist() == [0, 0, 2, 255]
+
+
+def test_resize_long_side() -> None:
+    assert resize_long_side(torch.rand(1, 3, 30, 60), 20).shape == (1, 3, 10, 20)
+
+
+def test_input_expansion_handles_files_folders_and_globs(photos: Path) -> None:
+    images = find_images(photos)
+    assert len(images) == 6 and images == sorted(images)
+    from_folder = expand_inputs([str(photos)])
+    assert {str(rel) for _, rel in from_folder} >= {"photo1.png", "nested/photo0.jpg"}
+    from_glob = expand_inputs([str(photos / "*.png")])
+    assert sorted(rel.name for _, rel in from_glob) == ["photo1.png", "photo5.png"]
+    with pytest.raises(StylizeError, match="no files match"):
+        expand_inputs([str(photos / "*.gif")])

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+import torch
+import torchvision
+from torchvision.models.vgg import cfgs, make_layers
+
+from stylize import StylizeError
+from stylize.losses import (
+    LossWeights,
+    content_loss,
+    gram_matrix,
+    perceptual_loss,
+    style_loss,
+    style_targets,
+    total_variation,
+)
+from stylize.vgg import LossNetwork, relu_indices
+
+SHARED_VGG = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg16_bn_features.pth"
+
+
+def test_gram_matrix_by_hand() -> None:
+    features = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 2, 1, 2)
+    expected = torch.tensor([[1 + 4, 3 + 8], [3 + 8, 9 + 16]]) / (2 * 1 * 2)
+    torch.testing.assert_close(gram_matrix(features), expected.view(1, 2, 2))
+
+
+def test_gram_matrix_is_per_image_and_float32_under_bf16() -> None:
+    features = torch.randn(3, 4, 5, 6, dtype=torch.bfloat16)
+    grams = gram_matrix(features)
+    assert grams.shape == (3, 4, 4) and grams.dtype == torch.float32
+    torch.testing.assert_close(grams[1], gram_matrix(features[1:2])[0])
+
+
+def test_content_and_tv_losses_by_hand() -> None:
+    a, b = torch.zeros(1, 1, 2, 2), torch.tensor([[1.0, 3.0], [0.0, 0.0]]).view(1, 1, 2, 2)
+    assert content_loss(a, b).item() == pytest.approx((1 + 9) / 4)
+    # horizontal |3-1|, |0-0| -> mean 1; vertical |0-1|, |0-3| -> mean 2
+    assert total_variation(b).item() == pytest.approx(3.0)
+
+
+def test_style_loss_sums_layers_and_broadcasts_targets() -> None:
+    out = {"a": torch.ones(2, 1, 1, 2), "b": torch.zeros(2, 1, 1, 1)}
+    targets = {"a": torch.zeros(1, 1, 1), "b": torch.full((1, 1, 1), 2.0)}
+    # gram of ones (C=1, HW=2) = 2/2 = 1 -> MSE 1; gram of zeros = 0 -> MSE 4
+    assert style_loss(out, targets).item() == pytest.approx(5.0)
+
+
+def test_perceptual_loss_applies_weights_and_leaves_inputs_alone() -> None:
+    torch.manual_seed(0)
+    output = torch.rand(2, 3, 8, 8)
+    out_features = {"c": torch.rand(2, 4, 4, 4), "s": torch.rand(2, 4, 4, 4)}
+    in_features = {"c": torch.rand(2, 4, 4, 4)}
+    targets = style_targets({"s": torch.rand(1, 4, 4, 4)}, ["s"])
+    copies = [t.clone() for t in (output, out_features["c"], out_features["s"], in_features["c"])]
+    weights = LossWeights(content=2.0, style=10.0, tv=0.5)
+    terms = perceptual_loss(output, out_features, in_features, targets, "c", weights)
+    assert terms.content.item() == pytest.approx(2.0 * content_loss(out_features["c"], in_features["c"]).item())
+    assert terms.style.item() == pytest.approx(10.0 * style_loss(out_features, targets).item())
+    assert terms.tv.item() == pytest.approx(0.5 * total_variation(output).item())
+    assert terms.total.item() == pytest.approx((terms.content + terms.style + terms.tv).item())
+    assert terms.stacked().shape == (4,)
+    for before, after in zip(copies, (output, out_features["c"], out_features["s"], in_features["c"])):
+        assert torch.equal(before, after)
+
+
+def test_relu_names_follow_the_papers() -> None:
+    vgg16 = relu_indices(make_layers(cfgs["D"]))
+    assert (vgg16["relu1_2"], vgg16["relu2_2"], vgg16["relu4_3"]) == (3, 8, 22)
+    assert relu_indices(make_layers(cfgs["D"], batch_norm=True))["relu4_3"] == 32
+    assert relu_indices(make_layers(cfgs["E"]))["relu4_4"] == 26
+
+
+def test_loss_network_loads_a_file_truncates_and_freezes(vgg_weights: Path) -> None:
+    network = LossNetwork("vgg16", ["relu1_2", "relu2_2"], vgg_weights)
+    assert len(network.features) == 9
+    assert not any(p.requires_grad for p in network.parameters())
+    state = torch.load(vgg_weights, weights_only=True)
+    torch.testing.assert_close(network.features[0].weight, state["features.0.weight"])
+    images = torch.rand(2, 3, 16, 16)
+    features = network(images)
+    assert set(features) == {"relu1_2", "relu2_2"} and features["relu2_2"].shape == (2, 128, 8, 8)
+    # ImageNet normalization happens inside: feeding normalized pixels to the raw layers agrees.
+    normalized = (images - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    ).view(1, 3, 1, 1)
+    torch.testing.assert_close(features["relu1_2"], network.features[:4](normalized))
+    assert network.train().training is False
+
+
+def test_loss_network_says_which_weights_are_missing(vgg_weights: Path) -> None:
+    with pytest.raises(StylizeError, match="does not fit this loss network.*features|Missing"):
+        LossNetwork("vgg16", ["relu3_3"], vgg_weights)
+    with pytest.raises(StylizeError, match="has no layer 'relu9_9'"):
+        LossNetwork("vgg16", ["relu9_9"], vgg_weights)
+    with pytest.raises(StylizeError, match="unknown loss network 'alexnet'.*vgg16"):
+        LossNetwork("alexnet", ["relu1_2"], vgg_weights)
+
+
+def test_failed_download_says_to_pass_loss_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(self: object, progress: bool = True, **kwargs: object) -> None:
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.models.VGG16_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    with pytest.raises(StylizeError, match="pass --loss-weights FILE") as raised:
+        LossNetwork("vgg16", ["relu2_2"])
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.skipif(not SHARED_VGG.exists(), reason="needs ../shared/weights (optional)")
+def test_loads_the_shared_vgg16_bn_stand_in() -> None:
+    network = LossNetwork("vgg16_bn", ["relu2_2", "relu4_3"], SHARED_VGG)
+    assert len(network.features) == 33
+    assert network(torch.rand(1, 3, 32, 32))["relu4_3"].shape == (1, 512, 4, 4)

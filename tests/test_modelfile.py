@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from stylize import StylizeError, bundled_models, load_model, save_model
+from stylize.images import to_uint8
+from stylize.modelfile import read_info, resolve_model
+from stylize.network import NetConfig, TransformerNet
+
+from .conftest import write_model
+from .reference_fast_neural_style import randomized, stylize_like_examples
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_round_trip_keeps_weights_config_and_metadata(tmp_path: Path, norm: str) -> None:
+    torch.manual_seed(0)
+    network = TransformerNet(NetConfig(norm=norm))
+    if norm == "batch":
+        network.train()(torch.rand(4, 3, 20, 20))  # non-trivial running statistics
+    network.eval()
+    save_model(tmp_path / "m.safetensors", network, style="wave", training={"steps_done": 7, "image_size": 64})
+    model = load_model(tmp_path / "m.safetensors")
+    assert model.info.config == NetConfig(norm=norm) and model.info.style == "wave"
+    assert model.info.training == {"steps_done": 7, "image_size": 64} and model.info.name == "m"
+    assert not model.network.training
+    images = torch.rand(1, 3, 23, 31)
+    with torch.no_grad():
+        torch.testing.assert_close(model.network(images), network(images), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("with_stale_statistics", [False, True])
+def test_pytorch_examples_models_reproduce_their_pixels(tmp_path: Path, with_stale_statistics: bool) -> None:
+    reference = randomized()
+    state = reference.state_dict()
+    if with_stale_statistics:  # files from old PyTorch versions
+        for key in [k for k in state if k.endswith(".weight") and ".in" in f".{k}" and "conv" not in k]:
+            state[key.replace(".weight", ".running_mean")] = torch.zeros_like(state[key])
+            state[key.replace(".weight", ".running_var")] = torch.ones_like(state[key])
+        assert "res3.in2.running_mean" in state and "in1.running_var" in state
+    torch.save(state, tmp_path / "udnie.pth")
+    model = load_model(tmp_path / "udnie.pth")
+    assert model.info.config == NetConfig(norm="instance", input_scale=255.0)
+
+    images = torch.rand(2, 3, 36, 44)
+    expected = stylize_like_examples(reference, images).int()
+    with torch.no_grad():
+        ours = to_uint8(model.network(images)).int()
+    assert 0 < expected.float().std()  # the comparison is not between two blank images
+    assert (ours - expected).abs().max() <= 1
+
+
+def test_training_checkpoints_load_as_models(tmp_path: Path) -> None:
+    network = TransformerNet(NetConfig(norm="batch")).eval()
+    checkpoint = {"model": network.state_dict(), "net_config": network.config.to_dict(), "style": "x"}
+    torch.save(checkpoint, tmp_path / "step-00000010.pt")
+    model = load_model(tmp_path / "step-00000010.pt")
+    assert model.info.config.norm == "batch" and model.info.style == "x"
+
+
+def test_a_pickle_payload_is_never_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"in1.weight": Payload()}))
+    torch.save({"x": Payload()}, tmp_path / "evil2.pth")  # zip format with the same payload
+    for name in ("evil.pth", "evil2.pth"):
+        with pytest.raises(StylizeError, match="not a model file"):
+            load_model(tmp_path / name)
+    assert not marker.exists()
+
+
+def test_wrong_architecture_and_wrong_files(tmp_path: Path, model_file: Path) -> None:
+    save_file({"weight": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(StylizeError, match="not a stylize model"):
+        load_model(tmp_path / "other.safetensors")
+
+    tensors = {"conv1.conv2d.weight": torch.zeros(32, 3, 9, 9)}
+    metadata = {"format": "stylize", "format_version": "1", "network": json.dumps({"norm": "instance"})}
+    save_file(tensors, str(tmp_path / "partial.safetensors"), metadata=metadata)
+    with pytest.raises(StylizeError, match="does not hold a instance-norm network: missing"):
+        load_model(tmp_path / "partial.safetensors")
+
+    (tmp_path / "text.safetensors").write_text("hello world, not a model")
+    with pytest.raises(StylizeError, match="not a model file|not a readable model file"):
+        load_model(tmp_path / "text.safetensors")
+
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(model_file.read_bytes()[:5000])
+    with pytest.raises(StylizeError, match="not a readable model file"):
+        load_model(truncated)
+
+
+def test_metadata_norm_must_agree_with_the_weights(tmp_path: Path) -> None:
+    write_model(tmp_path / "in.safetensors", norm="instance")
+    with open(tmp_path / "in.safetensors", "rb") as handle:
+        data = handle.read()
+    lying = data.replace(b'{\\"norm\\": \\"instance\\"', b'{\\"norm\\":    \\"batch\\"')
+    assert lying != data and len(lying) == len(data)
+    (tmp_path / "lying.safetensors").write_bytes(lying)
+    assert read_info(tmp_path / "lying.safetensors").config.norm == "batch"
+    with pytest.raises(StylizeError, match="does not hold a batch-norm network: missing norm1[.](num_batches_tracked|running_mean)"):
+        load_model(tmp_path / "lying.safetensors")
+
+
+def test_bundled_models_are_found_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STYLIZE_MODELS", str(tmp_path))
+    write_model(tmp_path / "wave-instance.safetensors", style="wave")
+    write_model(tmp_path / "wave-batch.safetensors", norm="batch", style="wave")
+    assert [info.name for info in bundled_models()] == ["wave-batch", "wave-instance"]
+    assert resolve_model("wave") == tmp_path / "wave-instance.safetensors"
+    assert resolve_model("wave-batch") == tmp_path / "wave-batch.safetensors"
+    with pytest.raises(StylizeError, match="no model file or bundled model named 'sky'.*wave-batch, wave-instance"):
+        resolve_model("sky")
