@@ -15,7 +15,7 @@ from .modelfile import ModelInfo, StyleModel, bundled_models, load_model, save_m
 from .network import NetConfig, TransformerNet
 from .norms import create_norm, norm_names, register_norm
 from .stylizer import Stylizer
-from .train import StepReport, TrainConfig, TrainResult, train
+from .training import StepReport, TrainConfig, TrainResult, train
 from .vgg import LossNetwork
 
 __all__ = [

@@ -21,7 +21,7 @@ from .errors import StylizeError
 from .modelfile import bundled_models, models_dir
 from .norms import norm_names
 from .stylizer import Stylizer, plan_outputs
-from .train import StepReport, TrainConfig, train as run_training
+from .training import StepReport, TrainConfig, train as run_training
 from .vgg import DEFAULT_CONTENT_LAYER, loss_network_names
 
 app = typer.Typer(

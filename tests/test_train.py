@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import stylize.training as training
+from stylize import StylizeError, TrainConfig, TrainingInterrupted, load_model, train
+from stylize.losses import LossTerms
+
+from .conftest import train_args
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    first, second = _weights(a), _weights(b)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_train_through_the_cli_writes_model_metrics_and_checkpoints(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    out = tmp_path / "swirls.safetensors"
+    result = cli(*train_args(style_image, photos, out, vgg_weights, "--checkpoint-every", "2", "--norm", "batch"))
+    assert result.code == 0, result.err
+    assert f"wrote {out}" in result.out
+
+    model = load_model(out)
+    assert model.info.config.norm == "batch" and model.info.style == "swirls"
+    training = model.info.training
+    assert training["steps_done"] == 4 and training["image_size"] == 32 and training["loss_network"] == "vgg16"
+    assert training["style_weight"] == 1e5 and training["style_layers"] == ["relu1_2", "relu2_2"]
+    assert training["loss_weights_sha256"] == hashlib.sha256(vgg_weights.read_bytes()).hexdigest()
+    assert training["training_seconds"] >= 0 and training["device"] == "cpu"
+
+    lines = [json.loads(line) for line in (tmp_path / "swirls.metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4]
+    assert all(line["total"] == pytest.approx(line["content"] + line["style"] + line["tv"]) for line in lines)
+    assert sorted(p.name for p in (tmp_path / "swirls.ckpt").iterdir()) == ["step-00000002.pt", "step-00000004.pt"]
+
+    with torch.no_grad():
+        assert model.network(torch.rand(1, 3, 21, 35)).shape == (1, 3, 21, 35)
+
+
+def test_training_actually_lowers_the_loss(tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
+    config = TrainConfig(
+        style_image=style_image, data=photos, out=tmp_path / "m.safetensors", steps=30, batch_size=2,
+        image_size=32, style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
+        device="cpu", workers=0, checkpoint_every=0, lr=1e-2,
+    )  # fmt: skip
+    totals: list[float] = []
+    train(config, on_progress=lambda report: totals.append(report.total))
+    assert len(totals) == 30
+    assert sum(totals[-5:]) < 0.5 * sum(totals[:5])
+
+
+def test_corrupt_training_images_are_skipped_and_counted(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(photos, data)
+    (data / "notes.jpg").write_text("not a photo")
+    good = (data / "photo1.png").read_bytes()
+    (data / "nested" / "cut.png").write_bytes(good[: len(good) // 3])
+    result = cli(*train_args(style_image, data, tmp_path / "m.safetensors", vgg_weights, "--steps", "8"))
+    assert result.code == 0, result.err
+    assert "skipped 2 unreadable training images" in result.err
+    assert load_model(tmp_path / "m.safetensors").info.training["unreadable_files"] == 2
+
+
+def test_no_training_images_is_one_clear_error(cli, tmp_path: Path, style_image: Path, vgg_weights: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no photos here")
+    result = cli(*train_args(style_image, tmp_path / "empty", tmp_path / "m.safetensors", vgg_weights))
+    assert result.code == 2 and result.error_lines == [f"error: no images (jpg, png, webp, bmp, tif) in {tmp_path / 'empty'} or its sub-folders"]
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_resumed_run_ends_with_the_same_weights_bit_for_bit(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, norm: str
+) -> None:
+    straight = tmp_path / "straight.safetensors"
+    assert cli(*train_args(style_image, photos, straight, vgg_weights, "--norm", norm)).code == 0
+
+    resumed = tmp_path / "resumed.safetensors"
+    first = cli(*train_args(style_image, photos, resumed, vgg_weights, "--norm", norm, "--steps", "2", "--checkpoint-every", "2"))
+    assert first.code == 0, first.err
+    # Resume in worker processes this time: the data order must not depend on them.
+    second = cli(*train_args(style_image, photos, resumed, vgg_weights, "--norm", norm,
+                             "--resume", tmp_path / "resumed.ckpt", "--workers", "2"))  # fmt: skip
+    assert second.code == 0, second.err
+    _assert_same_weights(straight, resumed)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed.metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_resume_refuses_different_settings(cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    assert cli(*train_args(style_image, photos, out, vgg_weights, "--steps", "2", "--checkpoint-every", "2")).code == 0
+    result = cli(*train_args(style_image, photos, out, vgg_weights, "--resume", tmp_path / "m.ckpt", "--lr", "0.5"))
+    assert result.code == 2
+    assert result.error_lines == [result.error_lines[0]] and "lr=0.001, not 0.5" in result.err
+
+
+def test_ctrl_c_checkpoints_and_the_run_resumes_exactly(
+    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    def config(out: Path, resume: Path | None = None) -> TrainConfig:
+        return TrainConfig(
+            style_image=style_image, data=photos, out=out, steps=4, batch_size=2, image_size=32,
+            style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
+            device="cpu", workers=0, checkpoint_every=0, resume=resume,
+        )  # fmt: skip
+
+    def press_ctrl_c(report: training.StepReport) -> None:
+        if report.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    out = tmp_path / "run.safetensors"
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 2/4") as interrupted:
+        train(config(out), on_progress=press_ctrl_c)
+    assert "--resume" in str(interrupted.value)
+    assert [p.name for p in (tmp_path / "run.ckpt").iterdir()] == ["step-00000002.pt"]
+    assert not out.exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    train(config(out, resume=tmp_path / "run.ckpt"))
+    train(config(tmp_path / "straight.safetensors"))
+    _assert_same_weights(out, tmp_path / "straight.safetensors")
+
+
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = training.perceptual_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs) -> LossTerms:
+        calls["n"] += 1
+        terms = real(*args, **kwargs)
+        return LossTerms(terms.content, terms.style * float("nan") if calls["n"] == 3 else terms.style, terms.tv)
+
+    monkeypatch.setattr(training, "perceptual_loss", poisoned)
+    out = tmp_path / "m.safetensors"
+    result = cli(*train_args(style_image, photos, out, vgg_weights, "--checkpoint-every", "2"))
+    assert result.code == 1
+    errors = [line for line in result.error_lines if line.startswith("error:")]
+    assert len(errors) == 1 and "nan at step 3" in errors[0]
+    assert "Traceback" not in result.err
+    good = tmp_path / "m.ckpt" / "step-00000002.pt"
+    assert str(good) in result.err and [p.name for p in good.parent.iterdir()] == [good.name]
+    assert load_model(good).info.config.norm == "instance"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("steps", 0, "--steps must be at least 1"),
+        ("batch_size", -1, "--batch-size must be at least 1"),
+        ("image_size", 4, "--image-size must be at least 16"),
+        ("style_weight", -1.0, "--style-weight must not be negative"),
+        ("lr", 0.0, "--lr must be positive"),
+        ("norm", "layer-ish", "unknown norm"),
+        ("loss_network", "resnet", "unknown loss network"),
+    ],
+)
+def test_bad_settings_are_refused(tmp_path: Path, field: str, value: object, message: str) -> None:
+    with pytest.raises(StylizeError, match=message):
+        TrainConfig(style_image=tmp_path, data=tmp_path, out=tmp_path / "m.safetensors", **{field: value})
