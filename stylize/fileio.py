@@ -21,6 +21,27 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
+def make_folder_for(path: Path) -> None:
+    """Create ``path``'s folder, or say in one line why it cannot be created."""
+    path = Path(path)
+    blocking = next((parent for parent in reversed(path.parents) if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise StylizeError(f"cannot write {path}: {blocking} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StylizeError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def check_writable(path: Path) -> None:
+    """Fail before an hour of work rather than when saving its result."""
+    make_folder_for(path)
+    try:
+        tempfile.TemporaryFile(dir=Path(path).parent).close()
+    except OSError as error:
+        raise StylizeError(f"cannot write {path}: {error.strerror or error}") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` on success.
@@ -30,11 +51,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     ``path`` is untouched.
     """
     path = Path(path)
-    blocking = next((parent for parent in reversed(path.parents) if parent.exists() and not parent.is_dir()), None)
-    if blocking is not None:
-        raise StylizeError(f"cannot write {path}: {blocking} is a file, not a folder")
+    make_folder_for(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     except OSError as error:
         raise StylizeError(f"cannot write {path}: {error.strerror or error}") from None

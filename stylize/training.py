@@ -25,7 +25,7 @@ from . import __version__
 from .data import crop_loader, training_files
 from .devices import autocast, memory_format, resolve_device
 from .errors import StylizeError, TrainingDiverged, TrainingInterrupted
-from .fileio import atomic_path
+from .fileio import atomic_path, check_writable
 from .images import load_image, resize_long_side
 from .losses import LossWeights, perceptual_loss, style_targets
 from .modelfile import model_name, save_model
@@ -276,6 +276,7 @@ def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None 
     style = _load_style(config, device)
     if config.out.is_dir():
         raise StylizeError(f"--out {config.out} is a folder; give a model file name such as style.safetensors")
+    check_writable(config.out)
     checkpoint = read_checkpoint(find_checkpoint(config.resume), config) if config.resume else None
 
     torch.manual_seed(config.seed)

@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from stylize import Stylizer, load_image
+
+from .conftest import photo, train_args, write_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _expected(model: Path, image: Path) -> np.ndarray:
+    stylizer = Stylizer.load(model, "cpu")
+    result = stylizer.stylize(load_image(image))
+    return result.rgb[0].mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+
+
+def test_stylize_one_image_to_a_file_keeps_its_size(cli, tmp_path: Path, model_file: Path) -> None:
+    Image.fromarray(photo(37, 51, seed=1)).save(tmp_path / "in.png")
+    result = cli("image", tmp_path / "in.png", "--model", model_file, "--out", tmp_path / "out.png", "--device", "cpu")
+    assert result.code == 0, result.err
+    assert result.out.strip() == f"wrote {tmp_path / 'out.png'}" and result.err == ""
+    written = np.asarray(Image.open(tmp_path / "out.png"))
+    assert written.shape == (37, 51, 3)
+    assert np.array_equal(written, _expected(model_file, tmp_path / "in.png"))
+
+
+def test_output_format_follows_the_extension_and_max_size_shrinks(cli, tmp_path: Path, model_file: Path) -> None:
+    Image.fromarray(photo(60, 90, seed=2)).save(tmp_path / "in.png")
+    result = cli("image", tmp_path / "in.png", "--model", model_file, "--out", tmp_path / "o.jpg", "--max-size", "45")
+    assert result.code == 0, result.err
+    with Image.open(tmp_path / "o.jpg") as written:
+        assert written.format == "JPEG" and written.size == (45, 30)
+
+
+def test_alpha_survives_stylizing_to_png(cli, tmp_path: Path, model_file: Path) -> None:
+    rgba = np.dstack([photo(20, 24, seed=3), np.tile(np.linspace(0, 255, 24, dtype=np.uint8), (20, 1))])
+    Image.fromarray(rgba).save(tmp_path / "logo.png")
+    assert cli("image", tmp_path / "logo.png", "--model", model_file, "--out", tmp_path / "o.png").code == 0
+    written = np.asarray(Image.open(tmp_path / "o.png"))
+    assert written.shape == (20, 24, 4) and np.array_equal(written[..., 3], rgba[..., 3])
+
+
+def test_many_inputs_go_to_a_folder(cli, tmp_path: Path, photos: Path, model_file: Path) -> None:
+    result = cli("image", photos, "--model", model_file, "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    assert "wrote 6 of 6 images" in result.out
+    written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.*"))
+    assert "nested/photo0-model.jpg" in written and "photo1-model.png" in written and len(written) == 6
+    result = cli("image", str(photos / "*.png"), "--model", model_file, "--out", tmp_path / "globbed")
+    assert result.code == 0 and len(list((tmp_path / "globbed").iterdir())) == 2
+
+
+def test_default_output_is_the_current_folder(cli, tmp_path: Path, model_file: Path, monkeypatch) -> None:
+    Image.fromarray(photo(20, 20, seed=4)).save(tmp_path / "cat.jpg")
+    monkeypatch.chdir(tmp_path)
+    assert cli("image", "cat.jpg", "--model", model_file).code == 0
+    assert (tmp_path / "cat-model.jpg").is_file()
+
+
+def test_bundled_models_by_name_and_the_models_listing(cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("STYLIZE_MODELS", str(tmp_path / "bundle"))
+    assert "no bundled models" in cli("models").out
+    write_model(tmp_path / "bundle" / "wave-instance.safetensors", style="great-wave")
+    write_model(tmp_path / "bundle" / "wave-batch.safetensors", norm="batch", style="great-wave")
+    listing = cli("models").out
+    assert "wave-instance" in listing and "wave-batch" in listing and "great-wave" in listing and "batch" in listing
+    Image.fromarray(photo(20, 20, seed=5)).save(tmp_path / "in.png")
+    assert cli("image", tmp_path / "in.png", "--model", "wave", "--out", tmp_path / "o.png").code == 0
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "o.png")), _expected(tmp_path / "bundle" / "wave-instance.safetensors", tmp_path / "in.png")
+    )
+
+
+def test_a_bad_file_among_good_ones_is_reported_and_the_rest_written(cli, tmp_path: Path, photos: Path, model_file: Path) -> None:
+    folder = tmp_path / "mixed"
+    shutil.copytree(photos, folder)
+    (folder / "broken.jpg").write_text("not an image")
+    result = cli("image", folder, "--model", model_file, "--out", tmp_path / "out")
+    assert result.code == 2
+    assert [line for line in result.error_lines if line.startswith("error:")] == [
+        f"error: cannot read {folder / 'broken.jpg'}: not an image"
+    ]
+    assert "wrote 6 of 7 images" in result.out
+    assert len(list((tmp_path / "out").rglob("*.*"))) == 6
+
+
+# (case, command line with {tmp}, {good} and {model} filled in per test, message)
+TRAIN = "train {good} --data {tmp} --out {tmp}/m.safetensors --device cpu"
+BAD_INPUTS = [
+    ("missing input", "image {tmp}/nope.png --model {model} --out {tmp}/r.png", "no such file"),
+    ("folder as model", "image {good} --model {tmp} --out {tmp}/r.png", "is a folder"),
+    ("non-image", "image {tmp}/text.jpg --model {model} --out {tmp}/r.png", "not an image"),
+    ("corrupt image", "image {tmp}/cut.png --model {model} --out {tmp}/r.png", "cannot read"),
+    ("unknown model", "image {good} --model no-such-style --out {tmp}/r.png", "no model file or bundled model"),
+    ("not a model", "image {good} --model {tmp}/notmodel.safetensors --out {tmp}/r.png", "not a"),
+    ("wrong architecture", "image {good} --model {tmp}/foreign.safetensors --out {tmp}/r.png", "not a stylize model"),
+    ("bad max size", "image {good} --model {model} --out {tmp}/r.png --max-size -3", "--max-size must be at least 1"),
+    ("bad device", "image {good} --model {model} --out {tmp}/r.png --device tpu", "unknown device 'tpu'"),
+    ("cuda without gpu", "image {good} --model {model} --out {tmp}/r.png --device cuda", "no CUDA GPU"),
+    ("unwritable output", "image {good} --model {model} --out {tmp}/afile/o.png", "is a file, not a folder"),
+    ("bad extension", "image {good} --model {model} --out {tmp}/r.xyz", "extension '.xyz'"),
+    ("not a number", "image {good} --model {model} --max-size big", "Invalid value for '--max-size'"),
+    ("unknown option", "image {good} --model {model} --colour", "No such option"),
+    ("missing model option", "image {good}", "Missing option '--model'"),
+    ("zero steps", TRAIN + " --steps 0", "--steps must be at least 1"),
+    ("negative size", TRAIN + " --image-size -5", "--image-size must be at least"),
+    ("unknown norm", TRAIN + " --norm nope", "unknown norm 'nope'; choose one of: batch, instance"),
+    ("missing data", TRAIN + " --data {tmp}/nodata", "training data folder not found"),
+    ("missing style", "train {tmp}/nostyle.png --data {tmp} --out {tmp}/m.safetensors", "no such file"),
+    ("unwritable model", TRAIN.replace("{tmp}/m.safetensors", "{tmp}/afile/m.safetensors"), "is a file, not a folder"),
+    ("missing checkpoint", TRAIN + " --resume {tmp}/none.pt", "checkpoint not found"),
+    ("missing loss weights", TRAIN + " --loss-weights {tmp}/none.pth", "loss weights file not found"),
+    ("image as loss weights", TRAIN + " --loss-weights {good}", "not a PyTorch weights file"),
+]
+
+
+@pytest.mark.parametrize("command, message", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_no_output(
+    cli, tmp_path: Path, model_file: Path, command: str, message: str
+) -> None:
+    if "--device cuda" in command and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    good = tmp_path / "good.png"
+    Image.fromarray(photo(20, 20, seed=6)).save(good)
+    (tmp_path / "text.jpg").write_text("hello")
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:200])
+    (tmp_path / "notmodel.safetensors").write_text("nope")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    (tmp_path / "afile").write_text("x")
+    before = set(tmp_path.rglob("*"))
+
+    result = cli(*command.format(tmp=tmp_path, good=good, model=model_file).split())
+    assert result.code == 2
+    assert len(result.error_lines) == 1, result.err
+    assert result.error_lines[0].startswith("error: ") and message in result.error_lines[0]
+    assert "Traceback" not in result.err
+    assert set(tmp_path.rglob("*")) == before  # nothing written, not even a temporary file
+
+
+def test_loss_network_download_failure_is_one_line(cli, tmp_path: Path, style_image: Path, photos: Path, monkeypatch) -> None:
+    from urllib.error import URLError
+
+    import torchvision
+
+    def offline(self: object, progress: bool = True, **kwargs: object) -> None:
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr(type(torchvision.models.VGG16_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    result = cli("train", style_image, "--data", photos, "--out", tmp_path / "m.safetensors", "--device", "cpu")
+    assert result.code == 2
+    assert result.error_lines == [
+        "error: cannot download the ImageNet weights for vgg16 (<urlopen error Name or service not known>); "
+        "offline, pass --loss-weights FILE with a torchvision-format VGG state dict"
+    ]
+
+
+def test_trained_model_stylizes_through_the_cli(cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
+    model = tmp_path / "swirls.safetensors"
+    assert cli(*train_args(style_image, photos, model, vgg_weights)).code == 0
+    result = cli("image", photos / "photo1.png", "--model", model, "--out", tmp_path / "styled.png")
+    assert result.code == 0, result.err
+    assert Image.open(tmp_path / "styled.png").size == Image.open(photos / "photo1.png").size
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [[sys.executable, "-m", "stylize"], [sys.executable, str(ROOT / "cli.py")], [str(Path(sys.executable).parent / "stylize")]],
+    ids=["python -m stylize", "python cli.py", "console script"],
+)
+def test_every_entry_point_runs_the_same_app(entry: list[str], tmp_path: Path) -> None:
+    if not Path(entry[0]).exists():
+        pytest.skip("the stylize console script is not installed in this environment")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    listing = subprocess.run([*entry, "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert listing.returncode == 0 and all(name in listing.stdout for name in ("train", "image", "models"))
+    bad = subprocess.run([*entry, "image", "nope.png", "--model", "nope"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")
