@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+import torch
 
 from .errors import StylizeError
 
@@ -67,3 +70,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
         if isinstance(error, OSError):
             raise StylizeError(f"cannot write {path}: {error.strerror or error}") from None
         raise
+
+
+def load_torch_file(path: Path, what: str) -> Any:
+    """``torch.load`` that never runs code from the file (``weights_only``) and
+    turns every way a foreign file fails into one line naming ``what`` it should be."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. pickle protocol notices: the error below says enough
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # refused pickles, zip, EOF and unpickling errors all mean "not that"
+        raise StylizeError(f"{path} is not {what} ({type(error).__name__})") from None

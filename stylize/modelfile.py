@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import StylizeError
-from .fileio import atomic_path
+from .fileio import atomic_path, load_torch_file
 from .network import NetConfig, TransformerNet
 
 FORMAT = "stylize"
@@ -149,10 +149,7 @@ def _from_examples(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _read_torch_file(path: Path) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling refusals, zip errors, EOF: all mean "not a model"
-        raise StylizeError(f"{path} is not a model file ({type(error).__name__})") from None
+    state = load_torch_file(path, "a model file")
     if isinstance(state, dict) and "model" in state and "net_config" in state:  # a training checkpoint
         info = ModelInfo(
             name=model_name(path),

@@ -25,7 +25,7 @@ from . import __version__
 from .data import crop_loader, training_files
 from .devices import autocast, memory_format, resolve_device
 from .errors import StylizeError, TrainingDiverged, TrainingInterrupted
-from .fileio import atomic_path, check_writable
+from .fileio import atomic_path, check_writable, load_torch_file
 from .images import load_image, resize_long_side
 from .losses import LossWeights, perceptual_loss, style_targets
 from .modelfile import model_name, save_model
@@ -149,10 +149,7 @@ def _checkpoint_files(folder: Path) -> list[Path]:
 
 
 def read_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # refused pickles, zip and EOF errors: all mean "not a checkpoint"
-        raise StylizeError(f"{path} is not a training checkpoint ({type(error).__name__})") from None
+    checkpoint = load_torch_file(path, "a training checkpoint")
     if not isinstance(checkpoint, dict) or not {"model", "optimizer", "step", "config"} <= checkpoint.keys():
         raise StylizeError(f"{path} is not a training checkpoint")
     saved, wanted = checkpoint["config"], config.record()

@@ -15,6 +15,7 @@ from torchvision import models
 from torchvision.models.vgg import cfgs, make_layers
 
 from .errors import StylizeError
+from .fileio import load_torch_file
 
 # name -> (torchvision layer config, batch norm, ImageNet weights); only the
 # feature stack is ever built: the classifier would be 120M unused parameters.
@@ -75,10 +76,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a torchvision-format state dict without ever unpickling code."""
     if not path.is_file():
         raise StylizeError(f"loss weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for foreign files
-        raise StylizeError(f"{path} is not a PyTorch weights file ({type(error).__name__})") from None
+    state = load_torch_file(path, "a PyTorch weights file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -120,6 +120,7 @@ BAD_INPUTS = [
     ("missing style", "train {tmp}/nostyle.png --data {tmp} --out {tmp}/m.safetensors", "no such file"),
     ("unwritable model", TRAIN.replace("{tmp}/m.safetensors", "{tmp}/afile/m.safetensors"), "is a file, not a folder"),
     ("missing checkpoint", TRAIN + " --resume {tmp}/none.pt", "checkpoint not found"),
+    ("garbage checkpoint", TRAIN + " --resume {tmp}/text.jpg", "not a training checkpoint"),
     ("missing loss weights", TRAIN + " --loss-weights {tmp}/none.pth", "loss weights file not found"),
     ("image as loss weights", TRAIN + " --loss-weights {good}", "not a PyTorch weights file"),
 ]
