@@ -24,6 +24,10 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
+def _cannot_write(path: Path, error: OSError) -> StylizeError:
+    return StylizeError(f"cannot write {path}: {error.strerror or error}")
+
+
 def make_folder_for(path: Path) -> None:
     """Create ``path``'s folder, or say in one line why it cannot be created."""
     path = Path(path)
@@ -33,7 +37,7 @@ def make_folder_for(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise StylizeError(f"cannot write {path}: {error.strerror or error}") from None
+        raise _cannot_write(path, error) from None
 
 
 def check_writable(path: Path) -> None:
@@ -42,7 +46,7 @@ def check_writable(path: Path) -> None:
     try:
         tempfile.TemporaryFile(dir=Path(path).parent).close()
     except OSError as error:
-        raise StylizeError(f"cannot write {path}: {error.strerror or error}") from None
+        raise _cannot_write(path, error) from None
 
 
 @contextlib.contextmanager
@@ -58,7 +62,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     except OSError as error:
-        raise StylizeError(f"cannot write {path}: {error.strerror or error}") from None
+        raise _cannot_write(path, error) from None
     os.close(handle)
     try:
         os.chmod(temporary, _FILE_MODE)
@@ -68,7 +72,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         if isinstance(error, OSError):
-            raise StylizeError(f"cannot write {path}: {error.strerror or error}") from None
+            raise _cannot_write(path, error) from None
         raise
 
 

@@ -29,11 +29,6 @@ class LoadedImage:
     rgb: torch.Tensor  # (1, 3, H, W) float in [0, 1]
     alpha: torch.Tensor | None  # (1, 1, H, W) float in [0, 1], or None when opaque
 
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height), as PIL counts."""
-        return self.rgb.shape[-1], self.rgb.shape[-2]
-
 
 def open_image(path: Path) -> Image.Image:
     """Decode fully (so truncated files fail here) and apply EXIF orientation."""

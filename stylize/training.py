@@ -31,7 +31,7 @@ from .losses import LossWeights, perceptual_loss, style_targets
 from .modelfile import model_name, save_model
 from .network import MIN_SIZE, NetConfig, TransformerNet
 from .norms import check_norm
-from .vgg import DEFAULT_CONTENT_LAYER, DEFAULT_STYLE_LAYERS, LossNetwork, loss_network_names
+from .vgg import DEFAULT_CONTENT_LAYER, DEFAULT_STYLE_LAYERS, LossNetwork, check_loss_network
 
 CHECKPOINTS_KEPT = 3
 # Reading losses back from a GPU waits for it; do that once per this many steps.
@@ -75,10 +75,7 @@ class TrainConfig:
         if not self.lr > 0:
             raise StylizeError("--lr must be positive")
         check_norm(self.norm)
-        if self.loss_network not in DEFAULT_STYLE_LAYERS:
-            raise StylizeError(
-                f"unknown loss network {self.loss_network!r}; choose one of: {', '.join(loss_network_names())}"
-            )
+        check_loss_network(self.loss_network)
 
     @property
     def layers_for_style(self) -> tuple[str, ...]:

@@ -54,12 +54,12 @@ def relu_indices(features: nn.Sequential) -> dict[str, int]:
     return names
 
 
-def _architecture(name: str) -> tuple[str, bool, models.WeightsEnum]:
+def check_loss_network(name: str) -> str:
     if name not in _ARCHITECTURES:
         raise StylizeError(
             f"unknown loss network {name!r}; choose one of: {', '.join(loss_network_names())}"
         )
-    return _ARCHITECTURES[name]
+    return name
 
 
 def _download_state_dict(name: str, weights: models.WeightsEnum) -> dict[str, torch.Tensor]:
@@ -89,7 +89,7 @@ class LossNetwork(nn.Module):
 
     def __init__(self, name: str, layers: Sequence[str], weights_file: Path | None = None):
         super().__init__()
-        config, batch_norm, imagenet_weights = _architecture(name)
+        config, batch_norm, imagenet_weights = _ARCHITECTURES[check_loss_network(name)]
         features = make_layers(cfgs[config], batch_norm=batch_norm)
         indices = relu_indices(features)
         unknown = [layer for layer in layers if layer not in indices]

@@ -35,6 +35,13 @@ def test_stylize_one_image_to_a_file_keeps_its_size(cli, tmp_path: Path, model_f
     assert np.array_equal(written, _expected(model_file, tmp_path / "in.png"))
 
 
+def test_the_api_stylizes_pil_images_like_files(tmp_path: Path, model_file: Path) -> None:
+    Image.fromarray(photo(26, 33, seed=8)).save(tmp_path / "in.png")
+    styled = Stylizer.load(model_file, "cpu").stylize_pil(Image.open(tmp_path / "in.png"))
+    assert styled.size == (33, 26) and styled.mode == "RGB"
+    assert np.array_equal(np.asarray(styled), _expected(model_file, tmp_path / "in.png"))
+
+
 def test_output_format_follows_the_extension_and_max_size_shrinks(cli, tmp_path: Path, model_file: Path) -> None:
     Image.fromarray(photo(60, 90, seed=2)).save(tmp_path / "in.png")
     result = cli("image", tmp_path / "in.png", "--model", model_file, "--out", tmp_path / "o.jpg", "--max-size", "45")
