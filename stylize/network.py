@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .norms import check_norm, create_norm
+from .norms import DEFAULT_GROUPS, check_groups, check_norm, create_norm
 
 # Reflection padding needs every feature map to be larger than its padding;
 # smaller images are padded up to this size and cropped back.
@@ -27,12 +27,14 @@ class NetConfig:
     """Everything needed to rebuild a network; stored inside every model file."""
 
     norm: str = "instance"
+    groups: int = DEFAULT_GROUPS  # for the "group" norm
     # Pixel scale the weights expect: 1 for stylize's own [0, 1] models,
     # 255 for models imported from pytorch/examples' fast_neural_style.
     input_scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_norm(self.norm)
+        check_groups(self.groups)
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -41,6 +43,10 @@ class NetConfig:
     def from_dict(cls, values: dict[str, object]) -> NetConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
+
+
+def _norm(config: NetConfig, channels: int, site: str) -> nn.Module:
+    return create_norm(config.norm, channels, site, config.groups)
 
 
 class ReflectConv(nn.Module):
@@ -61,12 +67,12 @@ class UpsampleConv(ReflectConv):
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, channels: int, norm: str, site: str):
+    def __init__(self, channels: int, config: NetConfig, site: str):
         super().__init__()
         self.conv1 = ReflectConv(channels, channels, 3)
-        self.norm1 = create_norm(norm, channels, f"{site}.norm1")
+        self.norm1 = _norm(config, channels, f"{site}.norm1")
         self.conv2 = ReflectConv(channels, channels, 3)
-        self.norm2 = create_norm(norm, channels, f"{site}.norm2")
+        self.norm2 = _norm(config, channels, f"{site}.norm2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.norm1(self.conv1(x)))
@@ -95,20 +101,19 @@ class TransformerNet(nn.Module):
     def __init__(self, config: NetConfig = NetConfig()):
         super().__init__()
         self.config = config
-        norm = config.norm
         self.conv1 = ReflectConv(3, 32, 9)
-        self.norm1 = create_norm(norm, 32, "norm1")
+        self.norm1 = _norm(config, 32, "norm1")
         self.conv2 = ReflectConv(32, 64, 3, stride=2)
-        self.norm2 = create_norm(norm, 64, "norm2")
+        self.norm2 = _norm(config, 64, "norm2")
         self.conv3 = ReflectConv(64, 128, 3, stride=2)
-        self.norm3 = create_norm(norm, 128, "norm3")
+        self.norm3 = _norm(config, 128, "norm3")
         self.res = nn.Sequential(
-            *(ResidualBlock(128, norm, f"res.{i}") for i in range(RESIDUAL_BLOCKS))
+            *(ResidualBlock(128, config, f"res.{i}") for i in range(RESIDUAL_BLOCKS))
         )
         self.up1 = UpsampleConv(128, 64, 3)
-        self.norm4 = create_norm(norm, 64, "norm4")
+        self.norm4 = _norm(config, 64, "norm4")
         self.up2 = UpsampleConv(64, 32, 3)
-        self.norm5 = create_norm(norm, 32, "norm5")
+        self.norm5 = _norm(config, 32, "norm5")
         self.conv_out = ReflectConv(32, 3, 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

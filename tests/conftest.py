@@ -20,6 +20,7 @@ from stylize.network import NetConfig, TransformerNet
 
 # vgg16 up to relu2_2 (index 8): enough for a content and a two-layer style loss.
 SMALL_VGG_DEPTH = 9
+ALL_NORMS = ["instance", "batch", "layer", "group", "none", "ibn", "batch-instance"]
 SMALL_LOSS_ARGS = ["--loss-network", "vgg16", "--style-layers", "relu1_2,relu2_2", "--content-layer", "relu2_2"]
 
 

@@ -14,20 +14,23 @@ from stylize.images import to_uint8
 from stylize.modelfile import read_info, resolve_model
 from stylize.network import NetConfig, TransformerNet
 
-from .conftest import write_model
+from .conftest import ALL_NORMS, write_model
 from .reference_fast_neural_style import randomized, stylize_like_examples
 
 
-@pytest.mark.parametrize("norm", ["instance", "batch"])
+@pytest.mark.parametrize("norm", ALL_NORMS)
 def test_round_trip_keeps_weights_config_and_metadata(tmp_path: Path, norm: str) -> None:
     torch.manual_seed(0)
-    network = TransformerNet(NetConfig(norm=norm))
-    if norm == "batch":
-        network.train()(torch.rand(4, 3, 20, 20))  # non-trivial running statistics
+    config = NetConfig(norm=norm, groups=4)
+    network = TransformerNet(config)
+    with torch.no_grad():
+        network.train()(torch.rand(4, 3, 20, 20))  # non-trivial running statistics where there are any
+        for parameter in network.parameters():  # norm scales, shifts and gates away from their defaults
+            parameter.add_(torch.randn_like(parameter) * 0.1)
     network.eval()
     save_model(tmp_path / "m.safetensors", network, style="wave", training={"steps_done": 7, "image_size": 64})
     model = load_model(tmp_path / "m.safetensors")
-    assert model.info.config == NetConfig(norm=norm) and model.info.style == "wave"
+    assert model.info.config == config and model.info.style == "wave"
     assert model.info.training == {"steps_done": 7, "image_size": 64} and model.info.name == "m"
     assert not model.network.training
     images = torch.rand(1, 3, 23, 31)

@@ -6,10 +6,16 @@ from torch import nn
 
 from stylize import StylizeError, create_norm, norm_names, register_norm
 from stylize.network import NORM_SITES, NetConfig, TransformerNet
-from stylize.norms import _REGISTRY
+from stylize.norms import _REGISTRY, IBN_INSTANCE_SITES, BatchInstanceNorm2d
+
+from .conftest import ALL_NORMS
 
 
-@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_every_norm_is_registered_instance_and_batch_first() -> None:
+    assert norm_names() == ALL_NORMS
+
+
+@pytest.mark.parametrize("norm", ALL_NORMS)
 @pytest.mark.parametrize("size", [(33, 47), (16, 17), (5, 9), (1, 1), (64, 48)])
 def test_output_has_the_input_size(norm: str, size: tuple[int, int]) -> None:
     network = TransformerNet(NetConfig(norm=norm)).eval()
@@ -66,9 +72,9 @@ def test_instance_norm_keeps_no_running_statistics() -> None:
 
 
 def test_unknown_norm_lists_the_valid_ones() -> None:
-    with pytest.raises(StylizeError, match="unknown norm 'groupy'.*batch, instance"):
+    with pytest.raises(StylizeError, match="unknown norm 'groupy'; choose one of: instance, batch, layer, group"):
         create_norm("groupy", 8, "norm1")
-    with pytest.raises(StylizeError, match="batch, instance"):
+    with pytest.raises(StylizeError, match="instance, batch, layer, group, none, ibn, batch-instance"):
         NetConfig(norm="groupy")
 
 
@@ -76,7 +82,7 @@ def test_a_registered_norm_drops_in_without_touching_the_network() -> None:
     sites: list[tuple[int, str]] = []
 
     @register_norm("recording")
-    def recording(channels: int, site: str) -> nn.Module:
+    def recording(channels: int, site: str, groups: int) -> nn.Module:
         sites.append((channels, site))
         return nn.Identity()
 
@@ -90,3 +96,72 @@ def test_a_registered_norm_drops_in_without_touching_the_network() -> None:
         assert network(torch.rand(1, 3, 20, 20)).shape == (1, 3, 20, 20)
     finally:
         del _REGISTRY["recording"]
+
+
+def _norm_layers(network: TransformerNet) -> dict[str, nn.Module]:
+    modules = dict(network.named_modules())
+    return {site: modules[site] for site in NORM_SITES}
+
+
+def test_ibn_uses_instance_norm_in_the_encoder_and_batch_norm_deeper() -> None:
+    layers = _norm_layers(TransformerNet(NetConfig(norm="ibn")))
+    assert IBN_INSTANCE_SITES == {"norm1", "norm2", "norm3"}
+    for site, layer in layers.items():
+        expected = nn.InstanceNorm2d if site in IBN_INSTANCE_SITES else nn.BatchNorm2d
+        assert type(layer) is expected, site
+    assert sum(isinstance(layer, nn.BatchNorm2d) for layer in layers.values()) == 12
+
+
+def test_ibn_shallow_layers_ignore_batch_neighbours_deep_ones_do_not() -> None:
+    network = TransformerNet(NetConfig(norm="ibn")).train()
+    images = _images()
+    with torch.no_grad():
+        encoded = [network.norm3(network.conv3(network.norm2(network.conv2(network.norm1(network.conv1(x))))))
+                   for x in (images[:2], images[[0, 3]])]
+        torch.testing.assert_close(encoded[0][:1], encoded[1][:1], rtol=0, atol=1e-5)
+        outputs = network(images[:2])[:1], network(images[[0, 3]])[:1]
+    assert (outputs[0] - outputs[1]).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize(("norm", "layer_type", "groups"), [("layer", nn.GroupNorm, 1), ("group", nn.GroupNorm, 4)])
+def test_layer_and_group_norms_normalize_groups_of_channels(norm: str, layer_type: type, groups: int) -> None:
+    layers = _norm_layers(TransformerNet(NetConfig(norm=norm, groups=4)))
+    assert all(type(layer) is layer_type and layer.num_groups == groups for layer in layers.values())
+
+
+def test_group_count_must_divide_every_layer() -> None:
+    assert TransformerNet(NetConfig(norm="group")).norm1.num_groups == 8  # default
+    with pytest.raises(StylizeError, match="--groups must divide 32.*1, 2, 4, 8, 16, 32"):
+        NetConfig(norm="group", groups=3)
+
+
+def test_none_norm_has_no_norm_layers() -> None:
+    network = TransformerNet(NetConfig(norm="none"))
+    assert all(isinstance(layer, nn.Identity) for layer in _norm_layers(network).values())
+
+
+def test_batch_instance_gate_is_learnable_and_bounded() -> None:
+    layer = BatchInstanceNorm2d(8)
+    assert torch.equal(layer.gate, torch.full((8,), 0.5))
+    x = torch.randn(4, 8, 6, 6) * 3 + 1
+    target = torch.randn(4, 8, 6, 6)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1e4)  # a huge step to push the gate to its bounds
+    ((layer(x) - target) ** 2).mean().backward()
+    assert layer.gate_logit.grad is not None and layer.gate_logit.grad.abs().sum() > 0
+    optimizer.step()
+    assert not torch.equal(layer.gate, torch.full((8,), 0.5))
+    assert ((layer.gate >= 0) & (layer.gate <= 1)).all()
+
+
+@pytest.mark.parametrize(("logit", "expected"), [(40.0, "batch"), (-40.0, "instance")])
+def test_batch_instance_gate_ends_are_batch_and_instance_norm(logit: float, expected: str) -> None:
+    layer = BatchInstanceNorm2d(8).train()
+    with torch.no_grad():
+        layer.gate_logit.fill_(logit)
+        layer.weight.uniform_(0.5, 2)
+        layer.bias.uniform_(-1, 1)
+    reference = nn.BatchNorm2d(8) if expected == "batch" else nn.InstanceNorm2d(8, affine=True)
+    reference.load_state_dict({"weight": layer.weight, "bias": layer.bias}, strict=False)
+    x = torch.randn(4, 8, 6, 6) * 2 + 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), reference.train()(x), rtol=1e-5, atol=1e-5)
