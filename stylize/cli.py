@@ -21,7 +21,7 @@ from .errors import StylizeError
 from .modelfile import bundled_models, models_dir
 from .norms import norm_names
 from .stylizer import Stylizer, plan_outputs
-from .training import StepReport, TrainConfig, train as run_training
+from .training import StepReport, TrainConfig, plan_norm_runs, train_norms
 from .vgg import DEFAULT_CONTENT_LAYER, loss_network_names
 
 app = typer.Typer(
@@ -74,8 +74,18 @@ def _root(
 def train(
     style_image: Annotated[Path, typer.Argument(help="The style image (a painting) to learn.")],
     data: Annotated[Path, typer.Option(help="Folder of training photos, searched recursively.")],
-    out: Annotated[Path, typer.Option(help="Model file to write, e.g. starry-night.safetensors.")],
-    norm: Annotated[str, typer.Option(help=f"Normalization layers: {', '.join(norm_names())}.")] = "instance",
+    out: Annotated[
+        Path,
+        typer.Option(help="Model file to write (starry-night.safetensors), or a folder: FOLDER/STYLE-NORM.safetensors."),
+    ],
+    norm: Annotated[
+        List[str],
+        typer.Option(
+            help=f"Normalization layers: {', '.join(norm_names())}. Repeat it to train one model per norm "
+            "with identical settings and seed into the --out folder."
+        ),
+    ] = ["instance"],  # noqa: B006 - Typer reads list defaults this way
+    groups: Annotated[int, typer.Option(help="Channel groups of the group norm (divides 32).")] = TrainConfig.groups,
     steps: Annotated[int, typer.Option(help="Total optimizer steps of the run.")] = TrainConfig.steps,
     batch_size: Annotated[int, typer.Option(help="Photos per step.")] = TrainConfig.batch_size,
     image_size: Annotated[int, typer.Option(help="Side of the square training crops, px.")] = TrainConfig.image_size,
@@ -110,7 +120,8 @@ def train(
         style_image=style_image,
         data=data,
         out=out,
-        norm=norm,
+        norm=norm[0] if norm else TrainConfig.norm,
+        groups=groups,
         steps=steps,
         batch_size=batch_size,
         image_size=image_size,
@@ -131,25 +142,28 @@ def train(
         checkpoint_every=checkpoint_every,
         resume=resume,
     )
+    runs = plan_norm_runs(config, norm)
     progress = _progress()
-    task = progress.add_task(f"training {norm}", total=steps, status="")
+    tasks = {run.out: progress.add_task(f"training {run.norm}", total=steps, status="") for run in runs}
 
-    def show(report: StepReport) -> None:
+    def show(run: TrainConfig, report: StepReport) -> None:
         progress.start()  # once training runs, so that setup errors stay one line
         status = (
             f"content {report.content:.3g}  style {report.style:.3g}  tv {report.tv:.3g}"
             f"  {report.images_per_second:.1f} img/s"
         )
-        progress.update(task, completed=report.step, status=status)
+        progress.update(tasks[run.out], completed=report.step, status=status)
 
     try:
-        result = run_training(config, on_progress=show)
+        results = train_norms(runs, on_progress=show)
     finally:
         if progress.live.is_started:
             progress.stop()
-    typer.echo(f"wrote {result.model} ({result.steps} steps, {result.seconds:.0f} s); metrics: {result.metrics}")
-    if result.unreadable_files:
-        typer.echo(f"skipped {len(result.unreadable_files)} unreadable training images", err=True)
+    for result in results:
+        typer.echo(f"wrote {result.model} ({result.steps} steps, {result.seconds:.0f} s); metrics: {result.metrics}")
+    skipped = max(len(result.unreadable_files) for result in results)
+    if skipped:
+        typer.echo(f"skipped {skipped} unreadable training images", err=True)
 
 
 @app.command()

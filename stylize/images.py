@@ -6,7 +6,10 @@ palette, CMYK, 16-bit and images with alpha (kept aside and written back).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import glob
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -102,6 +105,30 @@ def resize_long_side(images: torch.Tensor, long_side: int) -> torch.Tensor:
     scale = long_side / max(height, width)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     return F.interpolate(images, size=size, mode="bicubic", antialias=True).clamp(0, 1)
+
+
+THUMBNAIL_SIZE = 256
+
+
+def encode_thumbnail(rgb: torch.Tensor) -> str:
+    """A small JPEG as base64 text, so a model file's metadata can show its style."""
+    if max(rgb.shape[-2:]) > THUMBNAIL_SIZE:
+        rgb = resize_long_side(rgb, THUMBNAIL_SIZE)
+    buffer = io.BytesIO()
+    tensor_to_image(rgb).save(buffer, format="JPEG", quality=90)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_thumbnail(text: str) -> torch.Tensor | None:
+    """The thumbnail's pixels, or None when there is none or it is damaged."""
+    if not text:
+        return None
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as image:
+            image.load()
+            return image_to_tensor(image).rgb
+    except (binascii.Error, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def find_images(root: Path) -> list[Path]:

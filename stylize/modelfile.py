@@ -36,6 +36,7 @@ class ModelInfo:
     config: NetConfig
     style: str = ""
     training: dict[str, Any] = field(default_factory=dict)
+    style_thumbnail: str = ""  # base64 JPEG of the style image; see images.decode_thumbnail
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,14 @@ def resolve_model(name_or_path: str | Path) -> Path:
 
 
 def save_model(
-    path: Path, network: TransformerNet, style: str, training: dict[str, Any]
+    path: Path, network: TransformerNet, style: str, training: dict[str, Any], style_thumbnail: str = ""
 ) -> None:
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "network": json.dumps(network.config.to_dict()),
         "style": style,
+        "style_thumbnail": style_thumbnail,
         "training": json.dumps(training),
     }
     tensors = {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
@@ -106,7 +108,14 @@ def _stylize_info(path: Path, metadata: dict[str, str] | None) -> ModelInfo:
         training = json.loads(metadata.get("training", "{}"))
     except (KeyError, ValueError, TypeError) as error:
         raise StylizeError(f"{path} has broken metadata ({error})") from None
-    return ModelInfo(name=model_name(path), path=path, config=config, style=metadata.get("style", ""), training=training)
+    return ModelInfo(
+        name=model_name(path),
+        path=path,
+        config=config,
+        style=metadata.get("style", ""),
+        training=training,
+        style_thumbnail=metadata.get("style_thumbnail", ""),
+    )
 
 
 def model_name(path: Path) -> str:

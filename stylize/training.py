@@ -8,6 +8,7 @@ weights, the optimizer state and the step to continue exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import torch
 
@@ -26,11 +27,11 @@ from .data import crop_loader, training_files
 from .devices import autocast, memory_format, resolve_device
 from .errors import StylizeError, TrainingDiverged, TrainingInterrupted
 from .fileio import atomic_path, check_writable, load_torch_file
-from .images import load_image, resize_long_side
+from .images import encode_thumbnail, load_image, resize_long_side
 from .losses import LossWeights, perceptual_loss, style_targets
-from .modelfile import model_name, save_model
+from .modelfile import MODEL_SUFFIX, model_name, save_model
 from .network import MIN_SIZE, NetConfig, TransformerNet
-from .norms import check_norm
+from .norms import DEFAULT_GROUPS, check_groups, check_norm
 from .vgg import DEFAULT_CONTENT_LAYER, DEFAULT_STYLE_LAYERS, LossNetwork, check_loss_network
 
 CHECKPOINTS_KEPT = 3
@@ -44,6 +45,7 @@ class TrainConfig:
     data: Path
     out: Path
     norm: str = "instance"
+    groups: int = DEFAULT_GROUPS
     steps: int = 10_000
     batch_size: int = 4
     image_size: int = 256
@@ -75,7 +77,12 @@ class TrainConfig:
         if not self.lr > 0:
             raise StylizeError("--lr must be positive")
         check_norm(self.norm)
+        check_groups(self.groups)
         check_loss_network(self.loss_network)
+
+    @property
+    def net_config(self) -> NetConfig:
+        return NetConfig(norm=self.norm, groups=self.groups)
 
     @property
     def layers_for_style(self) -> tuple[str, ...]:
@@ -151,7 +158,8 @@ def read_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
         raise StylizeError(f"{path} is not a training checkpoint")
     saved, wanted = checkpoint["config"], config.record()
     for key, value in wanted.items():
-        if key not in RUN_SETTINGS and saved.get(key) != value:
+        # A setting the checkpoint predates had its default value then.
+        if key not in RUN_SETTINGS and saved.get(key, value) != value:
             raise StylizeError(
                 f"{path} was trained with {key.replace('_', '-')}={saved.get(key)!r}, not {value!r}; "
                 "resume with the run's original settings"
@@ -257,9 +265,10 @@ class _Run:
         return str(found[-1]) if found else "none"
 
 
-def _load_style(config: TrainConfig, device: torch.device) -> torch.Tensor:
+def _load_style(config: TrainConfig, device: torch.device) -> tuple[torch.Tensor, str]:
+    """The style image at ``style_size`` on ``device``, and its thumbnail for the model file."""
     style = load_image(config.style_image).rgb
-    return resize_long_side(style, config.style_size).to(device)
+    return resize_long_side(style, config.style_size).to(device), encode_thumbnail(style)
 
 
 def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None = None) -> TrainResult:
@@ -267,7 +276,7 @@ def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None 
     write the model to ``config.out``; ``on_progress`` hears about every step."""
     device = resolve_device(config.device)
     files = training_files(config.data)
-    style = _load_style(config, device)
+    style, thumbnail = _load_style(config, device)
     if config.out.is_dir():
         raise StylizeError(f"--out {config.out} is a folder; give a model file name such as style.safetensors")
     check_writable(config.out)
@@ -275,7 +284,7 @@ def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None 
 
     torch.manual_seed(config.seed)
     fmt = memory_format(device)
-    network = TransformerNet(NetConfig(norm=config.norm)).to(device, memory_format=fmt).train()
+    network = TransformerNet(config.net_config).to(device, memory_format=fmt).train()
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
     run = _Run(config, network, optimizer)
     if checkpoint is not None:
@@ -374,7 +383,7 @@ def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None 
         "stylize": __version__,
     }
     network.eval()
-    save_model(config.out, network, style=config.style_image.stem, training=training)
+    save_model(config.out, network, style=config.style_image.stem, training=training, style_thumbnail=thumbnail)
     return TrainResult(
         model=config.out,
         metrics=metrics.path,
@@ -382,3 +391,54 @@ def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None 
         seconds=run.seconds,
         unreadable_files=tuple(sorted(run.unreadable)),
     )
+
+
+def plan_norm_runs(config: TrainConfig, norms: Sequence[str]) -> list[TrainConfig]:
+    """One run per norm, identical in everything else, for a fair comparison.
+
+    Same seed means the same photos in the same order with the same crops and
+    the same initial convolution weights (norm layers draw no random numbers).
+    With several norms, or ``--out`` an existing folder, models go to
+    ``OUT/STYLE-NORM.safetensors``, and ``--resume OUT`` continues each run
+    from its own checkpoints (a run without any starts from scratch).
+    """
+    if not norms:
+        raise StylizeError("give at least one --norm")
+    repeated = sorted({norm for norm in norms if list(norms).count(norm) > 1})
+    if repeated:
+        raise StylizeError(f"--norm {repeated[0]} is given twice")
+    for norm in norms:
+        check_norm(norm)
+    folder = config.out
+    if len(norms) == 1 and not folder.is_dir():
+        return [dataclasses.replace(config, norm=norms[0])]
+    if folder.suffix == MODEL_SUFFIX or folder.is_file():
+        raise StylizeError(f"training {len(norms)} norms writes one model each: give --out a folder, not {folder}")
+    if config.resume is not None and config.resume.resolve() != folder.resolve():
+        raise StylizeError(f"with several norms, --resume takes the --out folder ({folder}), not {config.resume}")
+    runs = []
+    for norm in norms:
+        out = folder / f"{config.style_image.stem}-{norm}{MODEL_SUFFIX}"
+        resume = checkpoint_dir(out) if config.resume is not None and _checkpoint_files(checkpoint_dir(out)) else None
+        runs.append(dataclasses.replace(config, norm=norm, out=out, resume=resume))
+    return runs
+
+
+def train_norms(
+    runs: Sequence[TrainConfig], on_progress: Callable[[TrainConfig, StepReport], None] | None = None
+) -> list[TrainResult]:
+    """Train the runs of ``plan_norm_runs`` one after another."""
+    results = []
+    for config in runs:
+        report = None if on_progress is None else functools.partial(on_progress, config)
+        try:
+            results.append(train(config, on_progress=report))
+        except TrainingInterrupted as interrupted:
+            if len(runs) == 1:
+                raise
+            folder = config.out.parent
+            raise TrainingInterrupted(
+                f"interrupted while training {config.norm} ({len(results)} of {len(runs)} runs done); "
+                f"continue with the same command plus --resume {folder}"
+            ) from interrupted
+    return results

@@ -122,7 +122,7 @@ BAD_INPUTS = [
     ("missing model option", "image {good}", "Missing option '--model'"),
     ("zero steps", TRAIN + " --steps 0", "--steps must be at least 1"),
     ("negative size", TRAIN + " --image-size -5", "--image-size must be at least"),
-    ("unknown norm", TRAIN + " --norm nope", "unknown norm 'nope'; choose one of: batch, instance"),
+    ("unknown norm", TRAIN + " --norm nope", "unknown norm 'nope'; choose one of: instance, batch, layer"),
     ("missing data", TRAIN + " --data {tmp}/nodata", "training data folder not found"),
     ("missing style", "train {tmp}/nostyle.png --data {tmp} --out {tmp}/m.safetensors", "no such file"),
     ("unwritable model", TRAIN.replace("{tmp}/m.safetensors", "{tmp}/afile/m.safetensors"), "is a file, not a folder"),

@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 
 import stylize.training as training
 from stylize import StylizeError, TrainConfig, TrainingInterrupted, load_model, train
+from stylize.images import decode_thumbnail
 from stylize.losses import LossTerms
+from stylize.network import NetConfig, TransformerNet
 
 from .conftest import train_args
 
@@ -181,3 +183,64 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(
 def test_bad_settings_are_refused(tmp_path: Path, field: str, value: object, message: str) -> None:
     with pytest.raises(StylizeError, match=message):
         TrainConfig(style_image=tmp_path, data=tmp_path, out=tmp_path / "m.safetensors", **{field: value})
+
+
+def test_one_command_trains_every_norm_under_identical_settings(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    folder = tmp_path / "pair"
+    norms = ["instance", "batch", "batch-instance"]
+    args = train_args(style_image, photos, folder, vgg_weights, "--steps", "2")
+    result = cli(*args, *(f"--norm={norm}" for norm in norms))
+    assert result.code == 0, result.err
+    models = {norm: load_model(folder / f"swirls-{norm}.safetensors") for norm in norms}
+    assert [model.info.config.norm for model in models.values()] == norms
+    assert all((folder / f"swirls-{norm}.metrics.jsonl").is_file() for norm in norms)
+    run_only = {"norm", "out", "training_seconds", "resume"}
+    records = [{k: v for k, v in model.info.training.items() if k not in run_only} for model in models.values()]
+    assert records[0] == records[1] == records[2]
+    thumbnail = decode_thumbnail(models["batch"].info.style_thumbnail)
+    assert thumbnail is not None and thumbnail.shape == (1, 3, 48, 48)
+
+    # Continuing the folder extends every run exactly as one longer run would.
+    longer = cli(*train_args(style_image, photos, tmp_path / "direct", vgg_weights), "--norm", "instance", "--norm", "batch")
+    assert longer.code == 0, longer.err
+    resumed = cli(*args, "--norm", "instance", "--norm", "batch", "--steps", "4", "--resume", str(folder))
+    assert resumed.code == 0, resumed.err
+    for norm in ("instance", "batch"):
+        _assert_same_weights(folder / f"swirls-{norm}.safetensors", tmp_path / "direct" / f"swirls-{norm}.safetensors")
+
+
+def test_same_seed_gives_every_norm_the_same_initial_convolutions() -> None:
+    states = []
+    for norm in ("instance", "batch", "ibn", "none", "batch-instance"):
+        torch.manual_seed(3)
+        states.append({k: v for k, v in TransformerNet(NetConfig(norm=norm)).state_dict().items() if "conv" in k})
+    for state in states[1:]:
+        assert state.keys() == states[0].keys()
+        assert all(torch.equal(state[key], states[0][key]) for key in state)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--norm", "instance", "--norm", "batch"], "training 2 norms writes one model each: give --out a folder"),
+        (["--norm", "batch", "--norm", "batch"], "--norm batch is given twice"),
+        (["--norm", "instance", "--norm", "blob"], "unknown norm 'blob'"),
+        (["--norm", "group", "--groups", "5"], "--groups must divide 32"),
+    ],
+)
+def test_bad_norm_lists_are_refused_before_training(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, extra: list[str], message: str
+) -> None:
+    result = cli(*train_args(style_image, photos, tmp_path / "m.safetensors", vgg_weights), *extra)
+    assert result.code == 2 and len(result.error_lines) == 1 and message in result.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resuming_several_norms_takes_the_out_folder(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    args = train_args(style_image, photos, tmp_path / "pair", vgg_weights)
+    result = cli(*args, "--norm", "instance", "--norm", "batch", "--resume", str(tmp_path / "elsewhere"))
+    assert result.code == 2 and "--resume takes the --out folder" in result.err
