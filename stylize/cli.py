@@ -16,9 +16,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
+from .compare import CompareSettings, compare as run_comparison
 from .devices import DEVICE_CHOICES
 from .errors import StylizeError
-from .modelfile import bundled_models, models_dir
+from .fileio import check_writable
+from .images import output_format
+from .modelfile import ModelInfo, bundled_models, models_dir
+from .sheet import write_sheet
 from .norms import norm_names
 from .stylizer import Stylizer, plan_outputs
 from .training import StepReport, TrainConfig, plan_norm_runs, train_norms
@@ -41,7 +45,7 @@ _UsageProblem = next(base for base in typer.BadParameter.__mro__ if base.__name_
 DEVICE_HELP = f"where to run: {', '.join(DEVICE_CHOICES)} or cuda:N"
 
 
-def _progress(disable: bool = False) -> Progress:
+def _progress(disable: bool = False, transient: bool = False) -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -52,6 +56,7 @@ def _progress(disable: bool = False) -> Progress:
         TextColumn("{task.fields[status]}"),
         console=stderr,
         disable=disable,
+        transient=transient,
     )
 
 
@@ -201,6 +206,61 @@ def image(
         typer.echo(f"wrote {written} of {len(pairs)} images")
     if failed:
         raise typer.Exit(2)
+
+
+@app.command()
+def compare(
+    contents: Annotated[List[Path], typer.Argument(help="Content images (photos).")],
+    model: Annotated[
+        List[str],
+        typer.Option(
+            help="A model file, a folder of models, a bundled model, or a bundled style name "
+            "(all its norms). Repeat for more columns."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="The sheet to write; its numbers go beside it as .json.")] = Path(
+        "compare.png"
+    ),
+    size: Annotated[int, typer.Option(help="Long side of each content image on the sheet, px.")] = CompareSettings.size,
+    loss_network: Annotated[
+        Optional[str], typer.Option(help="VGG for the loss numbers; default: the one each model trained with.")
+    ] = None,
+    loss_weights: Annotated[
+        Optional[Path], typer.Option(help="VGG state dict for the loss numbers; default: each model's training one.")
+    ] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+) -> None:
+    """Compare models (instance vs batch norm, ...) side by side: a sheet and its numbers."""
+    settings = CompareSettings(size=size, device=device, loss_network=loss_network, loss_weights=loss_weights)
+    output_format(out)
+    check_writable(out)
+    progress = _progress(transient=True)
+    task = progress.add_task("comparing", total=None, status="")
+
+    def show(index: int, count: int, info: ModelInfo) -> None:
+        progress.start()  # once inputs are read, so that their errors stay one line
+        progress.update(task, total=count, completed=index, status=info.name)
+
+    try:
+        comparison = run_comparison(contents, model, settings, on_model=show)
+    finally:
+        progress.stop()
+    numbers = write_sheet(comparison, out)
+    table = Table("model", "norm", "Δ contrast", "Δ batch", "Δ train/eval", "content loss", "style loss",
+                  title="output change (Δ): mean |difference|, 0..255")  # fmt: skip
+    for report in comparison.reports:
+        changes = (report.contrast_sensitivity, report.batch_sensitivity, report.train_eval_gap)
+        losses = (report.content_loss, report.style_loss)
+        table.add_row(
+            report.info.name,
+            report.info.config.norm,
+            *(f"{value:.2f}" for value in changes),
+            *("n/a" if value is None else f"{value:.3g}" for value in losses),
+        )
+    stdout.print(table)
+    for note in dict.fromkeys(report.loss_source for report in comparison.reports if report.content_loss is None):
+        typer.echo(f"losses: {note}", err=True)
+    typer.echo(f"wrote {out} and {numbers}")
 
 
 @app.command()

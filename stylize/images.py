@@ -92,9 +92,12 @@ def output_format(path: Path) -> str:
 
 def save_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> None:
     """Write atomically; the extension picks the format; alpha kept where it can be."""
+    save_pil(path, tensor_to_image(rgb, alpha if output_format(path) in _ALPHA_FORMATS else None))
+
+
+def save_pil(path: Path, image: Image.Image) -> None:
     path = Path(path)
     fmt = output_format(path)
-    image = tensor_to_image(rgb, alpha if fmt in _ALPHA_FORMATS else None)
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     with atomic_path(path) as temporary:
         image.save(temporary, format=fmt, **options)

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from .errors import StylizeError
 from .fileio import atomic_path, load_torch_file
 from .network import NetConfig, TransformerNet
+from .norms import norm_names
 
 FORMAT = "stylize"
 FORMAT_VERSION = 1
@@ -72,6 +73,27 @@ def resolve_model(name_or_path: str | Path) -> Path:
             return folder / candidate
     names = ", ".join(info.name for info in bundled_models()) or f"none in {folder}"
     raise StylizeError(f"no model file or bundled model named {str(name_or_path)!r} (bundled: {names})")
+
+
+def resolve_models(names: Sequence[str | Path]) -> list[Path]:
+    """Model files for ``compare``: paths, folders of models, bundled names, and
+    bundled style names, which stand for every norm trained for that style."""
+    found: list[Path] = []
+    for name in names:
+        path, folder = Path(name), models_dir()
+        if path.is_dir():
+            infos = [read_info(candidate) for candidate in sorted(path.glob(f"*{MODEL_SUFFIX}"))]
+            if not infos:
+                raise StylizeError(f"no model files (*{MODEL_SUFFIX}) in folder {path}")
+            order = norm_names()
+            paths = [info.path for info in sorted(infos, key=lambda info: (info.style, order.index(info.config.norm)))]
+        elif path.exists() or (folder / f"{name}{MODEL_SUFFIX}").is_file():
+            paths = [resolve_model(name)]
+        else:
+            paths = [folder / f"{name}-{norm}{MODEL_SUFFIX}" for norm in norm_names()]
+            paths = [candidate for candidate in paths if candidate.is_file()] or [resolve_model(name)]
+        found.extend(candidate for candidate in paths if candidate not in found)
+    return found
 
 
 def save_model(

@@ -62,6 +62,13 @@ def check_loss_network(name: str) -> str:
     return name
 
 
+def imagenet_weights_cached(name: str) -> bool:
+    """Whether torchvision already downloaded ``name``'s ImageNet weights, so
+    building the loss network needs no network access."""
+    url = _ARCHITECTURES[check_loss_network(name)][2].url
+    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
+
+
 def _download_state_dict(name: str, weights: models.WeightsEnum) -> dict[str, torch.Tensor]:
     try:
         return weights.get_state_dict(progress=True)

@@ -1,0 +1,250 @@
+"""The instance-vs-batch-norm experiment behind ``stylize compare``.
+
+Every model stylizes every content image three ways: as it is; with its
+contrast scaled around its mean, a change instance norm removes exactly in its
+first layer (up to its epsilon) while batch norm's fixed statistics pass it on;
+and in train mode inside batches of different neighbours, where batch norm
+normalizes with the batch's statistics instead of the image's own. Differences
+are mean absolute differences on the 0..255 scale.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .errors import StylizeError
+from .devices import autocast, memory_format, resolve_device
+from .images import decode_thumbnail, load_image, resize_long_side
+from .losses import content_loss, style_loss, style_targets
+from .modelfile import ModelInfo, load_model, resolve_models
+from .network import MIN_SIZE
+from .stylizer import Stylizer
+from .vgg import (
+    DEFAULT_CONTENT_LAYER,
+    DEFAULT_STYLE_LAYERS,
+    LossNetwork,
+    check_loss_network,
+    imagenet_weights_cached,
+)
+
+# Besides x1, the plain stylization. Sensitivity compares x1 with the first.
+CONTRAST_FACTORS = (0.5, 1.5)
+NEIGHBOURS_PER_BATCH = 3
+# Neighbours far apart in brightness, made from the image itself so that any
+# content works: the image itself is the same in both batches.
+NEIGHBOURS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "dark": lambda images: images * 0.25,
+    "bright": lambda images: 0.75 + images * 0.25,
+}
+
+
+def adjust_contrast(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """Scale each image's deviation from its per-channel mean; clamped to [0, 1],
+    which leaves factors up to 1 exact."""
+    mean = images.mean(dim=(-2, -1), keepdim=True)
+    return (mean + factor * (images - mean)).clamp(0, 1)
+
+
+def mean_abs_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """On the 0..255 scale, as a viewer sees the images."""
+    return float((a.float() - b.float()).abs().mean() * 255)
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    size: int = 256  # long side of every content image, px
+    device: str = "auto"
+    loss_network: str | None = None  # default: each model's training loss network
+    loss_weights: Path | None = None  # default: each model's training weights file
+
+    def __post_init__(self) -> None:
+        if self.size < MIN_SIZE:
+            raise StylizeError(f"--size must be at least {MIN_SIZE} pixels")
+        if self.loss_network is not None:
+            check_loss_network(self.loss_network)
+
+
+@dataclass(frozen=True)
+class Stylizations:
+    """One model's outputs for one content image (NCHW in [0, 1], on the CPU)."""
+
+    plain: torch.Tensor
+    contrast: dict[float, torch.Tensor]
+    in_batch: dict[str, torch.Tensor]  # train mode, among neighbours of each kind
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    info: ModelInfo
+    contrast_sensitivity: float  # output change between contrast x1 and x0.5
+    batch_sensitivity: float  # output change between dark and bright neighbours, train mode
+    train_eval_gap: float  # output change between train mode (either batch) and eval mode
+    content_loss: float | None  # unweighted, as the model's training measured it
+    style_loss: float | None
+    loss_source: str  # what measured the losses, or why they are missing
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.info.name,
+            "path": str(self.info.path),
+            "norm": self.info.config.norm,
+            "style": self.info.style,
+            "contrast_sensitivity": round(self.contrast_sensitivity, 4),
+            "batch_sensitivity": round(self.batch_sensitivity, 4),
+            "train_eval_gap": round(self.train_eval_gap, 4),
+            "content_loss": self.content_loss,
+            "style_loss": self.style_loss,
+            "loss_source": self.loss_source,
+        }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    content_names: list[str]
+    contents: list[torch.Tensor]
+    reports: list[ModelReport]
+    outputs: list[list[Stylizations]]  # [model][content]
+    settings: CompareSettings
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "contents": self.content_names,
+            "size": self.settings.size,
+            "contrast_factors": [1.0, *CONTRAST_FACTORS],
+            "neighbours": {"per_batch": NEIGHBOURS_PER_BATCH, "kinds": list(NEIGHBOURS)},
+            "units": "mean absolute difference, 0..255",
+            "models": [report.to_json() for report in self.reports],
+        }
+
+
+def neighbour_batch(image: torch.Tensor, kind: str) -> torch.Tensor:
+    """The image first, then its neighbours."""
+    return torch.cat([image, *[NEIGHBOURS[kind](image)] * NEIGHBOURS_PER_BATCH])
+
+
+@torch.no_grad()
+def _in_train_mode(stylizer: Stylizer, batch: torch.Tensor) -> torch.Tensor:
+    """The first image's output with the network in train mode, on a copy so
+    the model's running statistics stay as trained."""
+    network = copy.deepcopy(stylizer.network).train()
+    device = stylizer.device
+    with autocast(device):
+        output = network(batch.to(device, memory_format=memory_format(device)))
+    return output[:1].float().clamp(0, 1).cpu()
+
+
+def stylize_variants(stylizer: Stylizer, image: torch.Tensor) -> Stylizations:
+    return Stylizations(
+        plain=stylizer(image),
+        contrast={factor: stylizer(adjust_contrast(image, factor)) for factor in CONTRAST_FACTORS},
+        in_batch={kind: _in_train_mode(stylizer, neighbour_batch(image, kind)) for kind in NEIGHBOURS},
+    )
+
+
+class _LossMeter:
+    """Content and style loss of a model's outputs, measured as its training did
+    (same loss network, layers and style image) unless settings override."""
+
+    def __init__(self, settings: CompareSettings, device: torch.device):
+        self.settings = settings
+        self.device = device
+        self._networks: dict[tuple[Any, ...], LossNetwork] = {}
+
+    def _network(self, name: str, layers: tuple[str, ...], weights: Path | None) -> LossNetwork:
+        key = (name, layers, weights)
+        if key not in self._networks:
+            self._networks[key] = LossNetwork(name, layers, weights).to(self.device)
+        return self._networks[key]
+
+    def _style_image(self, info: ModelInfo) -> tuple[torch.Tensor | None, str]:
+        recorded = info.training.get("style_image")
+        if recorded and Path(recorded).is_file():
+            style = load_image(Path(recorded)).rgb
+            return resize_long_side(style, int(info.training.get("style_size", 512))), "style image"
+        thumbnail = decode_thumbnail(info.style_thumbnail)
+        return thumbnail, "style thumbnail"
+
+    @torch.no_grad()
+    def measure(
+        self, info: ModelInfo, contents: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]
+    ) -> tuple[float | None, float | None, str]:
+        record = info.training
+        trained_with = record.get("loss_network", "vgg16")
+        name = self.settings.loss_network or trained_with
+        recorded_weights = Path(record["loss_weights"]) if record.get("loss_weights") else None
+        weights = self.settings.loss_weights or (recorded_weights if name == trained_with else None)
+        if weights is not None and not weights.is_file():
+            return None, None, f"no loss network: {weights} not found (pass --loss-weights)"
+        if weights is None and not imagenet_weights_cached(name):
+            return None, None, f"no loss network: {name}'s ImageNet weights are not downloaded (pass --loss-weights)"
+        same_network = name == trained_with
+        content_layer = record.get("content_layer", DEFAULT_CONTENT_LAYER) if same_network else DEFAULT_CONTENT_LAYER
+        style_layers = tuple(record.get("style_layers") or ()) if same_network else ()
+        style_layers = style_layers or DEFAULT_STYLE_LAYERS[name]
+        network = self._network(name, (content_layer, *style_layers), weights)
+        style, style_source = self._style_image(info)
+        targets = style_targets(network(style.to(self.device)), style_layers) if style is not None else None
+        content_total, style_total = 0.0, 0.0
+        for content, output in zip(contents, outputs):
+            content_features = network(content.to(self.device))
+            output_features = network(output.to(self.device))
+            content_total += float(content_loss(output_features[content_layer], content_features[content_layer]))
+            if targets is not None:
+                style_total += float(style_loss(output_features, targets))
+        source = f"{name} ({weights.name if weights else 'ImageNet'}), {style_source if targets is not None else 'no style image'}"
+        count = len(contents)
+        return content_total / count, (style_total / count if targets is not None else None), source
+
+
+def _report(info: ModelInfo, outputs: Sequence[Stylizations], losses: tuple[float | None, float | None, str]) -> ModelReport:
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    low = CONTRAST_FACTORS[0]
+    dark, bright = NEIGHBOURS
+    return ModelReport(
+        info=info,
+        contrast_sensitivity=mean([mean_abs_difference(run.plain, run.contrast[low]) for run in outputs]),
+        batch_sensitivity=mean([mean_abs_difference(run.in_batch[dark], run.in_batch[bright]) for run in outputs]),
+        train_eval_gap=mean(
+            [mean_abs_difference(batch, run.plain) for run in outputs for batch in run.in_batch.values()]
+        ),
+        content_loss=losses[0],
+        style_loss=losses[1],
+        loss_source=losses[2],
+    )
+
+
+def compare(
+    contents: Sequence[Path],
+    models: Sequence[str | Path],
+    settings: CompareSettings = CompareSettings(),
+    on_model: Callable[[int, int, ModelInfo], None] | None = None,
+) -> Comparison:
+    """Run the experiment for every model on every content image;
+    ``on_model(index, count, info)`` hears when each model starts."""
+    device = resolve_device(settings.device)
+    images = [resize_long_side(load_image(path).rgb, settings.size) for path in contents]
+    paths = resolve_models(models)
+    meter = _LossMeter(settings, device)
+    reports, outputs = [], []
+    for index, path in enumerate(paths):
+        stylizer = Stylizer(load_model(path, device), device)
+        if on_model is not None:
+            on_model(index, len(paths), stylizer.model.info)
+        runs = [stylize_variants(stylizer, image) for image in images]
+        losses = meter.measure(stylizer.model.info, images, [run.plain for run in runs])
+        reports.append(_report(stylizer.model.info, runs, losses))
+        outputs.append(runs)
+    return Comparison(
+        content_names=[Path(path).name for path in contents],
+        contents=images,
+        reports=reports,
+        outputs=outputs,
+        settings=settings,
+    )

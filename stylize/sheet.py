@@ -1,0 +1,209 @@
+"""The comparison sheet: a labelled grid of a ``Comparison``, drawn with Pillow.
+
+Columns: row labels, the content as fed to the models, one column per model
+(its style thumbnail and norm on top, its numbers at the bottom). Each content
+image gets one block of rows: plain, each contrast factor, each neighbour batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from .compare import CONTRAST_FACTORS, NEIGHBOURS, NEIGHBOURS_PER_BATCH, Comparison, ModelReport, adjust_contrast
+from .drawing import BACKGROUND, FAINT_INK, draw_lines, fit, font, line_height, wrap
+from .fileio import atomic_path
+from .images import decode_thumbnail, output_format, resize_long_side, save_pil, tensor_to_image
+
+MARGIN = 16
+GAP = 6
+LABEL_WIDTH = 210
+TEXT_SIZE = 14
+TITLE_SIZE = 18
+HEADER_TEXT_LINES = 3
+INSET_FRACTION = 3  # neighbour insets are a third of the cell
+
+
+FOOTER_LABELS = (
+    f"change: contrast x1 vs x{CONTRAST_FACTORS[0]:g}",
+    "change: dark vs bright batch",
+    "change: train vs eval mode",
+    "content loss",
+    "style loss",
+)
+
+
+def block_labels(content_name: str) -> list[str]:
+    """The row labels of one content image's block, top to bottom."""
+    return [
+        f"{content_name}: stylized (eval mode)",
+        *(f"contrast x{factor:g} (eval mode)" for factor in CONTRAST_FACTORS),
+        *(f"train mode, in a batch with {NEIGHBOURS_PER_BATCH} {kind} neighbours" for kind in NEIGHBOURS),
+    ]
+
+
+@dataclass(frozen=True)
+class SheetLayout:
+    """Pixel geometry of the sheet; cell (row, column) holds one image,
+    column 0 the content, column k the k-th model."""
+
+    models: int
+    cell_width: int
+    row_heights: tuple[int, ...]
+    thumbnail_height: int
+    title: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, comparison: Comparison) -> SheetLayout:
+        cell_width = max(image.shape[-1] for image in comparison.contents)
+        text = font(TEXT_SIZE)
+        rows = tuple(
+            max(image.shape[-2], len(wrap(label, text, LABEL_WIDTH)) * line_height(text))
+            for name, image in zip(comparison.content_names, comparison.contents)
+            for label in block_labels(name)
+        )
+        layout = cls(len(comparison.reports), cell_width, rows, thumbnail_height=cell_width * 2 // 3)
+        title = wrap(heading(comparison), font(TITLE_SIZE), layout.size[0] - 2 * MARGIN)
+        return dataclasses.replace(layout, title=tuple(title))
+
+    @property
+    def text_line(self) -> int:
+        return line_height(font(TEXT_SIZE))
+
+    @property
+    def title_height(self) -> int:
+        return len(self.title) * line_height(font(TITLE_SIZE)) + GAP
+
+    @property
+    def header_height(self) -> int:
+        return self.thumbnail_height + GAP + HEADER_TEXT_LINES * self.text_line
+
+    @property
+    def footer_height(self) -> int:
+        return len(FOOTER_LABELS) * self.text_line
+
+    @property
+    def grid_top(self) -> int:
+        return MARGIN + self.title_height + self.header_height + GAP
+
+    def column_left(self, column: int) -> int:
+        return MARGIN + LABEL_WIDTH + GAP + column * (self.cell_width + GAP)
+
+    def row_top(self, row: int) -> int:
+        return self.grid_top + sum(self.row_heights[:row]) + row * GAP
+
+    @property
+    def footer_top(self) -> int:
+        return self.row_top(len(self.row_heights)) + GAP
+
+    @property
+    def size(self) -> tuple[int, int]:
+        width = self.column_left(self.models + 1) - GAP + MARGIN
+        return width, self.footer_top + self.footer_height + MARGIN
+
+
+def _paste(sheet: Image.Image, image: torch.Tensor, xy: tuple[int, int]) -> None:
+    sheet.paste(tensor_to_image(image), xy)
+
+
+def _fit(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Shrink (never enlarge) to fit the box, keeping the aspect ratio."""
+    h, w = image.shape[-2:]
+    scale = min(width / w, height / h, 1.0)
+    if scale == 1.0:
+        return image
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(image, size=size, mode="bilinear", antialias=True).clamp(0, 1)
+
+
+def _with_inset(image: torch.Tensor, inset: torch.Tensor) -> torch.Tensor:
+    """The image with a small copy of ``inset`` in its bottom-right corner, framed."""
+    h, w = image.shape[-2:]
+    small = resize_long_side(inset, max(4, max(h, w) // INSET_FRACTION))
+    sh, sw = small.shape[-2:]
+    framed = image.clone()
+    framed[..., h - sh - 2 :, w - sw - 2 :] = 1.0
+    framed[..., h - sh :, w - sw :] = small
+    return framed
+
+
+def _content_cells(image: torch.Tensor) -> list[torch.Tensor]:
+    return [
+        image,
+        *(adjust_contrast(image, factor) for factor in CONTRAST_FACTORS),
+        *(_with_inset(image, make(image)) for make in NEIGHBOURS.values()),
+    ]
+
+
+def _footer_values(report: ModelReport) -> list[str]:
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4g}"
+
+    changes = (report.contrast_sensitivity, report.batch_sensitivity, report.train_eval_gap)
+    return [*(f"{change:.2f}" for change in changes), number(report.content_loss), number(report.style_loss)]
+
+
+def heading(comparison: Comparison) -> str:
+    norms = " vs ".join(dict.fromkeys(report.info.config.norm for report in comparison.reports))
+    return f"stylize compare: {norms}. Changes are mean |difference| of the output, 0..255."
+
+
+def render_sheet(comparison: Comparison) -> Image.Image:
+    layout = SheetLayout.of(comparison)
+    sheet = Image.new("RGB", layout.size, BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    text, title = font(TEXT_SIZE), font(TITLE_SIZE)
+    draw_lines(draw, (MARGIN, MARGIN), list(layout.title), title, (0, 0, 0))
+
+    header_top = MARGIN + layout.title_height
+    text_top = header_top + layout.thumbnail_height + GAP
+    draw_lines(draw, (layout.column_left(0), text_top), ["content"], text)
+    for column, report in enumerate(comparison.reports, start=1):
+        left = layout.column_left(column)
+        thumbnail = decode_thumbnail(report.info.style_thumbnail)
+        if thumbnail is not None:
+            _paste(sheet, _fit(thumbnail, layout.cell_width, layout.thumbnail_height), (left, header_top))
+        else:
+            draw_lines(draw, (left, header_top), wrap("(no style image in the model file)", text, layout.cell_width),
+                       text, FAINT_INK)  # fmt: skip
+        lines = [f"{report.info.config.norm} norm", f"style: {report.info.style or '?'}", report.info.name]
+        draw_lines(draw, (left, text_top), [fit(line, text, layout.cell_width) for line in lines], text)
+
+    row = 0
+    for index, name in enumerate(comparison.content_names):
+        for label, content in zip(block_labels(name), _content_cells(comparison.contents[index])):
+            top = layout.row_top(row)
+            draw_lines(draw, (MARGIN, top), wrap(label, text, LABEL_WIDTH), text)
+            _paste(sheet, content, (layout.column_left(0), top))
+            row += 1
+        for column, runs in enumerate(comparison.outputs, start=1):
+            run = runs[index]
+            cells = [run.plain, *(run.contrast[f] for f in CONTRAST_FACTORS), *(run.in_batch[k] for k in NEIGHBOURS)]
+            for offset, cell in enumerate(cells):
+                _paste(sheet, cell, (layout.column_left(column), layout.row_top(row - len(cells) + offset)))
+
+    footer_top = layout.footer_top
+    draw_lines(draw, (MARGIN, footer_top), list(FOOTER_LABELS), text, FAINT_INK)
+    for column, report in enumerate(comparison.reports, start=1):
+        draw_lines(draw, (layout.column_left(column), footer_top), _footer_values(report), text)
+    return sheet
+
+
+def metrics_path(sheet: Path) -> Path:
+    return sheet.with_suffix(".json")
+
+
+def write_sheet(comparison: Comparison, out: Path) -> Path:
+    """Write the sheet image and its numbers as JSON beside it; returns the JSON's path."""
+    output_format(out)
+    save_pil(out, render_sheet(comparison))
+    numbers = metrics_path(out)
+    with atomic_path(numbers) as temporary:
+        temporary.write_text(json.dumps(comparison.to_json(), indent=2) + "\n")
+    return numbers
