@@ -37,6 +37,12 @@ app = typer.Typer(
 )
 stdout = Console()
 stderr = Console(stderr=True)
+# Tables piped to a file or another program are not cut to 80 columns.
+PIPED_WIDTH = 160
+
+
+def _print_table(table: Table) -> None:
+    (stdout if stdout.is_terminal else Console(width=PIPED_WIDTH)).print(table)
 
 # Typer bundles its own copy of click in new releases and uses click in old ones;
 # its BadParameter derives from whichever ClickException is in use.
@@ -257,7 +263,7 @@ def compare(
             *(f"{value:.2f}" for value in changes),
             *("n/a" if value is None else f"{value:.3g}" for value in losses),
         )
-    stdout.print(table)
+    _print_table(table)
     for note in dict.fromkeys(report.loss_source for report in comparison.reports if report.content_loss is None):
         typer.echo(f"losses: {note}", err=True)
     typer.echo(f"wrote {out} and {numbers}")
@@ -279,7 +285,7 @@ def models() -> None:
             str(info.training.get("image_size", "")),
             str(info.training.get("steps_done", "")),
         )
-    stdout.print(table)
+    _print_table(table)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -102,10 +102,21 @@ def cli(capsys: pytest.CaptureFixture[str]):
     return run
 
 
-def write_model(path: Path, norm: str = "instance", seed: int = 0, style: str = "test-style") -> Path:
+def write_model(
+    path: Path,
+    norm: str = "instance",
+    seed: int = 0,
+    style: str = "test-style",
+    training: dict[str, object] | None = None,
+    style_thumbnail: str = "",
+) -> Path:
+    """A random-weight model; batch-norm layers get running statistics of real-looking photos."""
     torch.manual_seed(seed)
     network = TransformerNet(NetConfig(norm=norm))
-    save_model(path, network.eval(), style=style, training={"image_size": 32, "steps_done": 0})
+    with torch.no_grad():
+        network.train()(torch.from_numpy(photo(32, 32, seed)).permute(2, 0, 1)[None].float().div(255).repeat(4, 1, 1, 1))
+    record = training if training is not None else {"image_size": 32, "steps_done": 0}
+    save_model(path, network.eval(), style=style, training=record, style_thumbnail=style_thumbnail)
     return path
 
 

@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylize import load_model, save_model
+from stylize.compare import CompareSettings, adjust_contrast, compare, mean_abs_difference
+from stylize.images import encode_thumbnail, load_image, to_uint8
+from stylize.network import NetConfig, TransformerNet
+from stylize.sheet import SheetLayout, block_labels, render_sheet
+
+from .conftest import photo, write_model
+
+WHITE = 255
+
+
+def _photo_tensor(height: int, width: int, seed: int) -> torch.Tensor:
+    return torch.from_numpy(photo(height, width, seed)).permute(2, 0, 1)[None].float() / 255
+
+
+@pytest.fixture
+def contents(tmp_path: Path) -> list[Path]:
+    paths = [tmp_path / "wide.png", tmp_path / "tall.jpg"]
+    Image.fromarray(photo(30, 44, seed=3)).save(paths[0])
+    Image.fromarray(photo(40, 28, seed=4)).save(paths[1])
+    return paths
+
+
+@pytest.fixture
+def pair(tmp_path: Path, style_image: Path) -> Path:
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    thumbnail = encode_thumbnail(load_image(style_image).rgb)
+    for norm in ("batch", "instance"):
+        # Random weights, but like a trained network's in what matters here: first-layer
+        # responses far above the norm's epsilon, and outputs spread over [0, 1].
+        torch.manual_seed(0)
+        network = TransformerNet(NetConfig(norm=norm))
+        with torch.no_grad():
+            network.conv1.conv2d.weight.mul_(30)
+            network.conv_out.conv2d.weight.mul_(10)
+            network.conv_out.conv2d.bias.fill_(0.5)
+            network.train()(torch.cat([_photo_tensor(32, 32, seed) for seed in range(4)]))
+        save_model(folder / f"swirls-{norm}.safetensors", network.eval(), style="swirls", training={},
+                   style_thumbnail=thumbnail)  # fmt: skip
+    return folder
+
+
+def test_contrast_is_scaled_around_each_channel_mean_without_touching_the_input() -> None:
+    images = _photo_tensor(20, 24, seed=1)
+    before = images.clone()
+    low = adjust_contrast(images, 0.5)
+    assert torch.equal(images, before)
+    torch.testing.assert_close(low.mean(dim=(-2, -1)), images.mean(dim=(-2, -1)))
+    torch.testing.assert_close(low.std(dim=(-2, -1)), images.std(dim=(-2, -1)) * 0.5)
+    torch.testing.assert_close(adjust_contrast(images, 1.0), images)
+    assert adjust_contrast(images, 3.0).min() >= 0 and adjust_contrast(images, 3.0).max() <= 1
+
+
+def test_instance_norm_first_layer_removes_a_contrast_change_up_to_its_epsilon() -> None:
+    torch.manual_seed(0)
+    network = TransformerNet(NetConfig(norm="instance")).eval()
+    norm1, k = network.norm1, 0.5
+    images = _photo_tensor(24, 24, seed=2)
+    with torch.no_grad():
+        z = network.conv1(images)
+        z_low = network.conv1(adjust_contrast(images, k))
+        # The convolution maps mean + k (x - mean) to k z + a per-channel constant...
+        centred = z - z.mean(dim=(-2, -1), keepdim=True)
+        torch.testing.assert_close(z_low - z_low.mean(dim=(-2, -1), keepdim=True), k * centred, rtol=0, atol=1e-5)
+        # ...which instance norm removes but for epsilon: k / sqrt(k^2 var + eps) against 1 / sqrt(var + eps).
+        var = z.var(dim=(-2, -1), unbiased=False, keepdim=True)
+        gain = k * torch.sqrt(var + norm1.eps) / torch.sqrt(k**2 * var + norm1.eps)
+        bias = norm1.bias.view(1, -1, 1, 1)
+        predicted = (norm1(z) - bias) * gain + bias
+        torch.testing.assert_close(norm1(z_low), predicted, rtol=0, atol=1e-4)
+        assert (norm1(z_low) - norm1(z)).abs().max() > 1e-3  # this random layer's variance is near eps
+        norm1.eps = 0.0
+        torch.testing.assert_close(norm1(z_low), norm1(z), rtol=0, atol=1e-4)
+
+
+def test_instance_norm_is_far_less_contrast_sensitive_than_batch_norm(pair: Path, contents: list[Path]) -> None:
+    comparison = compare(contents, [pair], CompareSettings(size=40, device="cpu"))
+    by_norm = {report.info.config.norm: report for report in comparison.reports}
+    # IN: x0.5 contrast changes nothing after the first layer; BN's fixed statistics pass it on.
+    assert by_norm["instance"].contrast_sensitivity < 0.05
+    assert by_norm["batch"].contrast_sensitivity > 2.0
+    # In train mode BN takes statistics from the neighbours; IN never looks at them.
+    assert by_norm["instance"].batch_sensitivity < 0.01 and by_norm["instance"].train_eval_gap < 0.01
+    assert by_norm["batch"].batch_sensitivity > 1.0 and by_norm["batch"].train_eval_gap > 1.0
+
+
+def test_comparing_never_changes_batch_norm_running_statistics(pair: Path, contents: list[Path]) -> None:
+    before = load_model(pair / "swirls-batch.safetensors").network.norm1.running_mean.clone()
+    comparison = compare(contents[:1], [pair / "swirls-batch.safetensors"], CompareSettings(size=32, device="cpu"))
+    run = comparison.outputs[0][0]
+    again = compare(contents[:1], [pair / "swirls-batch.safetensors"], CompareSettings(size=32, device="cpu"))
+    assert torch.equal(again.outputs[0][0].plain, run.plain)
+    assert torch.equal(load_model(pair / "swirls-batch.safetensors").network.norm1.running_mean, before)
+
+
+def test_sheet_has_the_grid_size_cells_and_labels(pair: Path, contents: list[Path]) -> None:
+    comparison = compare(contents, [pair], CompareSettings(size=44, device="cpu"))
+    assert [report.info.config.norm for report in comparison.reports] == ["instance", "batch"]
+    sheet = np.asarray(render_sheet(comparison))
+    layout = SheetLayout.of(comparison)
+    rows = len(block_labels("x"))
+    assert layout.row_heights[0] >= 30 and len(layout.row_heights) == 2 * rows
+    assert sheet.shape == (layout.size[1], layout.size[0], 3)
+    assert layout.size[0] == 16 * 2 + 210 + 6 + 3 * 44 + 2 * 6  # labels, content and two models, 44 px wide
+
+    for column, runs in enumerate(comparison.outputs, start=1):
+        for index, run in enumerate(runs):
+            top, left = layout.row_top(index * rows), layout.column_left(column)
+            expected = to_uint8(run.plain)[0].permute(1, 2, 0).numpy()
+            height, width = expected.shape[:2]
+            assert np.array_equal(sheet[top : top + height, left : left + width], expected)
+            low = to_uint8(run.contrast[0.5])[0].permute(1, 2, 0).numpy()
+            top = layout.row_top(index * rows + 1)
+            assert np.array_equal(sheet[top : top + height, left : left + width], low)
+    # Labels are drawn: the label column and the header hold dark pixels.
+    labels = sheet[layout.grid_top : layout.footer_top, 16 : 16 + 210]
+    assert (labels < 128).any(axis=2).sum() > 200
+    header = sheet[16 : layout.grid_top, layout.column_left(1) :]
+    assert (header < 128).any(axis=2).sum() > 200
+    footer = sheet[layout.footer_top :, layout.column_left(1) :]
+    assert (footer < 128).any(axis=2).sum() > 100
+
+
+def test_compare_through_the_cli_writes_sheet_and_json(cli, tmp_path: Path, pair: Path, contents: list[Path]) -> None:
+    out = tmp_path / "sheets" / "sheet.png"
+    result = cli("compare", *contents, "--model", pair, "--out", out, "--size", "32", "--device", "cpu")
+    assert result.code == 0, result.err
+    assert f"wrote {out} and {out.with_suffix('.json')}" in result.out
+    assert "swirls-instance" in result.out and "Δ contrast" in result.out
+    assert "losses: no loss network" in result.err  # random models, no VGG weights recorded or cached
+    numbers = json.loads(out.with_suffix(".json").read_text())
+    assert numbers["contents"] == ["wide.png", "tall.jpg"]
+    assert [model["norm"] for model in numbers["models"]] == ["instance", "batch"]
+    assert numbers["models"][0]["batch_sensitivity"] < 0.01 and numbers["models"][1]["batch_sensitivity"] > 1
+    assert numbers["models"][0]["content_loss"] is None
+    assert Image.open(out).size == (16 * 2 + 210 + 6 + 3 * 32 + 2 * 6, Image.open(out).size[1])
+
+
+def test_a_bundled_style_name_stands_for_all_its_norms(
+    cli, tmp_path: Path, pair: Path, contents: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_model(pair / "swirls-ibn.safetensors", norm="ibn", style="swirls")
+    write_model(pair / "other-batch.safetensors", norm="batch", style="other")
+    monkeypatch.setenv("STYLIZE_MODELS", str(pair))
+    comparison = compare(contents[:1], ["swirls"], CompareSettings(size=20, device="cpu"))
+    assert [report.info.name for report in comparison.reports] == ["swirls-instance", "swirls-batch", "swirls-ibn"]
+    result = cli("compare", contents[0], "--model", "swirls-batch", "--model", "other-batch",
+                 "--out", tmp_path / "two.png", "--size", "20", "--device", "cpu")  # fmt: skip
+    assert result.code == 0, result.err
+    assert [m["name"] for m in json.loads((tmp_path / "two.json").read_text())["models"]] == [
+        "swirls-batch",
+        "other-batch",
+    ]
+
+
+def test_losses_are_measured_as_the_model_was_trained(
+    tmp_path: Path, contents: list[Path], style_image: Path, vgg_weights: Path
+) -> None:
+    record = {
+        "loss_network": "vgg16",
+        "loss_weights": str(vgg_weights),
+        "content_layer": "relu2_2",
+        "style_layers": ["relu1_2", "relu2_2"],
+        "style_image": str(style_image),
+        "style_size": 32,
+    }
+    model = write_model(tmp_path / "m.safetensors", training=record)
+    report = compare(contents, [model], CompareSettings(size=32, device="cpu")).reports[0]
+    assert report.content_loss is not None and report.content_loss > 0
+    assert report.style_loss is not None and report.style_loss > 0
+    assert report.loss_source == "vgg16 (vgg16-small.pth), style image"
+
+    # Without the style image file the thumbnail in the model stands in; without weights, no numbers.
+    thumbnail = encode_thumbnail(load_image(style_image).rgb)
+    moved = write_model(tmp_path / "moved.safetensors", training={**record, "style_image": "/gone.png"},
+                        style_thumbnail=thumbnail)  # fmt: skip
+    assert compare(contents, [moved], CompareSettings(size=32, device="cpu")).reports[0].loss_source.endswith(
+        "style thumbnail"
+    )
+    lost = write_model(tmp_path / "lost.safetensors", training={**record, "loss_weights": "/gone.pth"})
+    missing = compare(contents, [lost], CompareSettings(size=32, device="cpu")).reports[0]
+    assert missing.content_loss is None and "/gone.pth not found (pass --loss-weights)" in missing.loss_source
+    given = CompareSettings(size=32, device="cpu", loss_weights=vgg_weights)
+    assert compare(contents, [lost], given).reports[0].content_loss == pytest.approx(report.content_loss)
+
+
+def test_mean_abs_difference_is_on_the_0_255_scale() -> None:
+    a = torch.zeros(1, 3, 4, 4)
+    assert mean_abs_difference(a, a + 0.5) == pytest.approx(127.5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.png", "--model", "{pair}"], "no such file: missing.png"),
+        (["{content}", "--model", "nope"], "no model file or bundled model named 'nope'"),
+        (["{content}", "--model", "{pair}", "--out", "{tmp}/sheet.xyz"], "cannot write images with extension '.xyz'"),
+        (["{content}", "--model", "{pair}", "--size", "4"], "--size must be at least 16 pixels"),
+        (["{content}", "--model", "{pair}", "--loss-network", "alexnet"], "unknown loss network 'alexnet'"),
+        (["{content}", "--model", "{tmp}"], "no model files (*.safetensors) in folder"),
+    ],
+)
+def test_bad_compare_input_is_one_line_and_writes_nothing(
+    cli, tmp_path: Path, pair: Path, contents: list[Path], args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    filled = [arg.format(pair=pair, content=contents[0], tmp=empty) for arg in args]
+    before = set(tmp_path.rglob("*"))
+    result = cli("compare", *filled, "--device", "cpu")
+    assert result.code == 2 and len(result.error_lines) == 1 and message in result.err, result.err
+    assert set(tmp_path.rglob("*")) == before
+
