@@ -17,6 +17,7 @@ from rich.table import Table
 
 from . import __version__
 from .compare import CompareSettings, compare as run_comparison
+from .curves import write_curves
 from .devices import DEVICE_CHOICES
 from .errors import StylizeError
 from .fileio import check_writable
@@ -267,6 +268,16 @@ def compare(
     for note in dict.fromkeys(report.loss_source for report in comparison.reports if report.content_loss is None):
         typer.echo(f"losses: {note}", err=True)
     typer.echo(f"wrote {out} and {numbers}")
+
+
+@app.command()
+def curves(
+    metrics: Annotated[List[Path], typer.Argument(help="Training metrics files (NAME.metrics.jsonl).")],
+    out: Annotated[Path, typer.Option(help="The figure to write.")] = Path("curves.png"),
+) -> None:
+    """Draw content, style and total loss per step for training runs on one figure."""
+    runs = write_curves(metrics, out)
+    typer.echo(f"wrote {out} ({len(runs)} runs, {sum(len(run.steps) for run in runs)} steps)")
 
 
 @app.command()
