@@ -53,7 +53,7 @@ def test_moving_average_and_ticks() -> None:
     assert nice_ticks(0, 1000) == [0, 200, 400, 600, 800, 1000]
     assert nice_ticks(3, 97) == [20, 40, 60, 80]
     assert log_ticks(-3.2, 1.1) == [1e-3, 1e-2, 0.1, 1, 10]
-    assert log_ticks(-1.05, -0.5) == pytest.approx([0.1, 0.2, 0.3])  # too few 1-2-5 steps inside
+    assert log_ticks(-1.05, -0.5) == pytest.approx([0.09, 0.1, 0.2, 0.3])  # too few 1-2-5 steps inside
     assert log_ticks(-0.52, -0.48) == pytest.approx([0.31, 0.32, 0.33])  # within one step: round numbers
 
 
