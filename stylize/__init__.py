@@ -8,17 +8,22 @@ The typed API the CLI is built on::
 
 __version__ = "0.1.0"
 
+from .compare import Comparison, CompareSettings, compare
+from .curves import write_curves
 from .errors import StylizeError, TrainingDiverged, TrainingInterrupted
 from .images import LoadedImage, load_image, save_image
 from .losses import LossWeights, gram_matrix, perceptual_loss, total_variation
 from .modelfile import ModelInfo, StyleModel, bundled_models, load_model, save_model
 from .network import NetConfig, TransformerNet
 from .norms import create_norm, norm_names, register_norm
+from .sheet import write_sheet
 from .stylizer import Stylizer
 from .training import StepReport, TrainConfig, TrainResult, train
 from .vgg import LossNetwork
 
 __all__ = [
+    "CompareSettings",
+    "Comparison",
     "LoadedImage",
     "LossNetwork",
     "LossWeights",
@@ -34,6 +39,7 @@ __all__ = [
     "TrainingInterrupted",
     "TransformerNet",
     "bundled_models",
+    "compare",
     "create_norm",
     "gram_matrix",
     "load_image",
@@ -45,4 +51,6 @@ __all__ = [
     "save_model",
     "total_variation",
     "train",
+    "write_curves",
+    "write_sheet",
 ]

@@ -21,7 +21,7 @@ from .curves import write_curves
 from .devices import DEVICE_CHOICES
 from .errors import StylizeError
 from .fileio import check_writable
-from .images import output_format
+from .images import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, output_format
 from .modelfile import ModelInfo, bundled_models, models_dir
 from .sheet import write_sheet
 from .norms import norm_names
@@ -42,8 +42,8 @@ stderr = Console(stderr=True)
 PIPED_WIDTH = 160
 
 
-def _print_table(table: Table) -> None:
-    (stdout if stdout.is_terminal else Console(width=PIPED_WIDTH)).print(table)
+def _print_table(table: Table, console: Console = stdout) -> None:
+    (console if console.is_terminal else Console(width=PIPED_WIDTH, stderr=console.stderr)).print(table)
 
 # Typer bundles its own copy of click in new releases and uses click in old ones;
 # its BadParameter derives from whichever ClickException is in use.
@@ -189,29 +189,39 @@ def image(
     max_size: Annotated[
         Optional[int], typer.Option(help="Shrink so the long side is at most this many px.")
     ] = None,
+    max_pixels: Annotated[
+        Optional[int],
+        typer.Option(help=f"Refuse larger images (decompression bombs); default ${MAX_PIXELS_VARIABLE} or "
+                     f"{DEFAULT_MAX_PIXELS:,}."),  # fmt: skip
+    ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Stylize images with a trained model."""
     if max_size is not None and max_size < 1:
         raise StylizeError("--max-size must be at least 1")
+    if max_pixels is not None and max_pixels < 1:
+        raise StylizeError("--max-pixels must be at least 1")
     stylizer = Stylizer.load(model, device)
     pairs = plan_outputs(inputs, out, stylizer.name)
-    failed = 0
-    with _progress(disable=len(pairs) == 1) as progress:
+    if len(pairs) == 1:
+        stylizer.stylize_file(*pairs[0], max_size, max_pixels)
+        typer.echo(f"wrote {pairs[0][1]}")
+        return
+    failures: list[tuple[Path, str]] = []
+    with _progress() as progress:
         task = progress.add_task("stylizing", total=len(pairs), status="")
         for source, destination in pairs:
             try:
-                stylizer.stylize_file(source, destination, max_size)
+                stylizer.stylize_file(source, destination, max_size, max_pixels)
             except StylizeError as error:
-                failed += 1
-                typer.echo(f"error: {error}", err=True)
+                failures.append((source, str(error).replace(str(source), source.name)))
             progress.update(task, advance=1, status=source.name)
-    written = len(pairs) - failed
-    if len(pairs) == 1 and not failed:
-        typer.echo(f"wrote {pairs[0][1]}")
-    elif len(pairs) > 1:
-        typer.echo(f"wrote {written} of {len(pairs)} images")
-    if failed:
+    typer.echo(f"wrote {len(pairs) - len(failures)} of {len(pairs)} images")
+    if failures:
+        table = Table("file", "problem", title=f"{len(failures)} of {len(pairs)} images failed", title_justify="left")
+        for source, problem in failures:
+            table.add_row(str(source), problem)
+        _print_table(table, stderr)
         raise typer.Exit(2)
 
 

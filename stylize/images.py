@@ -10,6 +10,8 @@ import base64
 import binascii
 import glob
 import io
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -33,19 +35,56 @@ class LoadedImage:
     alpha: torch.Tensor | None  # (1, 1, H, W) float in [0, 1], or None when opaque
 
 
-def open_image(path: Path) -> Image.Image:
-    """Decode fully (so truncated files fail here) and apply EXIF orientation."""
+# A pixel-count limit against decompression bombs: a tiny file that decodes to
+# gigabytes. 150 megapixels is above any camera's; panoramas may need more.
+DEFAULT_MAX_PIXELS = 150_000_000
+MAX_PIXELS_VARIABLE = "STYLIZE_MAX_PIXELS"
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def max_pixels_setting() -> int:
+    """The pixel limit: $STYLIZE_MAX_PIXELS, else ``DEFAULT_MAX_PIXELS``."""
+    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip().replace("_", "")
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise StylizeError(f"{MAX_PIXELS_VARIABLE} must be a positive whole number of pixels, not {text!r}")
+    return int(text)
+
+
+def _open_unchecked(path: Path) -> Image.Image:
+    """``Image.open`` (header only) without Pillow's own bomb limit, which would
+    refuse images that ours allows; ``open_image`` checks the size itself."""
+    with _PIL_LIMIT_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def open_image(path: Path, max_pixels: int | None = None) -> Image.Image:
+    """Decode fully (so truncated files fail here) and apply EXIF orientation.
+
+    Images over ``max_pixels`` (default: ``max_pixels_setting()``) are refused
+    from their header, before any pixel is decoded.
+    """
     path = Path(path)
+    limit = max_pixels if max_pixels is not None else max_pixels_setting()
     if not path.exists():
         raise StylizeError(f"no such file: {path}")
     if path.is_dir():
         raise StylizeError(f"{path} is a folder, not an image")
     try:
-        with Image.open(path) as image:
+        with _open_unchecked(path) as image:
+            width, height = image.size
+            if width * height > limit:
+                raise StylizeError(
+                    f"{path} is {width}x{height} = {width * height:,} pixels, over the limit of {limit:,} "
+                    f"(a decompression bomb?); raise it with {MAX_PIXELS_VARIABLE} or `stylize image --max-pixels`"
+                )
             image.load()
             return ImageOps.exif_transpose(image)
-    except Image.DecompressionBombError:
-        raise StylizeError(f"{path} has too many pixels to be safe to decode") from None
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as error:
         reason = "not an image" if isinstance(error, Image.UnidentifiedImageError) else str(error)
         raise StylizeError(f"cannot read {path}: {reason}") from None
@@ -67,8 +106,8 @@ def image_to_tensor(image: Image.Image) -> LoadedImage:
     return LoadedImage(rgb=pixels[:, :3], alpha=alpha)
 
 
-def load_image(path: Path) -> LoadedImage:
-    return image_to_tensor(open_image(path))
+def load_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
+    return image_to_tensor(open_image(path, max_pixels))
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

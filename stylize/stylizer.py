@@ -62,8 +62,10 @@ class Stylizer:
         result = self.stylize(image_to_tensor(image), max_size)
         return tensor_to_image(result.rgb, result.alpha)
 
-    def stylize_file(self, source: Path, destination: Path, max_size: int | None = None) -> None:
-        result = self.stylize(load_image(source), max_size)
+    def stylize_file(
+        self, source: Path, destination: Path, max_size: int | None = None, max_pixels: int | None = None
+    ) -> None:
+        result = self.stylize(load_image(source, max_pixels), max_size)
         save_image(destination, result.rgb, result.alpha)
 
 

@@ -89,17 +89,36 @@ def test_bundled_models_by_name_and_the_models_listing(cli, tmp_path: Path, monk
     )
 
 
-def test_a_bad_file_among_good_ones_is_reported_and_the_rest_written(cli, tmp_path: Path, photos: Path, model_file: Path) -> None:
+def test_bad_files_among_good_ones_are_summarized_and_the_rest_written(
+    cli, tmp_path: Path, photos: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "mixed"
     shutil.copytree(photos, folder)
     (folder / "broken.jpg").write_text("not an image")
-    result = cli("image", folder, "--model", model_file, "--out", tmp_path / "out")
+    (folder / "empty.png").write_bytes(b"")
+    good = (folder / "photo1.png").read_bytes()
+    (folder / "nested" / "cut.png").write_bytes(good[: len(good) // 2])
+    Image.new("RGB", (300, 200)).save(folder / "huge.png")
+    monkeypatch.setenv("STYLIZE_MAX_PIXELS", "50000")
+    monkeypatch.chdir(tmp_path)  # short relative paths keep the table's rows unwrapped
+    result = cli("image", "mixed", "--model", model_file, "--out", tmp_path / "out", "--device", "cpu")
     assert result.code == 2
-    assert [line for line in result.error_lines if line.startswith("error:")] == [
-        f"error: cannot read {folder / 'broken.jpg'}: not an image"
-    ]
-    assert "wrote 6 of 7 images" in result.out
-    assert len(list((tmp_path / "out").rglob("*.*"))) == 6
+    assert "wrote 6 of 10 images" in result.out
+    assert "4 of 10 images failed" in result.err and "Traceback" not in result.err
+    rows = [line for line in result.err.splitlines() if "mixed/" in line]
+    for name, problem in [("broken.jpg", "cannot read broken.jpg: not an image"),
+                          ("empty.png", "cannot read empty.png: not an image"), ("cut.png", "cannot read cut.png"),
+                          ("huge.png", "huge.png is 300x200 = 60,000 pixels, over the limit of 50,000")]:  # fmt: skip
+        assert any(f"/{name} " in row and problem in row for row in rows), (name, result.err)
+    written = sorted(path.relative_to(tmp_path / "out") for path in (tmp_path / "out").rglob("*.*"))
+    assert len(written) == 6 and not any("broken" in str(path) or "cut" in str(path) for path in written)
+    for source in [folder / "photo1.png", folder / "nested" / "photo0.jpg"]:
+        relative = source.relative_to(folder)
+        result_file = tmp_path / "out" / relative.parent / f"{relative.stem}-model{relative.suffix}"
+        if relative.suffix == ".png":
+            assert np.array_equal(np.asarray(Image.open(result_file)), _expected(model_file, source))
+        else:
+            assert Image.open(result_file).size == Image.open(source).size
 
 
 # (case, command line with {tmp}, {good} and {model} filled in per test, message)
