@@ -83,6 +83,11 @@ def open_image(path: Path, max_pixels: int | None = None) -> Image.Image:
                     f"{path} is {width}x{height} = {width * height:,} pixels, over the limit of {limit:,} "
                     f"(a decompression bomb?); raise it with {MAX_PIXELS_VARIABLE} or `stylize image --max-pixels`"
                 )
+            if image.format == "PNG":
+                # Decoding ignores the checksums of PNG chunks; a corrupt file
+                # should fail rather than give subtly wrong pixels.
+                image.verify()
+        with _open_unchecked(path) as image:
             image.load()
             return ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as error:

@@ -125,6 +125,18 @@ def test_bad_files_among_good_ones_are_summarized_and_the_rest_written(
 TRAIN = "train {good} --data {tmp} --out {tmp}/m.safetensors --device cpu"
 BAD_INPUTS = [
     ("missing input", "image {tmp}/nope.png --model {model} --out {tmp}/r.png", "no such file"),
+    ("zero-byte file", "image {tmp}/empty.png --model {model} --out {tmp}/r.png", "not an image"),
+    ("truncated jpeg", "image {tmp}/cut.jpg --model {model} --out {tmp}/r.png", "cannot read"),
+    ("png with a bad crc", "image {tmp}/badcrc.png --model {model} --out {tmp}/r.png", "bad header checksum"),
+    ("decompression bomb", "image {good} --model {model} --out {tmp}/r.png --max-pixels 399", "over the limit of 399"),
+    ("bad pixel limit", "image {good} --model {model} --out {tmp}/r.png --max-pixels 0", "--max-pixels must be"),
+    ("folder as style image", "train {tmp} --data {tmp} --out {tmp}/m.safetensors --device cpu", "is a folder, not"),
+    ("truncated model", "image {good} --model {tmp}/trunc.safetensors --out {tmp}/r.png", "not a readable model"),
+    ("pickle with a payload", "image {good} --model {tmp}/evil.pth --out {tmp}/r.png", "is not a model file"),
+    ("norm disagrees with weights", "image {good} --model {tmp}/lying.safetensors", "not hold a batch-norm network"),
+    ("unknown train device", TRAIN + " --device tpu", "unknown device 'tpu'"),
+    ("cuda train without gpu", TRAIN + " --device cuda", "no CUDA GPU"),
+    ("negative batch", TRAIN + " --batch-size -2", "--batch-size must be at least 1"),
     ("folder as model", "image {good} --model {tmp} --out {tmp}/r.png", "is a folder"),
     ("non-image", "image {tmp}/text.jpg --model {model} --out {tmp}/r.png", "not an image"),
     ("corrupt image", "image {tmp}/cut.png --model {model} --out {tmp}/r.png", "cannot read"),
@@ -165,6 +177,24 @@ def test_bad_input_is_one_line_exit_2_and_no_output(
     (tmp_path / "notmodel.safetensors").write_text("nope")
     save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
     (tmp_path / "afile").write_text("x")
+    (tmp_path / "empty.png").write_bytes(b"")
+    Image.fromarray(photo(40, 40, seed=2)).save(tmp_path / "whole.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:600])
+    (tmp_path / "whole.jpg").unlink()
+    png = bytearray(good.read_bytes())
+    crc_at = png.index(b"IDAT") + 4 + int.from_bytes(png[png.index(b"IDAT") - 4 : png.index(b"IDAT")], "big")
+    png[crc_at] ^= 0xFF  # the pixels are intact, only the checksum is wrong
+    (tmp_path / "badcrc.png").write_bytes(bytes(png))
+    (tmp_path / "trunc.safetensors").write_bytes(model_file.read_bytes()[:3000])
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    torch.save({"in1.weight": Payload()}, tmp_path / "evil.pth")
+    honest = model_file.read_bytes()
+    (tmp_path / "lying.safetensors").write_bytes(honest.replace(b'\\"norm\\": \\"instance\\"', b'\\"norm\\":    \\"batch\\"'))
+    assert (tmp_path / "lying.safetensors").read_bytes() != honest
     before = set(tmp_path.rglob("*"))
 
     result = cli(*command.format(tmp=tmp_path, good=good, model=model_file).split())
@@ -172,7 +202,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(
     assert len(result.error_lines) == 1, result.err
     assert result.error_lines[0].startswith("error: ") and message in result.error_lines[0]
     assert "Traceback" not in result.err
-    assert set(tmp_path.rglob("*")) == before  # nothing written, not even a temporary file
+    assert set(tmp_path.rglob("*")) == before  # nothing written, not even a temporary file (nor "pwned")
 
 
 def test_loss_network_download_failure_is_one_line(cli, tmp_path: Path, style_image: Path, photos: Path, monkeypatch) -> None:
@@ -213,3 +243,85 @@ def test_every_entry_point_runs_the_same_app(entry: list[str], tmp_path: Path) -
     assert listing.returncode == 0 and all(name in listing.stdout for name in ("train", "image", "models"))
     bad = subprocess.run([*entry, "image", "nope.png", "--model", "nope"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")
+
+
+def _odd_but_valid(tmp_path: Path, kind: str) -> tuple[Path, tuple[int, int], bool]:
+    """An unusual image that must work: (path, (height, width) as displayed, has alpha)."""
+    pixels = photo(24, 36, seed=11)
+    if kind == "16-bit png":
+        Image.fromarray((pixels[..., 0].astype(np.uint16) * 257)).save(path := tmp_path / "deep.png")
+    elif kind == "cmyk jpeg":
+        Image.fromarray(pixels).convert("CMYK").save(path := tmp_path / "print.jpg")
+    elif kind == "palette png with transparency":
+        image = Image.fromarray(pixels).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        image.save(path := tmp_path / "icon.png", transparency=0)
+        return path, (24, 36), True
+    elif kind == "grayscale":
+        Image.fromarray(pixels[..., 1]).save(path := tmp_path / "gray.jpg")
+    elif kind == "rgba":
+        alpha = np.tile(np.linspace(0, 255, 36, dtype=np.uint8), (24, 1))
+        Image.fromarray(np.dstack([pixels, alpha])).save(path := tmp_path / "glass.png")
+        return path, (24, 36), True
+    elif kind == "exif-rotated jpeg":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(pixels).save(path := tmp_path / "phone.jpg", exif=exif)
+        return path, (36, 24), False
+    elif kind == "1x1":
+        Image.fromarray(pixels[:1, :1]).save(path := tmp_path / "dot.png")
+        return path, (1, 1), False
+    else:  # smaller than the network's receptive field
+        Image.fromarray(pixels[:5, :7]).save(path := tmp_path / "tiny.png")
+        return path, (5, 7), False
+    return path, (24, 36), False
+
+
+ODD_KINDS = ["16-bit png", "cmyk jpeg", "palette png with transparency", "grayscale", "rgba", "exif-rotated jpeg",
+             "1x1", "smaller than the receptive field"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ODD_KINDS)
+def test_unusual_images_stylize_with_orientation_and_alpha_kept(cli, tmp_path: Path, model_file: Path, kind: str) -> None:
+    source, size, has_alpha = _odd_but_valid(tmp_path, kind)
+    out = tmp_path / "result.png"
+    result = cli("image", source, "--model", model_file, "--out", out, "--device", "cpu")
+    assert result.code == 0 and result.err == "", result.err
+    written = Image.open(out)
+    assert (written.height, written.width) == size
+    assert written.mode == ("RGBA" if has_alpha else "RGB")
+    rgb = np.asarray(written.convert("RGB"))
+    assert np.array_equal(rgb, _expected(model_file, source))
+    if has_alpha:
+        expected_alpha = load_image(source).alpha
+        assert np.array_equal(np.asarray(written)[..., 3], expected_alpha[0, 0].mul(255).round().byte().numpy())
+
+
+def test_output_folders_are_created(cli, tmp_path: Path, model_file: Path) -> None:
+    Image.fromarray(photo(20, 20, seed=1)).save(tmp_path / "in.png")
+    out = tmp_path / "new" / "deeper" / "r.png"
+    assert cli("image", tmp_path / "in.png", "--model", model_file, "--out", out, "--device", "cpu").code == 0
+    assert Image.open(out).size == (20, 20)
+
+
+def test_a_read_only_output_folder_is_one_clear_error(
+    cli, tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Image.fromarray(photo(20, 20, seed=1)).save(tmp_path / "in.png")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: make the OS refuse as it would for anyone else
+        real_open = os.open
+
+        def refusing_open(path: str | os.PathLike[str], flags: int, *args: object, **kwargs: object) -> int:
+            if Path(path).parent == locked and flags & (os.O_WRONLY | os.O_RDWR):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refusing_open)
+    try:
+        result = cli("image", tmp_path / "in.png", "--model", model_file, "--out", locked / "r.png", "--device", "cpu")
+    finally:
+        locked.chmod(0o755)
+    assert result.code == 2 and result.error_lines == [f"error: cannot write {locked / 'r.png'}: Permission denied"]
+    assert list(locked.iterdir()) == []
