@@ -254,10 +254,14 @@ class _Run:
             "seconds": self.seconds,
             "unreadable_files": sorted(self.unreadable),
         }
-        with atomic_path(path) as temporary:
-            torch.save(state, temporary)
-        for old in _checkpoint_files(folder)[:-CHECKPOINTS_KEPT]:
-            old.unlink()
+        try:
+            with atomic_path(path) as temporary:
+                torch.save(state, temporary)
+        except StylizeError as error:  # e.g. the disk is full: the older checkpoints are intact
+            raise StylizeError(f"{error}; the last good checkpoint is {self.latest_checkpoint()}") from None
+        # Older checkpoints beyond the last few, and temporary files a killed run left behind.
+        for old in [*_checkpoint_files(folder)[:-CHECKPOINTS_KEPT], *folder.glob(".step-*")]:
+            old.unlink(missing_ok=True)
         return path
 
     def latest_checkpoint(self) -> str:
