@@ -12,6 +12,7 @@ import glob
 import io
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -76,23 +77,32 @@ def open_image(path: Path, max_pixels: int | None = None) -> Image.Image:
     if path.is_dir():
         raise StylizeError(f"{path} is a folder, not an image")
     try:
-        with _open_unchecked(path) as image:
-            width, height = image.size
-            if width * height > limit:
-                raise StylizeError(
-                    f"{path} is {width}x{height} = {width * height:,} pixels, over the limit of {limit:,} "
-                    f"(a decompression bomb?); raise it with {MAX_PIXELS_VARIABLE} or `stylize image --max-pixels`"
-                )
-            if image.format == "PNG":
-                # Decoding ignores the checksums of PNG chunks; a corrupt file
-                # should fail rather than give subtly wrong pixels.
-                image.verify()
-        with _open_unchecked(path) as image:
-            image.load()
-            return ImageOps.exif_transpose(image)
+        with warnings.catch_warnings():
+            # Pillow warns about damage it works around (corrupt EXIF, short tags);
+            # the user gets the image, or one error line, but no warning noise.
+            warnings.simplefilter("ignore")
+            return _decode(path, limit)
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as error:
         reason = "not an image" if isinstance(error, Image.UnidentifiedImageError) else str(error)
         raise StylizeError(f"cannot read {path}: {reason}") from None
+
+
+def _decode(path: Path, limit: int) -> Image.Image:
+    """Check the size from the header, verify PNG checksums, then decode."""
+    with _open_unchecked(path) as image:
+        width, height = image.size
+        if width * height > limit:
+            raise StylizeError(
+                f"{path} is {width}x{height} = {width * height:,} pixels, over the limit of {limit:,} "
+                f"(a decompression bomb?); raise it with {MAX_PIXELS_VARIABLE} or `stylize image --max-pixels`"
+            )
+        if image.format == "PNG":
+            # Decoding ignores the checksums of PNG chunks; a corrupt file
+            # should fail rather than give subtly wrong pixels.
+            image.verify()
+    with _open_unchecked(path) as image:
+        image.load()
+        return ImageOps.exif_transpose(image)
 
 
 def _array(image: Image.Image) -> np.ndarray:
