@@ -202,7 +202,8 @@ def test_bad_input_is_one_line_exit_2_and_no_output(
     assert len(result.error_lines) == 1, result.err
     assert result.error_lines[0].startswith("error: ") and message in result.error_lines[0]
     assert "Traceback" not in result.err
-    assert set(tmp_path.rglob("*")) == before  # nothing written, not even a temporary file (nor "pwned")
+    assert set(tmp_path.rglob("*")) == before  # nothing written, not even a temporary file
+    assert not (tmp_path / "pwned").exists()  # the pickle payload never ran
 
 
 def test_loss_network_download_failure_is_one_line(cli, tmp_path: Path, style_image: Path, photos: Path, monkeypatch) -> None:
@@ -240,7 +241,8 @@ def test_every_entry_point_runs_the_same_app(entry: list[str], tmp_path: Path) -
         pytest.skip("the stylize console script is not installed in this environment")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     listing = subprocess.run([*entry, "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert listing.returncode == 0 and all(name in listing.stdout for name in ("train", "image", "models"))
+    assert listing.returncode == 0
+    assert all(name in listing.stdout for name in ("train", "image", "compare", "curves", "models"))
     bad = subprocess.run([*entry, "image", "nope.png", "--model", "nope"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")
 
