@@ -1,7 +1,7 @@
 """Loss curves of training runs on one figure, drawn with Pillow.
 
 One panel per loss term (content, style, total), a log-scaled loss axis, one
-colour per run; per-step values are drawn faint with a moving average on top,
+colour per run; per-step values are drawn faint with a moving median on top,
 since single steps on a batch of four photos are noisy. Pillow rather than
 matplotlib: three line charts do not justify a plotting stack as a dependency.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +27,7 @@ COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 
 PANEL_WIDTH, PANEL_HEIGHT = 420, 320
 MARGIN, AXIS_LEFT, AXIS_BOTTOM = 20, 64, 40
 TEXT_SIZE, TITLE_SIZE = 13, 16
-SMOOTHING_POINTS = 50  # the moving average spans about 1/50 of the run
+SMOOTHING_POINTS = 50  # the moving median spans about 1/50 of the run
 
 
 @dataclass(frozen=True)
@@ -68,15 +69,10 @@ def read_metrics(path: Path) -> Run:
     return Run(run_name(path), steps, losses)
 
 
-def moving_average(values: Sequence[float], window: int) -> list[float]:
-    """Trailing mean over ``window`` values (fewer at the start)."""
-    averaged, total = [], 0.0
-    for index, value in enumerate(values):
-        total += value
-        if index >= window:
-            total -= values[index - window]
-        averaged.append(total / min(index + 1, window))
-    return averaged
+def moving_median(values: Sequence[float], window: int) -> list[float]:
+    """Trailing median over ``window`` values (fewer at the start): a single
+    bad batch's spike does not lift the line for a whole window, as a mean would."""
+    return [statistics.median(values[max(0, index - window + 1) : index + 1]) for index in range(len(values))]
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -155,7 +151,7 @@ def _draw_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], runs: Sequen
         faint = tuple(round(c + (255 - c) * 0.7) for c in colour)
         values = run.losses[term]
         window = max(1, len(values) // SMOOTHING_POINTS)
-        for series, fill, width in ((values, faint, 1), (moving_average(values, window), colour, 2)):
+        for series, fill, width in ((values, faint, 1), (moving_median(values, window), colour, 2)):
             points = [axes.point(step, value) for step, value in zip(run.steps, series)]
             if len(points) == 1:
                 x, y = points[0]

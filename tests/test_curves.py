@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylize.curves import COLOURS, MARGIN, PANEL_WIDTH, log_ticks, moving_average, nice_ticks, read_metrics
+from stylize.curves import COLOURS, MARGIN, PANEL_WIDTH, log_ticks, moving_median, nice_ticks, read_metrics
 
 
 def _write_metrics(path: Path, steps: int, start: float, decay: float) -> Path:
@@ -47,9 +47,10 @@ def test_metrics_are_read_per_term_and_named_after_the_model(tmp_path: Path) -> 
     assert run.losses["total"][4] == pytest.approx(math.exp(-0.5) + 10 * math.exp(-1.0) + 0.01)
 
 
-def test_moving_average_and_ticks() -> None:
-    assert moving_average([1, 2, 3, 4, 5], 2) == [1, 1.5, 2.5, 3.5, 4.5]
-    assert moving_average([4.0], 10) == [4.0]
+def test_moving_median_and_ticks() -> None:
+    assert moving_median([1, 2, 3, 4, 5], 2) == [1, 1.5, 2.5, 3.5, 4.5]
+    assert moving_median([4.0], 10) == [4.0]
+    assert moving_median([1, 1, 9, 1, 1, 1], 3) == [1, 1, 1, 1, 1, 1]  # one spike does not lift the line
     assert nice_ticks(0, 1000) == [0, 200, 400, 600, 800, 1000]
     assert nice_ticks(3, 97) == [20, 40, 60, 80]
     assert log_ticks(-3.2, 1.1) == [1e-3, 1e-2, 0.1, 1, 10]
