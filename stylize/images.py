@@ -89,7 +89,8 @@ def open_image(path: Path, max_pixels: int | None = None) -> Image.Image:
 
 def _decode(path: Path, limit: int) -> Image.Image:
     """Check the size from the header, verify PNG checksums, then decode."""
-    with _open_unchecked(path) as image:
+    image = _open_unchecked(path)
+    try:
         width, height = image.size
         if width * height > limit:
             raise StylizeError(
@@ -97,12 +98,15 @@ def _decode(path: Path, limit: int) -> Image.Image:
                 f"(a decompression bomb?); raise it with {MAX_PIXELS_VARIABLE} or `stylize image --max-pixels`"
             )
         if image.format == "PNG":
-            # Decoding ignores the checksums of PNG chunks; a corrupt file
-            # should fail rather than give subtly wrong pixels.
+            # Decoding ignores the checksums of PNG chunks; a corrupt file should
+            # fail rather than give subtly wrong pixels. verify() uses the file up.
             image.verify()
-    with _open_unchecked(path) as image:
+            image.close()
+            image = _open_unchecked(path)
         image.load()
         return ImageOps.exif_transpose(image)
+    finally:
+        image.close()
 
 
 def _array(image: Image.Image) -> np.ndarray:
