@@ -266,14 +266,7 @@ def compare(
     table = Table("model", "norm", "Δ contrast", "Δ batch", "Δ train/eval", "content loss", "style loss",
                   title="output change (Δ): mean |difference|, 0..255")  # fmt: skip
     for report in comparison.reports:
-        changes = (report.contrast_sensitivity, report.batch_sensitivity, report.train_eval_gap)
-        losses = (report.content_loss, report.style_loss)
-        table.add_row(
-            report.info.name,
-            report.info.config.norm,
-            *(f"{value:.2f}" for value in changes),
-            *("n/a" if value is None else f"{value:.3g}" for value in losses),
-        )
+        table.add_row(report.info.name, report.info.config.norm, *report.shown())
     _print_table(table)
     for note in dict.fromkeys(report.loss_source for report in comparison.reports if report.content_loss is None):
         typer.echo(f"losses: {note}", err=True)

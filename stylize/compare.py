@@ -88,6 +88,12 @@ class ModelReport:
     style_loss: float | None
     loss_source: str  # what measured the losses, or why they are missing
 
+    def shown(self) -> list[str]:
+        """The three changes and two losses as the sheet and the CLI's table show them."""
+        changes = (self.contrast_sensitivity, self.batch_sensitivity, self.train_eval_gap)
+        losses = (self.content_loss, self.style_loss)
+        return [*(f"{value:.2f}" for value in changes), *("n/a" if value is None else f"{value:.3g}" for value in losses)]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.info.name,
@@ -128,21 +134,23 @@ def neighbour_batch(image: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _in_train_mode(stylizer: Stylizer, batch: torch.Tensor) -> torch.Tensor:
-    """The first image's output with the network in train mode, on a copy so
-    the model's running statistics stay as trained."""
-    network = copy.deepcopy(stylizer.network).train()
-    device = stylizer.device
+def _first_in_train_mode(network: torch.nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The first image's output with ``network`` in train mode."""
     with autocast(device):
-        output = network(batch.to(device, memory_format=memory_format(device)))
+        output = network.train()(batch.to(device, memory_format=memory_format(device)))
     return output[:1].float().clamp(0, 1).cpu()
 
 
 def stylize_variants(stylizer: Stylizer, image: torch.Tensor) -> Stylizations:
+    # Train mode runs on a copy, so the model's running statistics stay as trained.
+    training_copy = copy.deepcopy(stylizer.network)
     return Stylizations(
         plain=stylizer(image),
         contrast={factor: stylizer(adjust_contrast(image, factor)) for factor in CONTRAST_FACTORS},
-        in_batch={kind: _in_train_mode(stylizer, neighbour_batch(image, kind)) for kind in NEIGHBOURS},
+        in_batch={
+            kind: _first_in_train_mode(training_copy, neighbour_batch(image, kind), stylizer.device)
+            for kind in NEIGHBOURS
+        },
     )
 
 

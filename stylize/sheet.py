@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .compare import CONTRAST_FACTORS, NEIGHBOURS, NEIGHBOURS_PER_BATCH, Comparison, ModelReport, adjust_contrast
+from .compare import CONTRAST_FACTORS, NEIGHBOURS, NEIGHBOURS_PER_BATCH, Comparison, adjust_contrast
 from .drawing import BACKGROUND, FAINT_INK, draw_lines, fit, font, line_height, wrap
 from .fileio import atomic_path
 from .images import decode_thumbnail, output_format, resize_long_side, save_pil, tensor_to_image
@@ -141,14 +141,6 @@ def _content_cells(image: torch.Tensor) -> list[torch.Tensor]:
     ]
 
 
-def _footer_values(report: ModelReport) -> list[str]:
-    def number(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.4g}"
-
-    changes = (report.contrast_sensitivity, report.batch_sensitivity, report.train_eval_gap)
-    return [*(f"{change:.2f}" for change in changes), number(report.content_loss), number(report.style_loss)]
-
-
 def heading(comparison: Comparison) -> str:
     norms = " vs ".join(dict.fromkeys(report.info.config.norm for report in comparison.reports))
     return f"stylize compare: {norms}. Changes are mean |difference| of the output, 0..255."
@@ -191,7 +183,7 @@ def render_sheet(comparison: Comparison) -> Image.Image:
     footer_top = layout.footer_top
     draw_lines(draw, (MARGIN, footer_top), list(FOOTER_LABELS), text, FAINT_INK)
     for column, report in enumerate(comparison.reports, start=1):
-        draw_lines(draw, (layout.column_left(column), footer_top), _footer_values(report), text)
+        draw_lines(draw, (layout.column_left(column), footer_top), report.shown(), text)
     return sheet
 
 
