@@ -18,14 +18,21 @@ from rich.table import Table
 from . import __version__
 from .compare import CompareSettings, compare as run_comparison
 from .curves import write_curves
-from .devices import DEVICE_CHOICES
+from .devices import DEVICE_CHOICES, resolve_device
 from .errors import StylizeError
 from .fileio import check_writable
 from .images import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, output_format
-from .modelfile import ModelInfo, bundled_models, models_dir
+from .modelfile import ModelInfo, bundled_models, load_model, models_dir
 from .sheet import write_sheet
 from .norms import norm_names
-from .stylizer import Stylizer, plan_outputs
+from .stylizer import (
+    AUTO_TILE_PIXELS,
+    AUTO_TILE_ROWS,
+    COMPILE_MIN_IMAGES,
+    InferenceSettings,
+    Stylizer,
+    plan_outputs,
+)
 from .training import StepReport, TrainConfig, plan_norm_runs, train_norms
 from .vgg import DEFAULT_CONTENT_LAYER, loss_network_names
 
@@ -195,14 +202,33 @@ def image(
                      f"{DEFAULT_MAX_PIXELS:,}."),  # fmt: skip
     ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 (faster on CPUs with bf16, "
+                     "output within a few levels of fp32)."),  # fmt: skip
+    ] = "auto",
+    use_compile: Annotated[
+        Optional[bool],
+        typer.Option("--compile/--no-compile", help=f"torch.compile the network; default: for {COMPILE_MIN_IMAGES}+ images."),
+    ] = None,
+    tile: Annotated[
+        Optional[int],
+        typer.Option(help=f"Run each layer in bands of this many rows: same output, less memory; 0: off; "
+                     f"default: {AUTO_TILE_ROWS} for images over {AUTO_TILE_PIXELS // 1_000_000} megapixels."),  # fmt: skip
+    ] = None,
 ) -> None:
     """Stylize images with a trained model."""
     if max_size is not None and max_size < 1:
         raise StylizeError("--max-size must be at least 1")
     if max_pixels is not None and max_pixels < 1:
         raise StylizeError("--max-pixels must be at least 1")
-    stylizer = Stylizer.load(model, device)
-    pairs = plan_outputs(inputs, out, stylizer.name)
+    settings = InferenceSettings(precision=precision, compile=use_compile, tile=tile)
+    resolved = resolve_device(device)
+    loaded = load_model(model, resolved)
+    pairs = plan_outputs(inputs, out, loaded.info.name)
+    stylizer = Stylizer(
+        loaded, resolved, settings.for_images(len(pairs)), on_notice=lambda note: typer.echo(f"note: {note}", err=True)
+    )
     if len(pairs) == 1:
         stylizer.stylize_file(*pairs[0], max_size, max_pixels)
         typer.echo(f"wrote {pairs[0][1]}")

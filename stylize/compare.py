@@ -143,7 +143,7 @@ def _first_in_train_mode(network: torch.nn.Module, batch: torch.Tensor, device: 
 
 def stylize_variants(stylizer: Stylizer, image: torch.Tensor) -> Stylizations:
     # Train mode runs on a copy, so the model's running statistics stay as trained.
-    training_copy = copy.deepcopy(stylizer.network)
+    training_copy = copy.deepcopy(stylizer.model.network)
     return Stylizations(
         plain=stylizer(image),
         contrast={factor: stylizer(adjust_contrast(image, factor)) for factor in CONTRAST_FACTORS},

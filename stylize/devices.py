@@ -27,11 +27,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device) -> ContextManager[object]:
-    """bf16 autocast on CUDA (tensor cores, half the memory traffic); fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CUDA (tensor cores, half the memory traffic), fp32 on CPU,
+    where bf16 is faster but moves some output pixels by several levels of 255."""
+    if precision not in PRECISIONS:
+        raise StylizeError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None = None) -> ContextManager[object]:
+    """Autocast to ``dtype`` (default: ``compute_dtype("auto", device)``); a no-op for fp32."""
+    dtype = dtype or compute_dtype("auto", device)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def memory_format(device: torch.device) -> torch.memory_format:

@@ -81,15 +81,17 @@ class ResidualBlock(nn.Module):
 
 RESIDUAL_BLOCKS = 5
 
-# The module path of every norm layer, shallow to deep; mixed norm schemes key on these.
-NORM_SITES: tuple[str, ...] = (
-    "norm1",
-    "norm2",
-    "norm3",
-    *(f"res.{i}.norm{j}" for i in range(RESIDUAL_BLOCKS) for j in (1, 2)),
-    "norm4",
-    "norm5",
-)
+# The module path of every norm layer, shallow to deep, with the convolution it
+# normalizes; mixed norm schemes key on these sites, BN folding on the pairs.
+NORMALIZED_CONVS: dict[str, str] = {
+    "norm1": "conv1",
+    "norm2": "conv2",
+    "norm3": "conv3",
+    **{f"res.{i}.norm{j}": f"res.{i}.conv{j}" for i in range(RESIDUAL_BLOCKS) for j in (1, 2)},
+    "norm4": "up1",
+    "norm5": "up2",
+}
+NORM_SITES: tuple[str, ...] = tuple(NORMALIZED_CONVS)
 
 
 class TransformerNet(nn.Module):
