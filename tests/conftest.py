@@ -110,14 +110,23 @@ def write_model(
     training: dict[str, object] | None = None,
     style_thumbnail: str = "",
 ) -> Path:
-    """A random-weight model; batch-norm layers get running statistics of real-looking photos."""
+    """A ``random_network`` saved as a model file."""
+    record = training if training is not None else {"image_size": 32, "steps_done": 0}
+    save_model(path, random_network(norm, seed), style=style, training=record, style_thumbnail=style_thumbnail)
+    return path
+
+
+def photo_tensor(height: int, width: int, seed: int) -> torch.Tensor:
+    return torch.from_numpy(photo(height, width, seed)).permute(2, 0, 1)[None].float().div(255)
+
+
+def random_network(norm: str = "instance", seed: int = 0) -> TransformerNet:
+    """Random weights in eval mode; batch-norm layers get running statistics of real-looking photos."""
     torch.manual_seed(seed)
     network = TransformerNet(NetConfig(norm=norm))
     with torch.no_grad():
-        network.train()(torch.from_numpy(photo(32, 32, seed)).permute(2, 0, 1)[None].float().div(255).repeat(4, 1, 1, 1))
-    record = training if training is not None else {"image_size": 32, "steps_done": 0}
-    save_model(path, network.eval(), style=style, training=record, style_thumbnail=style_thumbnail)
-    return path
+        network.train()(photo_tensor(32, 32, seed).repeat(4, 1, 1, 1))
+    return network.eval()
 
 
 @pytest.fixture

@@ -14,13 +14,9 @@ from stylize.images import encode_thumbnail, load_image, to_uint8
 from stylize.network import NetConfig, TransformerNet
 from stylize.sheet import SheetLayout, block_labels, render_sheet
 
-from .conftest import photo, write_model
+from .conftest import photo, photo_tensor, write_model
 
 WHITE = 255
-
-
-def _photo_tensor(height: int, width: int, seed: int) -> torch.Tensor:
-    return torch.from_numpy(photo(height, width, seed)).permute(2, 0, 1)[None].float() / 255
 
 
 @pytest.fixture
@@ -45,14 +41,14 @@ def pair(tmp_path: Path, style_image: Path) -> Path:
             network.conv1.conv2d.weight.mul_(30)
             network.conv_out.conv2d.weight.mul_(10)
             network.conv_out.conv2d.bias.fill_(0.5)
-            network.train()(torch.cat([_photo_tensor(32, 32, seed) for seed in range(4)]))
+            network.train()(torch.cat([photo_tensor(32, 32, seed) for seed in range(4)]))
         save_model(folder / f"swirls-{norm}.safetensors", network.eval(), style="swirls", training={},
                    style_thumbnail=thumbnail)  # fmt: skip
     return folder
 
 
 def test_contrast_is_scaled_around_each_channel_mean_without_touching_the_input() -> None:
-    images = _photo_tensor(20, 24, seed=1)
+    images = photo_tensor(20, 24, seed=1)
     before = images.clone()
     low = adjust_contrast(images, 0.5)
     assert torch.equal(images, before)
@@ -66,7 +62,7 @@ def test_instance_norm_first_layer_removes_a_contrast_change_up_to_its_epsilon()
     torch.manual_seed(0)
     network = TransformerNet(NetConfig(norm="instance")).eval()
     norm1, k = network.norm1, 0.5
-    images = _photo_tensor(24, 24, seed=2)
+    images = photo_tensor(24, 24, seed=2)
     with torch.no_grad():
         z = network.conv1(images)
         z_low = network.conv1(adjust_contrast(images, k))

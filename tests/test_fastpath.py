@@ -1,0 +1,235 @@
+"""The inference form of the network (stylize.fastpath) and the settings that pick it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from stylize import stylizer as stylizer_module
+from stylize.errors import StylizeError
+from stylize.fastpath import (
+    BandedConv,
+    SpaceToDepthConv,
+    SubpixelConv,
+    optimize_for_inference,
+    set_tile,
+)
+from stylize.modelfile import load_model
+from stylize.network import ReflectConv, UpsampleConv
+from stylize.norms import BatchInstanceNorm2d
+from stylize.stylizer import InferenceSettings, Stylizer
+
+from .conftest import ALL_NORMS, photo, photo_tensor, random_network, write_model
+
+CPU = torch.device("cpu")
+# fp32 sums in a different order: far below one level of 255.
+SAME = 1e-4
+
+
+def _max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape
+    return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("norm", ALL_NORMS)
+@pytest.mark.parametrize("size", [(37, 53), (64, 48), (5, 9)])
+def test_inference_form_computes_the_same_function(norm: str, size: tuple[int, int]) -> None:
+    network = random_network(norm)
+    images = torch.cat([photo_tensor(*size, seed=1), photo_tensor(*size, seed=2)])
+    with torch.no_grad():
+        expected = network(images)
+        got = optimize_for_inference(network)(images)
+    assert _max_difference(got, expected) < SAME
+
+
+def test_batch_norm_is_folded_into_the_convolutions() -> None:
+    fast = optimize_for_inference(random_network("batch"))
+    assert not any(isinstance(module, nn.BatchNorm2d) for module in fast.modules())
+    ibn = optimize_for_inference(random_network("ibn"))
+    assert isinstance(ibn.norm1, nn.InstanceNorm2d) and isinstance(ibn.norm4, nn.Identity)
+    # A learned mix of batch and instance statistics is not an affine map: kept.
+    mixed = optimize_for_inference(random_network("batch-instance"))
+    assert isinstance(mixed.norm1, BatchInstanceNorm2d)
+
+
+def test_optimizing_leaves_the_trained_network_untouched() -> None:
+    network = random_network("batch")
+    before = {key: value.clone() for key, value in network.state_dict().items()}
+    optimize_for_inference(network)
+    assert isinstance(network.norm1, nn.BatchNorm2d) and isinstance(network.up1, UpsampleConv)
+    assert all(torch.equal(before[key], value) for key, value in network.state_dict().items())
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (8, 7)])
+def test_subpixel_convolution_equals_upsample_then_convolve(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    upsample = UpsampleConv(6, 5, 3)
+    x = torch.randn(2, 6, *size)
+    with torch.no_grad():
+        assert _max_difference(SubpixelConv(upsample, 1)(x), upsample(x)) < SAME
+
+
+@pytest.mark.parametrize(("kernel", "factor"), [(9, 4), (9, 2), (3, 4), (5, 3)])
+@pytest.mark.parametrize("size", [(16, 20), (9, 13), (21, 6)])
+def test_space_to_depth_convolution_equals_the_plain_one(kernel: int, factor: int, size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    conv = ReflectConv(8, 3, kernel)
+    x = torch.randn(1, 8, *size)
+    with torch.no_grad():
+        assert _max_difference(SpaceToDepthConv(conv, 1, factor)(x), conv(x)) < SAME
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch", "group"])
+def test_tiles_leave_no_seams(norm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bands of rows give the untiled output: every norm still sees the whole map."""
+    fast = optimize_for_inference(random_network(norm))
+    image = photo_tensor(100, 72, seed=3)
+    bands: list[int] = []
+    band = BandedConv.__call__
+
+    def counting(self: BandedConv, x: torch.Tensor) -> torch.Tensor:
+        bands.append(self.band_rows or 0)
+        return band(self, x)
+
+    with torch.no_grad():
+        whole = fast(image)
+        monkeypatch.setattr(BandedConv, "__call__", counting)
+        set_tile(fast, 16)
+        tiled = fast(image)
+    assert max(bands) == 16 and min(bands) == 4  # quarter-resolution layers: 16 // 4 rows
+    assert _max_difference(tiled, whole) < SAME
+
+
+def test_a_band_is_computed_per_tile_of_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    conv = optimize_for_inference(random_network()).conv1
+    calls: list[tuple[int, int, int]] = []
+    band = type(conv).band
+
+    def record(self: BandedConv, x: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
+        calls.append((x.shape[-2], top, bottom))
+        return band(self, x, top, bottom)
+
+    monkeypatch.setattr(type(conv), "band", record)
+    conv.set_tile(10)
+    with torch.no_grad():
+        out = conv(torch.rand(1, 3, 25, 12))
+    assert out.shape == (1, 32, 25, 12)
+    # rows 0-9 (+4 below), 10-19 (4 above and below), 20-24 (4 above): padding only at the border
+    assert calls == [(14, 4, 0), (18, 0, 0), (9, 0, 4)]
+
+
+def test_channels_last_input_gives_the_same_output() -> None:
+    fast = optimize_for_inference(random_network())
+    image = photo_tensor(40, 36, seed=4)
+    with torch.no_grad():
+        expected = fast(image)
+        got = fast(image.contiguous(memory_format=torch.channels_last))
+    assert _max_difference(got, expected) < SAME
+
+
+def _stylizer(path: Path, **settings: object) -> Stylizer:
+    return Stylizer(load_model(path, CPU), CPU, InferenceSettings(**settings))  # type: ignore[arg-type]
+
+
+def test_bf16_is_as_close_to_fp32_as_plain_bf16_autocast(model_file: Path) -> None:
+    """Random weights amplify rounding more than trained ones; the bound is
+    therefore the plain network's own bf16 error, not an absolute number."""
+    image = photo_tensor(48, 40, seed=5)
+    fp32 = _stylizer(model_file, precision="fp32")(image)
+    bf16 = _stylizer(model_file, precision="bf16")(image)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain_bf16 = load_model(model_file, CPU).network(image).float().clamp(0, 1)
+    assert not torch.equal(bf16, fp32)  # bf16 really ran
+    error, plain_error = (bf16 - fp32).abs().mean().item(), (plain_bf16 - fp32).abs().mean().item()
+    assert error < 3 / 255
+    assert error < 1.5 * plain_error
+
+
+def test_auto_precision_is_fp32_on_cpu(model_file: Path) -> None:
+    assert _stylizer(model_file).dtype == torch.float32
+    assert _stylizer(model_file, precision="bf16").dtype == torch.bfloat16
+
+
+def test_compiled_network_equals_eager(model_file: Path) -> None:
+    image = photo_tensor(24, 28, seed=6)
+    eager = _stylizer(model_file, compile=False)(image)
+    compiled = _stylizer(model_file, compile=True)
+    assert compiled._compiled is not None
+    assert _max_difference(compiled(image), eager) < SAME
+    assert compiled._compiled is not None  # did not fall back
+
+
+def test_a_failed_compile_falls_back_to_eager_with_a_notice(model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch._dynamo
+
+    def failing(*args: object) -> torch.Tensor:
+        raise torch._dynamo.exc.TorchDynamoException("InvalidCxxCompiler: No working C++ compiler found\nmore")
+
+    monkeypatch.setattr(torch, "compile", lambda network: failing)
+    notices: list[str] = []
+    stylizer = Stylizer(load_model(model_file, CPU), CPU, InferenceSettings(compile=True), notices.append)
+    image = photo_tensor(20, 20, seed=7)
+    assert _max_difference(stylizer(image), _stylizer(model_file)(image)) < SAME
+    stylizer(image)
+    assert notices == ["torch.compile failed (InvalidCxxCompiler: No working C++ compiler found); continuing without it"]
+
+
+def test_large_images_are_tiled_automatically(model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stylizer_module, "AUTO_TILE_PIXELS", 30 * 30)
+    monkeypatch.setattr(stylizer_module, "AUTO_TILE_ROWS", 8)
+    stylizer = _stylizer(model_file)
+    small, large = photo_tensor(30, 30, seed=8), photo_tensor(40, 30, seed=8)
+    stylizer(small)
+    assert stylizer.network.conv1.band_rows is None
+    tiled = stylizer(large)
+    assert stylizer.network.conv1.band_rows == 8
+    untiled = _stylizer(model_file, tile=0)
+    assert _max_difference(tiled, untiled(large)) < SAME
+    assert untiled.network.conv1.band_rows is None  # --tile 0: never
+
+
+def test_compile_pays_off_only_for_many_images() -> None:
+    auto = InferenceSettings()
+    assert auto.for_images(stylizer_module.COMPILE_MIN_IMAGES).compile is True
+    assert auto.for_images(1).compile is False
+    assert InferenceSettings(compile=False).for_images(1000).compile is False
+    assert InferenceSettings(compile=True).for_images(1).compile is True
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"precision": "fp16"}, "unknown precision 'fp16'; choose one of: auto, fp32, bf16"),
+        ({"tile": -1}, "--tile must be 0 (off) or a number of rows"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(StylizeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        InferenceSettings(**settings)  # type: ignore[arg-type]
+
+
+def test_cli_fast_path_options(tmp_path: Path, cli) -> None:
+    model = write_model(tmp_path / "model.safetensors", norm="batch")
+    source = tmp_path / "in.png"
+    Image.fromarray(photo(30, 26, seed=9)).save(source)
+    plain, tiled = tmp_path / "plain.png", tmp_path / "tiled.png"
+    assert cli("image", str(source), "--model", str(model), "--out", str(plain), "--device", "cpu").code == 0
+    result = cli(
+        "image", str(source), "--model", str(model), "--out", str(tiled), "--tile", "8", "--no-compile",
+        "--precision", "fp32", "--device", "cpu",
+    )  # fmt: skip
+    assert result.code == 0
+    assert np.array_equal(_pixels(plain), _pixels(tiled))
+    bad = cli("image", str(source), "--model", str(model), "--out", str(tmp_path / "x.png"), "--precision", "fp16")
+    assert bad.code == 2 and bad.error_lines == ["error: unknown precision 'fp16'; choose one of: auto, fp32, bf16"]
+    assert not (tmp_path / "x.png").exists()
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
