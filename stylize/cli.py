@@ -214,7 +214,8 @@ def image(
     tile: Annotated[
         Optional[int],
         typer.Option(help=f"Run each layer in bands of this many rows: same output, less memory; 0: off; "
-                     f"default: {AUTO_TILE_ROWS} for images over {AUTO_TILE_PIXELS // 1_000_000} megapixels."),  # fmt: skip
+                     f"default: {AUTO_TILE_ROWS}, or whole maps when compiled (up to "
+                     f"{AUTO_TILE_PIXELS // 1_000_000} megapixels)."),  # fmt: skip
     ] = None,
 ) -> None:
     """Stylize images with a trained model."""

@@ -179,18 +179,21 @@ def test_a_failed_compile_falls_back_to_eager_with_a_notice(model_file: Path, mo
     assert notices == ["torch.compile failed (InvalidCxxCompiler: No working C++ compiler found); continuing without it"]
 
 
-def test_large_images_are_tiled_automatically(model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_tiles_eager_runs_and_large_compiled_ones(model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stylizer_module, "AUTO_TILE_PIXELS", 30 * 30)
     monkeypatch.setattr(stylizer_module, "AUTO_TILE_ROWS", 8)
-    stylizer = _stylizer(model_file)
-    small, large = photo_tensor(30, 30, seed=8), photo_tensor(40, 30, seed=8)
-    stylizer(small)
-    assert stylizer.network.conv1.band_rows is None
-    tiled = stylizer(large)
+    auto = InferenceSettings()
+    assert auto.tile_for(30, 30, compiled=False) == 8
+    assert auto.tile_for(30, 30, compiled=True) is None
+    assert auto.tile_for(40, 30, compiled=True) == 8
+    assert InferenceSettings(tile=0).tile_for(4000, 4000, compiled=False) is None
+    assert InferenceSettings(tile=20).tile_for(10, 10, compiled=True) == 20
+    stylizer, untiled = _stylizer(model_file), _stylizer(model_file, tile=0)
+    image = photo_tensor(40, 30, seed=8)
+    tiled = stylizer(image)
     assert stylizer.network.conv1.band_rows == 8
-    untiled = _stylizer(model_file, tile=0)
-    assert _max_difference(tiled, untiled(large)) < SAME
-    assert untiled.network.conv1.band_rows is None  # --tile 0: never
+    assert _max_difference(tiled, untiled(image)) < SAME
+    assert untiled.network.conv1.band_rows is None
 
 
 def test_compile_pays_off_only_for_many_images() -> None:

@@ -1,0 +1,107 @@
+"""Peak memory of stylizing one large image (default 3840x2160), each configuration in
+its own process so that every peak is its own.
+
+    python -m benchmarks.memory [--model NAME_OR_FILE] [--device cpu|cuda] [--size 3840x2160]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from stylize.devices import resolve_device
+from stylize.modelfile import ModelInfo, StyleModel, load_model
+from stylize.network import NetConfig, TransformerNet
+from stylize.stylizer import InferenceSettings, Stylizer
+
+from .common import bench_image, machine, peak_memory, reset_peak_memory, show, sync, write_json
+
+# name -> tile (None: the plain reference network; -1: the product's automatic choice)
+CONFIGS = {
+    "reference (fp32, eager, NCHW, no_grad)": None,
+    "stylize, untiled (--tile 0)": 0,
+    "stylize, default (auto: --tile 512 above 4 MP)": -1,
+    "stylize --tile 128": 128,
+}
+
+
+def measure(config: str, model: str | None, device: torch.device, width: int, height: int) -> dict[str, object]:
+    """Runs in the child process."""
+    if model:
+        network = load_model(model, torch.device("cpu")).network.eval()
+    else:
+        torch.manual_seed(0)
+        network = TransformerNet(NetConfig()).eval()
+    image = bench_image(None, width, height).to(device)
+    tile = CONFIGS[config]
+    if tile is None:
+        network = network.to(device)
+
+        def run() -> torch.Tensor:
+            with torch.no_grad():
+                return network(image)
+    else:
+        info = ModelInfo(name="bench", path=Path("bench"), config=network.config)
+        stylizer = Stylizer(StyleModel(info, network.to(device)), device, InferenceSettings(compile=False,
+                            tile=None if tile == -1 else tile))  # fmt: skip
+
+        def run() -> torch.Tensor:
+            return stylizer(image)
+
+    sync(device)
+    baseline = peak_memory(device)["peak_rss_gib"]
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    run()
+    sync(device)
+    seconds = time.perf_counter() - start
+    return {"config": config, "seconds": seconds, "rss_before_gib": baseline, **peak_memory(device)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model name or file (default: random instance-norm weights, seed 0)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--size", default="3840x2160", help="WIDTHxHEIGHT")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/memory.json"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    width, height = (int(side) for side in args.size.lower().split("x"))
+    if args.child:
+        print(json.dumps(measure(args.child, args.model, device, width, height)))
+        return
+
+    results = []
+    for config in CONFIGS:
+        command = [sys.executable, "-m", "benchmarks.memory", "--child", config, "--device", str(device),
+                   "--size", args.size] + (["--model", args.model] if args.model else [])  # fmt: skip
+        child = subprocess.run(command, capture_output=True, text=True, check=True)
+        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    show(
+        f"peak memory, one {width}x{height} image on {device}",
+        ["configuration", "seconds", "RSS before GiB", "peak RSS GiB", "peak GPU GiB"],
+        [
+            [
+                row["config"],
+                f"{row['seconds']:.1f}",
+                f"{row['rss_before_gib']:.2f}",
+                f"{row['peak_rss_gib']:.2f}",
+                "-" if row["peak_gpu_gib"] is None else f"{row['peak_gpu_gib']:.2f}",
+            ]
+            for row in results
+        ],
+    )
+    write_json(args.out, {"benchmark": "memory", "machine": machine(device),
+                          "settings": {"size": [width, height], "model": args.model or "random instance-norm weights"},
+                          "results": results})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
