@@ -26,7 +26,7 @@ from .common import bench_image, machine, peak_memory, reset_peak_memory, show, 
 CONFIGS = {
     "reference (fp32, eager, NCHW, no_grad)": None,
     "stylize, untiled (--tile 0)": 0,
-    "stylize, default (auto: --tile 512 above 4 MP)": -1,
+    "stylize, default (bands of 64 rows)": -1,
     "stylize --tile 128": 128,
 }
 

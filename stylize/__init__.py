@@ -17,13 +17,14 @@ from .modelfile import ModelInfo, StyleModel, bundled_models, load_model, save_m
 from .network import NetConfig, TransformerNet
 from .norms import create_norm, norm_names, register_norm
 from .sheet import write_sheet
-from .stylizer import Stylizer
+from .stylizer import InferenceSettings, Stylizer
 from .training import StepReport, TrainConfig, TrainResult, train
 from .vgg import LossNetwork
 
 __all__ = [
     "CompareSettings",
     "Comparison",
+    "InferenceSettings",
     "LoadedImage",
     "LossNetwork",
     "LossWeights",

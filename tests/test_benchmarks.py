@@ -1,0 +1,41 @@
+"""The benchmarks run end to end (tiny sizes) and write the JSON they promise."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import memory, speed
+
+
+def _run(module, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", [module.__name__, *args])
+    module.main()
+
+
+def test_speed_benchmark_writes_medians_ratios_and_differences(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "speed.json"
+    _run(speed, monkeypatch, "--device", "cpu", "--size", "40x32", "--repeats", "2", "--only", "4,7", "--out", str(out))
+    record = json.loads(out.read_text())
+    assert record["machine"]["device"] == "cpu" and record["settings"]["size"] == [40, 32]
+    reference, fp32, bf16 = record["results"]
+    assert reference["config"].startswith("reference") and reference["speedup"] == 1.0
+    assert len(fp32["runs_s"]) == 2 and fp32["speedup"] == pytest.approx(reference["median_s"] / fp32["median_s"])
+    assert fp32["settings"]["precision"] == "auto" and fp32["dtype"] == "torch.float32"
+    assert fp32["max_diff_levels"] <= 1 and bf16["dtype"] == "torch.bfloat16"
+    assert 0 < fp32["gflop"] < reference["gflop"]  # the fast form does fewer FLOPs
+    assert fp32["peak_rss_gib"] > 0
+
+
+def test_memory_benchmark_measures_each_path_in_its_own_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "memory.json"
+    monkeypatch.chdir(Path(__file__).parents[1])  # children run `python -m benchmarks.memory`
+    _run(memory, monkeypatch, "--device", "cpu", "--size", "64x48", "--out", str(out))
+    results = json.loads(out.read_text())["results"]
+    assert [row["config"] for row in results] == list(memory.CONFIGS)
+    assert all(row["peak_rss_gib"] >= row["rss_before_gib"] > 0 for row in results)
