@@ -18,6 +18,9 @@ from rich.table import Table
 
 from stylize.fileio import atomic_path
 from stylize.images import load_image, resize_long_side
+from stylize.modelfile import ModelInfo, StyleModel, load_model
+from stylize.network import NetConfig, TransformerNet
+from stylize.stylizer import InferenceSettings, Stylizer
 
 # Wide enough for every column when the output goes to a file.
 console = Console(width=None if sys.stdout.isatty() else 220)
@@ -100,6 +103,20 @@ def peak_memory(device: torch.device) -> dict[str, float | None]:
         pass
     gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"peak_rss_gib": rss, "peak_gpu_gib": gpu}
+
+
+def bench_network(model: str | None) -> TransformerNet:
+    """The model's network in eval mode on the CPU, or random instance-norm weights (seed 0)."""
+    if model:
+        return load_model(model, torch.device("cpu")).network.eval()
+    torch.manual_seed(0)
+    return TransformerNet(NetConfig()).eval()
+
+
+def bench_stylizer(network: TransformerNet, device: torch.device, settings: InferenceSettings) -> Stylizer:
+    """The product's Stylizer around ``network``, as ``stylize image`` would build it."""
+    info = ModelInfo(name="bench", path=Path("bench"), config=network.config)
+    return Stylizer(StyleModel(info, network.to(device)), device, settings)
 
 
 def bench_image(path: Path | None, width: int, height: int) -> torch.Tensor:

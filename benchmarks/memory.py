@@ -16,11 +16,19 @@ from pathlib import Path
 import torch
 
 from stylize.devices import resolve_device
-from stylize.modelfile import ModelInfo, StyleModel, load_model
-from stylize.network import NetConfig, TransformerNet
-from stylize.stylizer import InferenceSettings, Stylizer
+from stylize.stylizer import InferenceSettings
 
-from .common import bench_image, machine, peak_memory, reset_peak_memory, show, sync, write_json
+from .common import (
+    bench_image,
+    bench_network,
+    bench_stylizer,
+    machine,
+    peak_memory,
+    reset_peak_memory,
+    show,
+    sync,
+    write_json,
+)
 
 # name -> tile (None: the plain reference network; -1: the product's automatic choice)
 CONFIGS = {
@@ -33,11 +41,7 @@ CONFIGS = {
 
 def measure(config: str, model: str | None, device: torch.device, width: int, height: int) -> dict[str, object]:
     """Runs in the child process."""
-    if model:
-        network = load_model(model, torch.device("cpu")).network.eval()
-    else:
-        torch.manual_seed(0)
-        network = TransformerNet(NetConfig()).eval()
+    network = bench_network(model)
     image = bench_image(None, width, height).to(device)
     tile = CONFIGS[config]
     if tile is None:
@@ -47,9 +51,7 @@ def measure(config: str, model: str | None, device: torch.device, width: int, he
             with torch.no_grad():
                 return network(image)
     else:
-        info = ModelInfo(name="bench", path=Path("bench"), config=network.config)
-        stylizer = Stylizer(StyleModel(info, network.to(device)), device, InferenceSettings(compile=False,
-                            tile=None if tile == -1 else tile))  # fmt: skip
+        stylizer = bench_stylizer(network, device, InferenceSettings(compile=False, tile=None if tile == -1 else tile))
 
         def run() -> torch.Tensor:
             return stylizer(image)

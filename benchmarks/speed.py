@@ -22,12 +22,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stylize.devices import compute_dtype, resolve_device
-from stylize.modelfile import ModelInfo, StyleModel, load_model
-from stylize.network import NetConfig, TransformerNet
-from stylize.stylizer import InferenceSettings, Stylizer
+from stylize.network import TransformerNet
+from stylize.stylizer import InferenceSettings
 
 from .common import (
     bench_image,
+    bench_network,
+    bench_stylizer,
     levels,
     machine,
     peak_memory,
@@ -77,8 +78,7 @@ def count_flops(network: torch.nn.Module, image: torch.Tensor) -> int:
 def runner(reference: TransformerNet, config: Config, device: torch.device) -> tuple[Callable, torch.nn.Module]:
     """A function image -> output running ``config``, and the network form it runs."""
     if config.product is not None:
-        info = ModelInfo(name="bench", path=Path("bench"), config=reference.config)
-        stylizer = Stylizer(StyleModel(info, reference), device, config.product)
+        stylizer = bench_stylizer(reference, device, config.product)
         return stylizer, stylizer.network
     network = reference.to(memory_format=torch.channels_last) if config.channels_last else reference
     module = torch.compile(network) if config.compile else network
@@ -106,17 +106,14 @@ def main() -> None:
 
     device = resolve_device(args.device)
     width, height = (int(side) for side in args.size.lower().split("x"))
-    if args.model:
-        reference = load_model(args.model, torch.device("cpu")).network.eval()
-    else:
-        torch.manual_seed(0)
-        reference = TransformerNet(NetConfig()).eval()
+    reference = bench_network(args.model)
     image = bench_image(args.image, width, height).repeat(args.batch, 1, 1, 1).to(device)
     configs = CUDA_CONFIGS if device.type == "cuda" else CPU_CONFIGS
     if args.only:
         keep = {int(number) for number in args.only.split(",")}
         configs = tuple(config for number, config in enumerate(configs, 1) if number in keep or number == 1)
-    peak = next((value for key, value in GPU_PEAK_TFLOPS.items() if key in machine(device).get("gpu", "")), None)
+    host = machine(device)
+    peak = next((value for key, value in GPU_PEAK_TFLOPS.items() if key in host.get("gpu", "")), None)
 
     results: list[dict[str, object]] = []
     expected: torch.Tensor | None = None
@@ -150,7 +147,7 @@ def main() -> None:
             }
         )
     show(
-        f"stylize {width}x{height} x{args.batch} on {device} ({machine(device).get('gpu', machine(device)['cpu'])}), "
+        f"stylize {width}x{height} x{args.batch} on {device} ({host.get('gpu', host['cpu'])}), "
         f"median of {args.repeats}",
         ["#", "configuration", "ms/batch", "images/s", "vs reference", "GFLOP", "TFLOP/s", "max diff", "mean diff",
          "first call s", "peak RSS GiB", "peak GPU GiB"],  # fmt: skip
@@ -176,7 +173,7 @@ def main() -> None:
         args.out,
         {
             "benchmark": "speed",
-            "machine": machine(device),
+            "machine": host,
             "settings": {"size": [width, height], "batch": args.batch, "repeats": args.repeats,
                          "model": args.model or "random instance-norm weights (seed 0)",
                          "image": str(args.image) if args.image else "synthetic"},  # fmt: skip

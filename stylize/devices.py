@@ -30,12 +30,16 @@ def resolve_device(name: str) -> torch.device:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise StylizeError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    return precision
+
+
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
     """``auto``: bf16 on CUDA (tensor cores, half the memory traffic), fp32 on CPU,
     where bf16 is faster but moves some output pixels by several levels of 255."""
-    if precision not in PRECISIONS:
-        raise StylizeError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    if check_precision(precision) == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return torch.float32
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .devices import PRECISIONS, autocast, compute_dtype, memory_format, resolve_device
+from .devices import autocast, check_precision, compute_dtype, memory_format, resolve_device
 from .errors import StylizeError
 from .fastpath import optimize_for_inference, set_tile
 from .images import (
@@ -26,7 +26,8 @@ from .images import (
 )
 from .modelfile import StyleModel, load_model
 
-# torch.compile costs ~10 s on a 2-core CPU and saves ~0.7 s per 1024x768 image.
+# torch.compile costs 10-25 s once on a 2-core CPU (a few s with inductor's cache warm)
+# and then saves ~0.4 s per 1024x768 image (BENCHMARKS.md).
 COMPILE_MIN_IMAGES = 16
 # Eager runs go in bands of rows: the same output, less memory, and on a CPU
 # faster too (a band's padded copies stay in cache: 1.7 vs 2.2 s at 1024x768).
@@ -47,8 +48,7 @@ class InferenceSettings:
     tile: int | None = None
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise StylizeError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if self.tile is not None and self.tile < 0:
             raise StylizeError("--tile must be 0 (off) or a number of rows")
 
