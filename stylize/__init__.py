@@ -9,21 +9,25 @@ The typed API the CLI is built on::
 __version__ = "0.1.0"
 
 from .compare import Comparison, CompareSettings, compare
+from .controls import StyleControls
 from .curves import write_curves
 from .errors import StylizeError, TrainingDiverged, TrainingInterrupted
+from .exported import ExportedNetwork, export_model
 from .images import LoadedImage, load_image, save_image
 from .losses import LossWeights, gram_matrix, perceptual_loss, total_variation
 from .modelfile import ModelInfo, StyleModel, bundled_models, load_model, save_model
 from .network import NetConfig, TransformerNet
 from .norms import create_norm, norm_names, register_norm
 from .sheet import write_sheet
-from .stylizer import InferenceSettings, Stylizer
+from .stylizer import ImageStylizer, InferenceSettings, Stylizer, load_any_model, make_stylizer
 from .training import StepReport, TrainConfig, TrainResult, train
 from .vgg import LossNetwork
 
 __all__ = [
     "CompareSettings",
     "Comparison",
+    "ExportedNetwork",
+    "ImageStylizer",
     "InferenceSettings",
     "LoadedImage",
     "LossNetwork",
@@ -31,6 +35,7 @@ __all__ = [
     "ModelInfo",
     "NetConfig",
     "StepReport",
+    "StyleControls",
     "StyleModel",
     "StylizeError",
     "Stylizer",
@@ -42,9 +47,12 @@ __all__ = [
     "bundled_models",
     "compare",
     "create_norm",
+    "export_model",
     "gram_matrix",
+    "load_any_model",
     "load_image",
     "load_model",
+    "make_stylizer",
     "norm_names",
     "perceptual_loss",
     "register_norm",

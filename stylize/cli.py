@@ -17,9 +17,11 @@ from rich.table import Table
 
 from . import __version__
 from .compare import CompareSettings, compare as run_comparison
+from .controls import MAX_SCALE, StyleControls
 from .curves import write_curves
 from .devices import DEVICE_CHOICES, resolve_device
 from .errors import StylizeError
+from .exported import EXPORT_FORMATS, SUFFIXES, check_format, export_model
 from .fileio import check_writable
 from .images import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, output_format
 from .modelfile import ModelInfo, bundled_models, load_model, models_dir
@@ -30,7 +32,8 @@ from .stylizer import (
     AUTO_TILE_ROWS,
     COMPILE_MIN_IMAGES,
     InferenceSettings,
-    Stylizer,
+    load_any_model,
+    make_stylizer,
     plan_outputs,
 )
 from .training import StepReport, TrainConfig, plan_norm_runs, train_norms
@@ -72,6 +75,10 @@ def _progress(disable: bool = False, transient: bool = False) -> Progress:
         disable=disable,
         transient=transient,
     )
+
+
+def _notice(note: str) -> None:
+    typer.echo(f"note: {note}", err=True)
 
 
 def _version(value: bool) -> None:
@@ -217,19 +224,29 @@ def image(
                      f"default: {AUTO_TILE_ROWS}, or whole maps when compiled (up to "
                      f"{AUTO_TILE_PIXELS // 1_000_000} megapixels)."),  # fmt: skip
     ] = None,
+    preserve_color: Annotated[
+        bool, typer.Option("--preserve-color", help="Keep the photo's colours: only lightness is stylized.")
+    ] = False,
+    strength: Annotated[
+        float, typer.Option(help="0: the photo, 1: full style; blends in a perceptual colour space (Oklab).")
+    ] = StyleControls.strength,
+    scale: Annotated[
+        float,
+        typer.Option(help=f"Stroke scale: stylize at this fraction of the size (0.5: strokes twice as large, "
+                     f"detail kept; up to {MAX_SCALE:g})."),  # fmt: skip
+    ] = StyleControls.scale,
 ) -> None:
-    """Stylize images with a trained model."""
+    """Stylize images with a trained model or an exported (ONNX, TorchScript) file."""
     if max_size is not None and max_size < 1:
         raise StylizeError("--max-size must be at least 1")
     if max_pixels is not None and max_pixels < 1:
         raise StylizeError("--max-pixels must be at least 1")
     settings = InferenceSettings(precision=precision, compile=use_compile, tile=tile)
+    controls = StyleControls(preserve_color=preserve_color, strength=strength, scale=scale)
     resolved = resolve_device(device)
-    loaded = load_model(model, resolved)
+    loaded = load_any_model(model, resolved, _notice)
     pairs = plan_outputs(inputs, out, loaded.info.name)
-    stylizer = Stylizer(
-        loaded, resolved, settings.for_images(len(pairs)), on_notice=lambda note: typer.echo(f"note: {note}", err=True)
-    )
+    stylizer = make_stylizer(loaded, resolved, settings, controls, images=len(pairs), on_notice=_notice)
     if len(pairs) == 1:
         stylizer.stylize_file(*pairs[0], max_size, max_pixels)
         typer.echo(f"wrote {pairs[0][1]}")
@@ -250,6 +267,25 @@ def image(
             table.add_row(str(source), problem)
         _print_table(table, stderr)
         raise typer.Exit(2)
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="A bundled model's name or a model file.")],
+    fmt: Annotated[str, typer.Option("--format", help=f"{' or '.join(EXPORT_FORMATS)}.")] = "onnx",
+    out: Annotated[
+        Optional[Path], typer.Option(help="File to write; default: MODEL.onnx or MODEL.pt in the current folder.")
+    ] = None,
+) -> None:
+    """Export a model to ONNX or TorchScript (any batch, height and width)."""
+    check_format(fmt)
+    loaded = load_model(model)
+    destination = out if out is not None else Path(f"{loaded.info.name}{SUFFIXES[fmt]}")
+    if destination.is_dir():
+        raise StylizeError(f"--out {destination} is a folder; give a file name")
+    check_writable(destination)
+    export_model(loaded, fmt, destination)
+    typer.echo(f"wrote {destination} ({fmt})")
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -11,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .controls import PLAIN, StyleControls, apply_controls
 from .devices import autocast, check_precision, compute_dtype, memory_format, resolve_device
 from .errors import StylizeError
+from .exported import ExportedNetwork, exported_format
 from .fastpath import optimize_for_inference, set_tile
 from .images import (
     LoadedImage,
@@ -64,7 +67,45 @@ class InferenceSettings:
         return self.tile or None
 
 
-class Stylizer:
+class ImageStylizer(ABC):
+    """Tensors, images and files in, stylized out, on top of one raw function
+    (``__call__``); the controls apply here, so every kind of model has them."""
+
+    controls: StyleControls
+
+    @property
+    @abstractmethod
+    def name(self) -> str: ...
+
+    @abstractmethod
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """NCHW in [0, 1] -> NCHW in [0, 1], same size, on the input's device."""
+
+    def stylize_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """``__call__`` under the controls (colour, strength, scale)."""
+        return apply_controls(self, images, self.controls)
+
+    def stylize(self, image: LoadedImage, max_size: int | None = None) -> LoadedImage:
+        """Stylize, shrinking first when ``max_size`` asks; alpha follows the pixels."""
+        rgb, alpha = image.rgb, image.alpha
+        if max_size is not None and max(rgb.shape[-2:]) > max_size:
+            rgb = resize_long_side(rgb, max_size)
+            if alpha is not None and alpha.shape[-2:] != rgb.shape[-2:]:
+                alpha = F.interpolate(alpha, size=rgb.shape[-2:], mode="bilinear", antialias=True)
+        return LoadedImage(rgb=self.stylize_tensor(rgb), alpha=alpha)
+
+    def stylize_pil(self, image: Image.Image, max_size: int | None = None) -> Image.Image:
+        result = self.stylize(image_to_tensor(image), max_size)
+        return tensor_to_image(result.rgb, result.alpha)
+
+    def stylize_file(
+        self, source: Path, destination: Path, max_size: int | None = None, max_pixels: int | None = None
+    ) -> None:
+        result = self.stylize(load_image(source, max_pixels), max_size)
+        save_image(destination, result.rgb, result.alpha)
+
+
+class Stylizer(ImageStylizer):
     """A model ready to stylize: the inference form of its network (see fastpath),
     in the settings' precision, compiled if asked, channels_last on CUDA."""
 
@@ -74,10 +115,12 @@ class Stylizer:
         device: torch.device,
         settings: InferenceSettings = InferenceSettings(),
         on_notice: Callable[[str], None] | None = None,
+        controls: StyleControls = PLAIN,
     ):
         self.model = model
         self.device = device
         self.settings = settings
+        self.controls = controls
         self.dtype = compute_dtype(settings.precision, device)
         self.on_notice = on_notice
         self.network = optimize_for_inference(model.network).to(device)
@@ -87,10 +130,14 @@ class Stylizer:
 
     @classmethod
     def load(
-        cls, name_or_path: str | Path, device: str = "auto", settings: InferenceSettings = InferenceSettings()
+        cls,
+        name_or_path: str | Path,
+        device: str = "auto",
+        settings: InferenceSettings = InferenceSettings(),
+        controls: StyleControls = PLAIN,
     ) -> Stylizer:
         resolved = resolve_device(device)
-        return cls(load_model(name_or_path, resolved), resolved, settings)
+        return cls(load_model(name_or_path, resolved), resolved, settings, controls=controls)
 
     @property
     def name(self) -> str:
@@ -98,7 +145,6 @@ class Stylizer:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """NCHW in [0, 1] -> NCHW in [0, 1], same size, on the input's device."""
         x = images.to(self.device, memory_format=memory_format(self.device))
         tile = self.settings.tile_for(*x.shape[-2:], compiled=self._compiled is not None)
         with autocast(self.device, self.dtype):
@@ -123,24 +169,49 @@ class Stylizer:
                 self.on_notice(f"torch.compile failed ({first_line[:200]}); continuing without it")
             return None
 
-    def stylize(self, image: LoadedImage, max_size: int | None = None) -> LoadedImage:
-        """Stylize, shrinking first when ``max_size`` asks; alpha follows the pixels."""
-        rgb, alpha = image.rgb, image.alpha
-        if max_size is not None and max(rgb.shape[-2:]) > max_size:
-            rgb = resize_long_side(rgb, max_size)
-            if alpha is not None and alpha.shape[-2:] != rgb.shape[-2:]:
-                alpha = F.interpolate(alpha, size=rgb.shape[-2:], mode="bilinear", antialias=True)
-        return LoadedImage(rgb=self(rgb), alpha=alpha)
 
-    def stylize_pil(self, image: Image.Image, max_size: int | None = None) -> Image.Image:
-        result = self.stylize(image_to_tensor(image), max_size)
-        return tensor_to_image(result.rgb, result.alpha)
+class ExportedStylizer(ImageStylizer):
+    """A file from ``stylize export`` (ONNX or TorchScript), run as exported."""
 
-    def stylize_file(
-        self, source: Path, destination: Path, max_size: int | None = None, max_pixels: int | None = None
-    ) -> None:
-        result = self.stylize(load_image(source, max_pixels), max_size)
-        save_image(destination, result.rgb, result.alpha)
+    def __init__(self, network: ExportedNetwork, controls: StyleControls = PLAIN):
+        self.network = network
+        self.controls = controls
+
+    @property
+    def name(self) -> str:
+        return self.network.info.name
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images)
+
+
+def load_any_model(
+    model: str | Path, device: torch.device, on_notice: Callable[[str], None] | None = None
+) -> StyleModel | ExportedNetwork:
+    """A model file or bundled model, or a file from ``stylize export``."""
+    if exported_format(Path(model)) is not None:
+        return ExportedNetwork(Path(model), device, on_notice)
+    return load_model(model, device)
+
+
+def make_stylizer(
+    model: StyleModel | ExportedNetwork,
+    device: torch.device,
+    settings: InferenceSettings = InferenceSettings(),
+    controls: StyleControls = PLAIN,
+    images: int = 1,
+    on_notice: Callable[[str], None] | None = None,
+) -> ImageStylizer:
+    """``model`` ready to stylize a job of ``images`` images.
+
+    Exported files run as they were exported (fp32, whole maps, their own
+    runtime); ``settings`` other than the defaults earn a notice there.
+    """
+    if isinstance(model, ExportedNetwork):
+        if settings != InferenceSettings() and on_notice is not None:
+            on_notice("--precision, --compile and --tile apply to model files; exported files run as exported")
+        return ExportedStylizer(model, controls)
+    return Stylizer(model, device, settings.for_images(images), on_notice, controls)
 
 
 def plan_outputs(inputs: Sequence[str], out: Path | None, model_name: str) -> list[tuple[Path, Path]]:

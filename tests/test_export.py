@@ -1,0 +1,139 @@
+"""stylize export: ONNX (run with onnxruntime) and TorchScript files match the PyTorch model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylize import ExportedNetwork, StyleControls, Stylizer, load_image, load_model
+from stylize.cli import main
+from stylize.stylizer import ExportedStylizer
+
+from .conftest import photo, photo_tensor, write_model
+
+onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra: pip install 'stylize[onnx]'")
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Per format: (model file, the file `stylize export` wrote from it); batch norm, so folding is exported too."""
+    folder = tmp_path_factory.mktemp("export")
+    model = write_model(folder / "mosaic.safetensors", norm="batch", seed=3, style="mosaic")
+    files = {}
+    for fmt, name in (("onnx", "mosaic.onnx"), ("torchscript", "mosaic.pt")):
+        assert main(["export", str(model), "--format", fmt, "--out", str(folder / name)]) == 0
+        files[fmt] = (model, folder / name)
+    return files
+
+
+@pytest.fixture(params=["onnx", "torchscript"])
+def exported(request: pytest.FixtureRequest, exports: dict[str, tuple[Path, Path]]) -> tuple[Path, Path]:
+    return exports[request.param]
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 40, 52), (3, 3, 37, 61), (2, 3, 16, 97), (1, 3, 5, 9)])
+def test_exported_file_matches_pytorch_for_any_batch_and_size(exported: tuple[Path, Path], shape: tuple) -> None:
+    model, out = exported
+    images = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    with torch.no_grad():
+        reference = load_model(model).network(images).clamp(0, 1)
+    result = ExportedNetwork(out, torch.device("cpu"))(images)
+    assert result.shape == images.shape
+    assert (result - reference).abs().max() < 1e-4
+
+
+def test_onnx_file_runs_in_plain_onnxruntime_with_free_batch_height_width(exports: dict) -> None:
+    model, out = exports["onnx"]
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (image_input,) = session.get_inputs()
+    assert image_input.name == "image" and image_input.shape == ["batch", 3, "height", "width"]
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["name"] == "mosaic" and meta["style"] == "mosaic" and '"norm": "batch"' in meta["network"]
+    images = photo_tensor(48, 70, seed=1).repeat(2, 1, 1, 1)
+    (output,) = session.run(None, {"image": images.numpy()})
+    with torch.no_grad():
+        reference = load_model(model).network(images)
+    assert np.abs(output - reference.numpy()).max() < 1e-4
+
+
+def test_stylize_image_accepts_the_exported_file(cli, exported: tuple[Path, Path], tmp_path: Path) -> None:
+    model, out = exported
+    Image.fromarray(photo(33, 45, seed=2)).save(tmp_path / "in.png")
+    result = cli("image", tmp_path / "in.png", "--model", out, "--out", tmp_path / "x.png", "--strength", "0.8")
+    assert result.code == 0 and result.err == "", result.err
+    assert cli("image", tmp_path / "in.png", "--model", model, "--out", tmp_path / "m.png", "--strength", "0.8").code == 0
+    from_export, from_model = (np.asarray(Image.open(tmp_path / name), dtype=int) for name in ("x.png", "m.png"))
+    assert from_export.shape == (33, 45, 3) and np.abs(from_export - from_model).max() <= 1
+    default_name = cli("image", tmp_path / "in.png", "--model", out, "--out", tmp_path / "folder")
+    assert default_name.code == 0 and (tmp_path / "folder" / "in-mosaic.png").is_file()
+
+
+def test_inference_options_on_an_exported_file_earn_a_note(cli, exported: tuple[Path, Path], tmp_path: Path) -> None:
+    _, out = exported
+    Image.fromarray(photo(20, 20, seed=3)).save(tmp_path / "in.png")
+    result = cli("image", tmp_path / "in.png", "--model", out, "--out", tmp_path / "o.png", "--precision", "bf16")
+    assert result.code == 0
+    assert result.error_lines == ["note: --precision, --compile and --tile apply to model files; exported files run as exported"]
+
+
+def test_export_defaults_to_the_model_name_in_the_current_folder(cli, tmp_path: Path, monkeypatch) -> None:
+    model = write_model(tmp_path / "models" / "waves.safetensors")
+    monkeypatch.chdir(tmp_path)
+    result = cli("export", model, "--format", "torchscript")
+    assert result.code == 0 and result.out.strip() == "wrote waves.pt (torchscript)"
+    images = photo_tensor(24, 24, seed=4)
+    reference = Stylizer.load(model, "cpu")(images)
+    assert (ExportedNetwork(tmp_path / "waves.pt", torch.device("cpu"))(images) - reference).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "tflite"], "error: unknown export format 'tflite'; choose one of: onnx, torchscript"),
+        (["--out", "{tmp}"], "error: --out {tmp} is a folder; give a file name"),
+    ],
+)
+def test_bad_export_requests_are_one_line(cli, model_file: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    result = cli("export", model_file, *[arg.format(tmp=tmp_path) for arg in args])
+    assert result.code == 2 and result.error_lines == [message.format(tmp=tmp_path)]
+
+
+def test_foreign_or_broken_exported_files_are_one_line(cli, tmp_path: Path) -> None:
+    Image.fromarray(photo(20, 20, seed=5)).save(tmp_path / "in.png")
+    (tmp_path / "broken.onnx").write_bytes(b"not a protobuf at all" * 10)
+    result = cli("image", tmp_path / "in.png", "--model", tmp_path / "broken.onnx", "--out", tmp_path / "o.png")
+    assert result.code == 2 and len(result.error_lines) == 1
+    assert result.error_lines[0].startswith(f"error: {tmp_path / 'broken.onnx'} is not a readable ONNX model")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_missing_onnxruntime_says_which_extra_to_install(cli, exports: dict, tmp_path: Path, monkeypatch) -> None:
+    _, out = exports["onnx"]
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    Image.fromarray(photo(20, 20, seed=6)).save(tmp_path / "in.png")
+    result = cli("image", tmp_path / "in.png", "--model", out, "--out", tmp_path / "o.png")
+    assert result.code == 2
+    assert result.error_lines == [f"error: running {out.name} needs onnxruntime: pip install 'stylize[onnx]'"]
+
+
+def test_controls_work_the_same_on_exported_files(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    model, out = exported
+    Image.fromarray(photo(30, 30, seed=7)).save(tmp_path / "in.png")
+    controls = StyleControls(preserve_color=True, scale=0.5)
+    image = load_image(tmp_path / "in.png")
+    a = ExportedStylizer(ExportedNetwork(out, torch.device("cpu")), controls).stylize(image).rgb
+    b = Stylizer.load(model, "cpu", controls=controls).stylize(image).rgb
+    assert (a - b).abs().max() < 1e-4
+
+
+def test_missing_onnx_exporter_says_which_extra_to_install(cli, model_file: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    result = cli("export", model_file, "--out", tmp_path / "m.onnx")
+    assert result.code == 2
+    assert result.error_lines == ["error: exporting to ONNX needs the onnx extra: pip install 'stylize[onnx]'"]
+    assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.glob(".m.onnx*"))
