@@ -20,6 +20,7 @@ from .compare import CompareSettings, compare as run_comparison
 from .controls import MAX_SCALE, StyleControls
 from .curves import write_curves
 from .devices import DEVICE_CHOICES, resolve_device
+from .distributed import rank_label
 from .errors import StylizeError
 from .exported import EXPORT_FORMATS, SUFFIXES, check_format, export_model
 from .fileio import check_writable
@@ -140,8 +141,15 @@ def train(
     resume: Annotated[
         Optional[Path], typer.Option(help="Continue from a checkpoint file or an OUT.ckpt/ folder.")
     ] = None,
+    sync_bn: Annotated[
+        bool,
+        typer.Option("--sync-bn", help="Under torchrun: batch-norm statistics over all processes' batches (CUDA)."),
+    ] = False,
 ) -> None:
-    """Train a style network on a folder of photos."""
+    """Train a style network on a folder of photos; under torchrun, on every GPU it starts.
+
+    --batch-size is per process: torchrun --nproc_per_node 4 with --batch-size 4 takes 16 photos per step.
+    """
     config = TrainConfig(
         style_image=style_image,
         data=data,
@@ -167,6 +175,7 @@ def train(
         workers=workers,
         checkpoint_every=checkpoint_every,
         resume=resume,
+        sync_bn=sync_bn,
     )
     runs = plan_norm_runs(config, norm)
     progress = _progress()
@@ -185,9 +194,10 @@ def train(
     finally:
         if progress.live.is_started:
             progress.stop()
-    for result in results:
+    written = [result for result in results if result.wrote_files]
+    for result in written:
         typer.echo(f"wrote {result.model} ({result.steps} steps, {result.seconds:.0f} s); metrics: {result.metrics}")
-    skipped = max(len(result.unreadable_files) for result in results)
+    skipped = max(len(result.unreadable_files) for result in written) if written else 0
     if skipped:
         typer.echo(f"skipped {skipped} unreadable training images", err=True)
 
@@ -371,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = command.main(args=list(argv) if argv is not None else None, prog_name="stylize", standalone_mode=False)
     except StylizeError as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"error: {rank_label()}{error}", err=True)
         return error.exit_code
     except _UsageProblem as error:
         typer.echo(f"error: {error.format_message()}", err=True)

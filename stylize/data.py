@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .errors import StylizeError
 from .images import find_images, load_image
@@ -127,12 +127,22 @@ def crop_loader(
     steps: int,
     workers: int,
     pin_memory: bool,
+    rank: int = 0,
+    processes: int = 1,
 ) -> DataLoader[Sample]:
-    """Batches for steps ``start_step + 1 .. steps``, in the run's fixed order."""
+    """This process's batches for steps ``start_step + 1 .. steps``, in the run's fixed order.
+
+    Step ``s`` uses positions ``s*G .. s*G+G-1`` with G = ``batch_size * processes``;
+    the DistributedSampler deals them out in turn, so process ``r`` gets
+    ``s*G + r``, ``s*G + r + processes``, ... The steps' photos are the same for
+    any split of G, which is why N processes match one process of batch G.
+    """
+    per_step = batch_size * processes
+    positions = Subset(RandomCrops(files, image_size, seed), range(start_step * per_step, steps * per_step))
     return DataLoader(
-        RandomCrops(files, image_size, seed),
+        positions,
         batch_size=batch_size,
-        sampler=range(start_step * batch_size, steps * batch_size),
+        sampler=DistributedSampler(positions, num_replicas=processes, rank=rank, shuffle=False),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,

@@ -25,6 +25,16 @@ import torch
 from . import __version__
 from .data import crop_loader, training_files
 from .devices import autocast, memory_format, resolve_device
+from .distributed import (
+    World,
+    check_sync_batch_norm,
+    mean_over_processes,
+    parallel,
+    process_device,
+    process_group,
+    union_over_processes,
+    wait_for_all,
+)
 from .errors import StylizeError, TrainingDiverged, TrainingInterrupted
 from .fileio import atomic_path, check_writable, load_torch_file
 from .images import encode_thumbnail, load_image, resize_long_side
@@ -63,6 +73,8 @@ class TrainConfig:
     workers: int = 4
     checkpoint_every: int = 1000
     resume: Path | None = None
+    # With several processes: batch norm statistics over all their batches.
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
@@ -103,7 +115,9 @@ class TrainConfig:
 
 
 # Settings that may change when a run is resumed; all others define the run.
-RUN_SETTINGS = frozenset({"steps", "out", "device", "workers", "checkpoint_every", "resume"})
+# The batch may be split differently over processes, as long as each step
+# takes as many photos as before (see ``global_batch``).
+RUN_SETTINGS = frozenset({"steps", "out", "device", "workers", "checkpoint_every", "resume", "batch_size"})
 
 
 def checkpoint_dir(out: Path) -> Path:
@@ -133,6 +147,8 @@ class TrainResult:
     steps: int
     seconds: float
     unreadable_files: tuple[str, ...]
+    # False in the other processes of a distributed run: only the main one writes.
+    wrote_files: bool = True
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -152,11 +168,17 @@ def _checkpoint_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("step-*.pt"))
 
 
-def read_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
+def read_checkpoint(path: Path, config: TrainConfig, processes: int = 1) -> dict[str, Any]:
     checkpoint = load_torch_file(path, "a training checkpoint")
     if not isinstance(checkpoint, dict) or not {"model", "optimizer", "step", "config"} <= checkpoint.keys():
         raise StylizeError(f"{path} is not a training checkpoint")
     saved, wanted = checkpoint["config"], config.record()
+    saved_batch = int(checkpoint.get("global_batch", saved.get("batch_size", config.batch_size)))
+    if saved_batch != config.batch_size * processes:
+        raise StylizeError(
+            f"{path} was trained with {saved_batch} photos per step, not {config.batch_size} x {processes} "
+            f"process(es); resume with --batch-size x processes = {saved_batch}"
+        )
     for key, value in wanted.items():
         # A setting the checkpoint predates had its default value then.
         if key not in RUN_SETTINGS and saved.get(key, value) != value:
@@ -221,10 +243,13 @@ class _StopRequest:
 class _Run:
     """State that changes as training goes: the step, time spent, files skipped."""
 
-    def __init__(self, config: TrainConfig, network: TransformerNet, optimizer: torch.optim.Optimizer):
+    def __init__(
+        self, config: TrainConfig, network: TransformerNet, optimizer: torch.optim.Optimizer, world: World
+    ):
         self.config = config
         self.network = network
         self.optimizer = optimizer
+        self.world = world
         self.step = 0
         self.seconds_before = 0.0
         self.started = time.perf_counter()
@@ -241,13 +266,22 @@ class _Run:
         self.seconds_before = float(checkpoint.get("seconds", 0.0))
         self.unreadable = set(checkpoint.get("unreadable_files", []))
 
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.world.size
+
     def save_checkpoint(self) -> Path:
+        """Every process calls this at the same step; the main one writes."""
+        self.unreadable = union_over_processes(self.unreadable, self.world)
         folder = checkpoint_dir(self.config.out)
         path = folder / f"step-{self.step:08d}.pt"
+        if not self.world.is_main:
+            return path
         state = {
             "model": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
+            "global_batch": self.global_batch,
             "config": self.config.record(),
             "net_config": self.network.config.to_dict(),
             "style": self.config.style_image.stem,
@@ -277,22 +311,35 @@ def _load_style(config: TrainConfig, device: torch.device) -> tuple[torch.Tensor
 
 def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None = None) -> TrainResult:
     """Train ``config.steps`` steps (continuing ``config.resume`` if given) and
-    write the model to ``config.out``; ``on_progress`` hears about every step."""
-    device = resolve_device(config.device)
+    write the model to ``config.out``; ``on_progress`` hears about every step.
+
+    Under torchrun every process calls this; they train as one (see distributed).
+    """
+    world = World.from_environment()
+    with process_group(world):
+        return _train(config, world, on_progress if world.is_main else None)
+
+
+def _train(config: TrainConfig, world: World, on_progress: Callable[[StepReport], None] | None) -> TrainResult:
+    device = process_device(resolve_device(config.device), world)
     files = training_files(config.data)
     style, thumbnail = _load_style(config, device)
     if config.out.is_dir():
         raise StylizeError(f"--out {config.out} is a folder; give a model file name such as style.safetensors")
-    check_writable(config.out)
-    checkpoint = read_checkpoint(find_checkpoint(config.resume), config) if config.resume else None
+    if world.is_main:
+        check_writable(config.out)
+    checkpoint = read_checkpoint(find_checkpoint(config.resume), config, world.size) if config.resume else None
 
     torch.manual_seed(config.seed)
     fmt = memory_format(device)
     network = TransformerNet(config.net_config).to(device, memory_format=fmt).train()
+    if config.sync_bn and world.is_distributed:
+        check_sync_batch_norm(network, device, config.norm)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
-    run = _Run(config, network, optimizer)
+    run = _Run(config, network, optimizer, world)
     if checkpoint is not None:
         run.restore(checkpoint)
+    trained = parallel(network, world, device, config.sync_bn)  # same parameters, so the optimizer still fits
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -313,20 +360,23 @@ def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None 
         steps=config.steps,
         workers=config.workers,
         pin_memory=device.type == "cuda",
+        rank=world.rank,
+        processes=world.size,
     )
-    metrics = MetricsLog(metrics_path(config.out), keep_until_step=run.step)
+    metrics = MetricsLog(metrics_path(config.out), keep_until_step=run.step) if world.is_main else None
     sync_every = 1 if device.type == "cpu" else GPU_SYNC_EVERY
     pending: list[tuple[int, torch.Tensor]] = []
     last_report = (run.step, time.perf_counter())
 
-    def report_pending() -> None:
-        """Read queued losses back (one sync), refuse non-finite ones, log and report."""
+    def report_pending(stop_requested: bool) -> bool:
+        """Read queued losses back (one sync; averaged over processes), refuse
+        non-finite ones, log and report. True if any process was asked to stop."""
         nonlocal last_report
-        if not pending:
-            return
-        values = torch.stack([terms for _, terms in pending]).tolist()
+        stop_row = torch.full((1, 4), float(stop_requested), device=device)
+        rows = mean_over_processes(torch.cat([torch.stack([terms for _, terms in pending]), stop_row]), world)
+        *values, stop_flags = rows.tolist()
         now = time.perf_counter()
-        speed = (pending[-1][0] - last_report[0]) * config.batch_size / max(now - last_report[1], 1e-9)
+        speed = (pending[-1][0] - last_report[0]) * run.global_batch / max(now - last_report[1], 1e-9)
         for (step, _), (content, style_value, tv, total) in zip(pending, values):
             if not all(map(math.isfinite, (content, style_value, tv))):
                 raise TrainingDiverged(
@@ -334,12 +384,14 @@ def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None 
                     f"Last good checkpoint: {run.latest_checkpoint()}. Try a lower --lr or --style-weight"
                 )
             record = {"step": step, "content": content, "style": style_value, "tv": tv, "total": total}
-            metrics.write({**record, "images_per_s": round(speed, 2), "seconds": round(run.seconds, 3)})
+            if metrics is not None:
+                metrics.write({**record, "images_per_s": round(speed, 2), "seconds": round(run.seconds, 3)})
             if on_progress is not None:
                 on_progress(StepReport(**record, steps=config.steps, images_per_second=speed,
                                        unreadable_files=len(run.unreadable)))
         pending.clear()
         last_report = (run.step, now)
+        return stop_flags[0] > 0
 
     try:
         with _StopRequest() as stop:
@@ -347,7 +399,7 @@ def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None 
                 run.unreadable.update(unreadable)
                 images = images.to(device, non_blocking=True, memory_format=fmt)
                 with autocast(device):
-                    output = network(images)
+                    output = trained(images)
                     with torch.no_grad():
                         input_features = loss_network(images)
                     terms = perceptual_loss(
@@ -362,23 +414,44 @@ def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None 
                 checkpoint_due = bool(config.checkpoint_every) and (
                     run.step % config.checkpoint_every == 0 or run.step == config.steps
                 )
-                if len(pending) >= sync_every or checkpoint_due or stop.requested or run.step == config.steps:
-                    report_pending()
+                # Processes must meet at the same steps, so they agree on stopping
+                # at their regular reports; a lone process stops at once.
+                agreed_stop = False
+                lone_stop = stop.requested and not world.is_distributed
+                if len(pending) >= sync_every or checkpoint_due or lone_stop or run.step == config.steps:
+                    agreed_stop = report_pending(stop.requested)
                 if checkpoint_due:
                     run.save_checkpoint()
-                if stop.requested:
+                if agreed_stop or (stop.requested and not world.is_distributed):
                     saved = run.save_checkpoint()
                     raise TrainingInterrupted(
                         f"interrupted at step {run.step}/{config.steps}; checkpoint saved: {saved}. "
                         f"Continue with the same command plus --resume {saved}"
                     )
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
 
+    run.unreadable = union_over_processes(run.unreadable, world)
+    if world.is_main:
+        _save_trained_model(config, run, thumbnail, device)
+    wait_for_all(world)  # the model exists when any process returns
+    return TrainResult(
+        model=config.out,
+        metrics=metrics_path(config.out),
+        steps=run.step,
+        seconds=run.seconds,
+        unreadable_files=tuple(sorted(run.unreadable)),
+        wrote_files=world.is_main,
+    )
+
+
+def _save_trained_model(config: TrainConfig, run: _Run, thumbnail: str, device: torch.device) -> None:
     training = {
         **config.record(),
         "steps_done": run.step,
-        "images_seen": run.step * config.batch_size,
+        "processes": run.world.size,
+        "images_seen": run.step * run.global_batch,
         "training_seconds": round(run.seconds, 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "unreadable_files": len(run.unreadable),
@@ -386,15 +459,8 @@ def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None 
         "torch": torch.__version__,
         "stylize": __version__,
     }
-    network.eval()
-    save_model(config.out, network, style=config.style_image.stem, training=training, style_thumbnail=thumbnail)
-    return TrainResult(
-        model=config.out,
-        metrics=metrics.path,
-        steps=run.step,
-        seconds=run.seconds,
-        unreadable_files=tuple(sorted(run.unreadable)),
-    )
+    run.network.eval()
+    save_model(config.out, run.network, style=config.style_image.stem, training=training, style_thumbnail=thumbnail)
 
 
 def plan_norm_runs(config: TrainConfig, norms: Sequence[str]) -> list[TrainConfig]:

@@ -1,0 +1,150 @@
+"""Training on several processes: torchrun, gloo on the CPU, 2 processes.
+
+N processes of batch B must take the same steps as one process of batch N*B.
+"Same" has a float-sized meaning under Adam: the gradients agree to ~1e-7 of
+their scale, and Adam divides each gradient element by its own size, so the
+few elements whose gradient is below that noise (e.g. conv biases just before
+instance norm, which cancels them exactly) take +-lr steps of random sign in
+either run. So: losses equal to ~1e-6, nearly all weights equal to 1e-6, the
+rest within Adam's step bound, outputs equal to 1e-3 of the 0..1 range.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from stylize import StylizeError, load_model
+from stylize.distributed import World, check_sync_batch_norm, parallel, rank_label, synchronize_batch_norm
+from stylize.network import NetConfig, TransformerNet
+
+from .conftest import photo_tensor, train_args
+
+STEPS, LR = 2, 1e-3
+
+
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "stylize", *args]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def losses(metrics: Path) -> list[tuple[float, ...]]:
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return [(line["step"], line["content"], line["style"], line["tv"]) for line in lines]
+
+
+def assert_same_training(a: Path, b: Path, steps: int) -> None:
+    first, second = load_file(str(a)), load_file(str(b))
+    assert first.keys() == second.keys()
+    gaps = torch.cat([(first[key] - second[key]).abs().flatten() for key in first])
+    assert (gaps <= 1e-6).float().mean() > 0.99, "nearly every weight must agree to float precision"
+    assert gaps.max() <= 2 * LR * steps, "and none may differ by more than Adam's steps"
+    photo = photo_tensor(40, 48, seed=0)
+    with torch.no_grad():
+        outputs = [load_model(path).network(photo) for path in (a, b)]
+    assert (outputs[0] - outputs[1]).abs().max() < 1e-3
+    for one, other in zip(losses(a.with_name(a.stem + ".metrics.jsonl")), losses(b.with_name(b.stem + ".metrics.jsonl"))):
+        assert one[0] == other[0] and one[1:] == pytest.approx(other[1:], rel=1e-5)
+
+
+def test_two_processes_of_batch_2_train_like_one_of_batch_4(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    def args(out: str, batch: int) -> list[str]:
+        return [*train_args(style_image, photos, tmp_path / out, vgg_weights, "--lr", str(LR)),
+                "--steps", str(STEPS), "--batch-size", str(batch)]  # fmt: skip
+
+    two = torchrun(*args("two.safetensors", 2), cwd=tmp_path)
+    assert two.returncode == 0, two.stderr
+    assert cli(*args("one.safetensors", 4)).code == 0
+    assert_same_training(tmp_path / "one.safetensors", tmp_path / "two.safetensors", STEPS)
+
+    # Only rank 0 wrote: one model, one metrics file with one line per step, one report.
+    reports = [line for line in two.stdout.splitlines() if line.startswith("wrote")]
+    assert len(reports) == 1 and reports[0].startswith(f"wrote {tmp_path / 'two.safetensors'} ({STEPS} steps")
+    assert len((tmp_path / "two.metrics.jsonl").read_text().splitlines()) == STEPS
+    assert sorted(path.name for path in (tmp_path / "two.ckpt").iterdir()) == [f"step-{STEPS:08d}.pt"]
+    training = load_model(tmp_path / "two.safetensors").info.training
+    assert training["processes"] == 2 and training["images_seen"] == 4 * STEPS
+
+
+def test_a_one_process_checkpoint_resumes_on_two_processes(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    def args(out: str, steps: int, batch: int, *extra: str) -> list[str]:
+        return [*train_args(style_image, photos, tmp_path / out, vgg_weights, "--lr", str(LR)),
+                "--steps", str(steps), "--batch-size", str(batch), *extra]  # fmt: skip
+
+    assert cli(*args("straight.safetensors", STEPS + 1, 4)).code == 0
+    assert cli(*args("resumed.safetensors", 1, 4)).code == 0
+    resumed = torchrun(*args("resumed.safetensors", STEPS + 1, 2, "--resume", str(tmp_path / "resumed.ckpt")),
+                       cwd=tmp_path)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_training(tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors", STEPS + 1)
+    assert [step for step, *_ in losses(tmp_path / "resumed.metrics.jsonl")] == list(range(1, STEPS + 2))
+
+    # A step must take as many photos as before, however they are split.
+    refused = cli(*args("resumed.safetensors", STEPS + 2, 2, "--resume", str(tmp_path / "resumed.ckpt")))
+    assert refused.code == 2 and "was trained with 4 photos per step, not 2 x 1 process(es)" in refused.err
+
+
+@pytest.fixture
+def one_process_group():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_sync_bn_swaps_batch_norm_in_place_keeping_parameters_and_keys() -> None:
+    network = TransformerNet(NetConfig(norm="ibn"))
+    parameters, keys = list(network.parameters()), list(network.state_dict())
+    synchronize_batch_norm(network)
+    kinds = {type(module).__name__ for module in network.modules()}
+    assert "SyncBatchNorm" in kinds and "BatchNorm2d" not in kinds
+    assert all(a is b for a, b in zip(network.parameters(), parameters, strict=True))
+    assert list(network.state_dict()) == keys
+
+
+def test_several_processes_train_through_distributed_data_parallel(one_process_group) -> None:
+    network = TransformerNet(NetConfig(norm="instance"))
+    wrapped = parallel(network, World(rank=0, size=2), torch.device("cpu"), sync_batch_norm=False)
+    assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) and wrapped.module is network
+    assert parallel(network, World(), torch.device("cpu"), sync_batch_norm=True) is network
+
+
+@pytest.mark.parametrize(
+    ("norm", "message"),
+    [
+        ("instance", "--sync-bn synchronizes batch-norm statistics; --norm instance has no batch-norm layers"),
+        ("batch", "--sync-bn needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on the CPU"),
+        ("ibn", "--sync-bn needs CUDA GPUs"),
+    ],
+)
+def test_sync_bn_is_refused_where_it_cannot_work(norm: str, message: str) -> None:
+    with pytest.raises(StylizeError, match=message):
+        check_sync_batch_norm(TransformerNet(NetConfig(norm=norm)), torch.device("cpu"), norm)
+
+
+def test_the_world_comes_from_torchruns_variables(monkeypatch) -> None:
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    world = World.from_environment()
+    assert world == World(rank=3, local_rank=1, size=4) and not world.is_main and world.is_distributed
+    assert rank_label() == "[rank 3] "
+    monkeypatch.setenv("WORLD_SIZE", "four")
+    with pytest.raises(StylizeError, match="must be whole numbers"):
+        World.from_environment()
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name)
+    assert World.from_environment() == World() and rank_label() == ""
