@@ -26,8 +26,8 @@ from .exported import EXPORT_FORMATS, SUFFIXES, check_format, export_model
 from .fileio import check_writable
 from .images import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, output_format
 from .modelfile import ModelInfo, bundled_models, load_model, models_dir
-from .sheet import write_sheet
 from .norms import norm_names
+from .sheet import write_sheet
 from .stylizer import (
     AUTO_TILE_PIXELS,
     AUTO_TILE_ROWS,
@@ -39,6 +39,7 @@ from .stylizer import (
 )
 from .training import StepReport, TrainConfig, plan_norm_runs, train_norms
 from .vgg import DEFAULT_CONTENT_LAYER, loss_network_names
+from .video import ENCODERS, VideoSettings, default_video_output, encoder_for, probe, stylize_video
 
 app = typer.Typer(
     name="stylize",
@@ -202,10 +203,41 @@ def train(
         typer.echo(f"skipped {skipped} unreadable training images", err=True)
 
 
+# Options that image and video share.
+ModelOption = Annotated[str, typer.Option(help="A bundled model's name, a model file, or an exported file.")]
+DeviceOption = Annotated[str, typer.Option(help=DEVICE_HELP)]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 (faster on CPUs with bf16, "
+                 "output within a few levels of fp32)."),  # fmt: skip
+]
+CompileOption = Annotated[
+    Optional[bool],
+    typer.Option("--compile/--no-compile", help=f"torch.compile the network; default: for {COMPILE_MIN_IMAGES}+ images."),
+]
+TileOption = Annotated[
+    Optional[int],
+    typer.Option(help=f"Run each layer in bands of this many rows: same output, less memory; 0: off; "
+                 f"default: {AUTO_TILE_ROWS}, or whole maps when compiled (up to "
+                 f"{AUTO_TILE_PIXELS // 1_000_000} megapixels)."),  # fmt: skip
+]
+PreserveColorOption = Annotated[
+    bool, typer.Option("--preserve-color", help="Keep the photo's colours: only lightness is stylized.")
+]
+StrengthOption = Annotated[
+    float, typer.Option(help="0: the photo, 1: full style; blends in a perceptual colour space (Oklab).")
+]
+ScaleOption = Annotated[
+    float,
+    typer.Option(help=f"Stroke scale: stylize at this fraction of the size (0.5: strokes twice as large, "
+                 f"detail kept; up to {MAX_SCALE:g})."),  # fmt: skip
+]
+
+
 @app.command()
 def image(
     inputs: Annotated[List[str], typer.Argument(help="Image files, folders or globs.")],
-    model: Annotated[str, typer.Option(help="A bundled model's name or a model file.")],
+    model: ModelOption,
     out: Annotated[
         Optional[Path],
         typer.Option(help="Output file (one input) or folder; default: NAME-MODEL.EXT in the current folder."),
@@ -218,33 +250,13 @@ def image(
         typer.Option(help=f"Refuse larger images (decompression bombs); default ${MAX_PIXELS_VARIABLE} or "
                      f"{DEFAULT_MAX_PIXELS:,}."),  # fmt: skip
     ] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    precision: Annotated[
-        str,
-        typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 (faster on CPUs with bf16, "
-                     "output within a few levels of fp32)."),  # fmt: skip
-    ] = "auto",
-    use_compile: Annotated[
-        Optional[bool],
-        typer.Option("--compile/--no-compile", help=f"torch.compile the network; default: for {COMPILE_MIN_IMAGES}+ images."),
-    ] = None,
-    tile: Annotated[
-        Optional[int],
-        typer.Option(help=f"Run each layer in bands of this many rows: same output, less memory; 0: off; "
-                     f"default: {AUTO_TILE_ROWS}, or whole maps when compiled (up to "
-                     f"{AUTO_TILE_PIXELS // 1_000_000} megapixels)."),  # fmt: skip
-    ] = None,
-    preserve_color: Annotated[
-        bool, typer.Option("--preserve-color", help="Keep the photo's colours: only lightness is stylized.")
-    ] = False,
-    strength: Annotated[
-        float, typer.Option(help="0: the photo, 1: full style; blends in a perceptual colour space (Oklab).")
-    ] = StyleControls.strength,
-    scale: Annotated[
-        float,
-        typer.Option(help=f"Stroke scale: stylize at this fraction of the size (0.5: strokes twice as large, "
-                     f"detail kept; up to {MAX_SCALE:g})."),  # fmt: skip
-    ] = StyleControls.scale,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+    use_compile: CompileOption = None,
+    tile: TileOption = None,
+    preserve_color: PreserveColorOption = False,
+    strength: StrengthOption = StyleControls.strength,
+    scale: ScaleOption = StyleControls.scale,
 ) -> None:
     """Stylize images with a trained model or an exported (ONNX, TorchScript) file."""
     if max_size is not None and max_size < 1:
@@ -277,6 +289,59 @@ def image(
             table.add_row(str(source), problem)
         _print_table(table, stderr)
         raise typer.Exit(2)
+
+
+@app.command()
+def video(
+    source: Annotated[Path, typer.Argument(help="The video to stylize (mp4, mov, mkv, webm, ...).")],
+    model: ModelOption,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help=f"Video to write ({', '.join(ENCODERS)}); default: NAME-MODEL.mp4 in the current folder."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Frames per network call.")] = VideoSettings.batch_size,
+    quality: Annotated[
+        int, typer.Option(help="Encoder CRF: 0 best .. 51 smallest; 18 looks like the source.")
+    ] = VideoSettings.quality,
+    max_size: Annotated[Optional[int], typer.Option(help="Shrink frames so the long side is at most this, px.")] = None,
+    audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Copy the sound (as it is, not re-encoded).")] = True,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+    use_compile: CompileOption = None,
+    tile: TileOption = None,
+    preserve_color: PreserveColorOption = False,
+    strength: StrengthOption = StyleControls.strength,
+    scale: ScaleOption = StyleControls.scale,
+) -> None:
+    """Stylize a video frame by frame, in batches, keeping its frame rate and sound."""
+    video_settings = VideoSettings(batch_size=batch_size, quality=quality, max_size=max_size, audio=audio)
+    settings = InferenceSettings(precision=precision, compile=use_compile, tile=tile)
+    controls = StyleControls(preserve_color=preserve_color, strength=strength, scale=scale)
+    info = probe(source)
+    resolved = resolve_device(device)
+    loaded = load_any_model(model, resolved, _notice)
+    destination = out if out is not None else default_video_output(source, loaded.info.name)
+    encoder_for(destination)
+    check_writable(destination)
+    frames = info.frames or COMPILE_MIN_IMAGES
+    stylizer = make_stylizer(loaded, resolved, settings, controls, images=frames, on_notice=_notice)
+    progress = _progress()
+    task = progress.add_task("stylizing", total=info.frames, status=source.name)
+
+    def show(done: int, total: int | None) -> None:
+        progress.start()  # once frames come out, so that setup errors stay one line
+        progress.update(task, completed=done, total=total)
+
+    try:
+        result = stylize_video(source, destination, stylizer, video_settings, on_progress=show)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+    sound = f", {result.audio_streams} audio stream(s) copied" if result.audio_streams else ""
+    typer.echo(
+        f"wrote {result.path} ({result.frames} frames, {result.width}x{result.height} at {float(result.rate):.3g} fps"
+        f"{sound}; {result.frames / max(result.seconds, 1e-9):.1f} frames/s)"
+    )
 
 
 @app.command()

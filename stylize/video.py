@@ -1,0 +1,232 @@
+"""Stylizing videos: decoded frames go through the stylizer in batches; sound is copied.
+
+Reading and writing use PyAV (the ``video`` extra): FFmpeg's own libraries in
+process, with an FFmpeg (x264 included) inside its wheels. It keeps each frame's
+timestamp and copies audio packets as they are, without re-encoding, which
+imageio-ffmpeg's pipe of raw frames to an ffmpeg program cannot do in one pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from .controls import resize, working_size
+from .errors import StylizeError
+from .fileio import atomic_path
+from .images import to_uint8
+
+if TYPE_CHECKING:
+    from .stylizer import ImageStylizer
+
+VIDEO_EXTRA = "pip install 'stylize[video]'"
+# Encoders by output extension; x264 and VP9 want even sides in 4:2:0.
+ENCODERS = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9"}
+PIXEL_FORMAT = "yuv420p"
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    batch_size: int = 8  # frames per network call: fills a GPU, amortizes a CPU's overheads
+    quality: int = 18  # the encoder's CRF: 0 best .. 51 worst; 18 looks like the source
+    max_size: int | None = None  # shrink frames so the long side is at most this, px
+    audio: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise StylizeError("--batch-size must be at least 1")
+        if not 0 <= self.quality <= 51:
+            raise StylizeError(f"--quality must be between 0 and 51, not {self.quality}")
+        if self.max_size is not None and self.max_size < 2:
+            raise StylizeError("--max-size must be at least 2")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int | None  # None when neither the header nor the duration says
+    rate: Fraction
+    width: int
+    height: int
+    audio_streams: int
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    path: Path
+    frames: int
+    rate: Fraction
+    width: int
+    height: int
+    audio_streams: int
+    seconds: float
+
+
+def _av() -> Any:
+    try:
+        import av
+    except ImportError:
+        raise StylizeError(f"stylize video needs PyAV: {VIDEO_EXTRA}") from None
+    return av
+
+
+def encoder_for(path: Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in ENCODERS:
+        raise StylizeError(f"cannot write video with extension {suffix or '(none)'!r}; use one of: {', '.join(ENCODERS)}")
+    return ENCODERS[suffix]
+
+
+def default_video_output(source: Path, model_name: str) -> Path:
+    """``NAME-MODEL.EXT`` in the current folder, EXT the source's if writable, else .mp4."""
+    suffix = Path(source).suffix.lower()
+    return Path(f"{Path(source).stem}-{model_name}{suffix if suffix in ENCODERS else '.mp4'}")
+
+
+def _open_input(path: Path) -> Any:
+    av = _av()
+    path = Path(path)
+    if not path.is_file():
+        raise StylizeError(f"no such file: {path}" if not path.exists() else f"{path} is a folder, not a video")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, ValueError) as error:
+        raise StylizeError(f"cannot read {path}: not a video ({error})") from None
+    if not container.streams.video:
+        container.close()
+        raise StylizeError(f"{path} has no video stream")
+    return container
+
+
+def probe(path: Path) -> VideoInfo:
+    with _open_input(path) as container:
+        stream = container.streams.video[0]
+        return VideoInfo(
+            frames=_frame_count(container, stream),
+            rate=_rate(stream),
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            audio_streams=len(container.streams.audio),
+        )
+
+
+def _frame_count(container: Any, stream: Any) -> int | None:
+    """From the header, or else estimated from the duration (Matroska has no count)."""
+    if stream.frames:
+        return int(stream.frames)
+    if stream.duration and stream.time_base:
+        seconds = stream.duration * stream.time_base
+    elif container.duration:
+        seconds = Fraction(container.duration, 1_000_000)  # in AV_TIME_BASE units
+    else:
+        return None
+    return max(1, round(seconds * _rate(stream)))
+
+
+def _rate(stream: Any) -> Fraction:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return Fraction(rate) if rate else Fraction(30)
+
+
+def output_size(width: int, height: int, max_size: int | None) -> tuple[int, int]:
+    """(height, width) of the output frames: shrunk to ``max_size``, sides made even for 4:2:0."""
+    if max_size is not None and max(width, height) > max_size:
+        height, width = working_size(height, width, max_size / max(width, height))
+    return max(2, height - height % 2), max(2, width - width % 2)
+
+
+def _frames_to_tensor(frames: list[Any]) -> torch.Tensor:
+    pixels = np.stack([frame.to_ndarray(format="rgb24") for frame in frames])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
+
+
+def _tensor_to_frames(images: torch.Tensor, sources: list[Any]) -> Iterator[Any]:
+    """Video frames of ``images``, each with its source frame's timestamp."""
+    av = _av()
+    pixels = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
+    for picture, source in zip(pixels, sources):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
+        frame.pts, frame.time_base = source.pts, source.time_base
+        yield frame
+
+
+def _copy_stream(writer: Any, stream: Any, destination: Path) -> Any:
+    try:
+        return writer.add_stream_from_template(stream)
+    except ValueError as error:  # the container cannot hold that codec
+        raise StylizeError(
+            f"cannot copy the sound into {destination} ({error}); --no-audio leaves it out, or write .mkv"
+        ) from None
+
+
+def stylize_video(
+    source: Path,
+    destination: Path,
+    stylizer: ImageStylizer,
+    settings: VideoSettings = VideoSettings(),
+    on_progress: Callable[[int, int | None], None] | None = None,
+) -> VideoResult:
+    """Write ``source`` stylized to ``destination`` (atomically): same frame
+    timestamps and rate, sound copied unless ``settings.audio`` is off.
+    ``on_progress(frames done, frames in all or None)`` hears after each batch."""
+    av = _av()
+    encoder = encoder_for(destination)
+    started = time.perf_counter()
+    with _open_input(source) as reader, atomic_path(destination) as temporary:
+        video = reader.streams.video[0]
+        video.thread_type = "AUTO"
+        sounds = list(reader.streams.audio) if settings.audio else []
+        total = _frame_count(reader, video)
+        height, width = output_size(video.codec_context.width, video.codec_context.height, settings.max_size)
+        done = 0
+        try:
+            with av.open(str(temporary), "w") as writer:
+                output = writer.add_stream(encoder, rate=_rate(video))
+                output.width, output.height, output.pix_fmt = width, height, PIXEL_FORMAT
+                output.time_base = video.time_base
+                output.options = {"crf": str(settings.quality), **({"b": "0"} if encoder == "libvpx-vp9" else {})}
+                copies = {sound.index: _copy_stream(writer, sound, destination) for sound in sounds}
+
+                def write(frames: list[Any]) -> None:
+                    nonlocal done
+                    stylized = stylizer.stylize_tensor(resize(_frames_to_tensor(frames), (height, width)))
+                    for frame in _tensor_to_frames(stylized, frames):
+                        writer.mux(output.encode(frame))
+                    done += len(frames)
+                    if on_progress is not None:
+                        on_progress(done, total)
+
+                pending: list[Any] = []
+                for packet in reader.demux(video, *sounds):
+                    if packet.stream.index in copies:
+                        if packet.dts is not None:  # demuxers end each stream with an empty packet
+                            packet.stream = copies[packet.stream.index]
+                            writer.mux(packet)
+                        continue
+                    for frame in packet.decode():
+                        pending.append(frame)
+                        if len(pending) == settings.batch_size:
+                            write(pending)
+                            pending = []
+                if pending:
+                    write(pending)
+                writer.mux(output.encode(None))  # what the encoder still holds
+                if on_progress is not None and done != total:
+                    on_progress(done, done)  # the count was an estimate
+        except av.FFmpegError as error:
+            hint = "; --no-audio leaves the sound out" if sounds else ""
+            raise StylizeError(f"cannot stylize {source} into {destination}: {error}{hint}") from None
+    return VideoResult(
+        path=Path(destination),
+        frames=done,
+        rate=_rate(video),
+        width=width,
+        height=height,
+        audio_streams=len(sounds),
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,148 @@
+"""stylize video: frames stylized in batches, frame rate, timestamps and sound kept."""
+
+from __future__ import annotations
+
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stylize import Stylizer
+
+av = pytest.importorskip("av", reason="the video extra: pip install 'stylize[video]'")
+
+FRAMES, FPS, SAMPLE_RATE = 10, 12, 8000
+
+
+def make_video(path: Path, width: int = 64, height: int = 48, codec: str = "libx264", sound: bool = True) -> Path:
+    """A moving bright square on a gradient, with a 440 Hz tone."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream(codec, rate=FPS)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p" if codec == "libx264" else "yuv444p"
+        video.options = {"crf": "0"} if codec == "libx264" else {}
+        audio = container.add_stream("aac", rate=SAMPLE_RATE) if sound else None
+        if audio is not None:
+            audio.layout = "mono"
+        for index in range(FRAMES):
+            pixels = np.zeros((height, width, 3), np.uint8)
+            pixels[..., 0] = np.linspace(0, 255, width)[None]
+            pixels[..., 1] = 40 + 10 * index
+            pixels[10:30, 5 + 3 * index : 25 + 3 * index] = 220
+            container.mux(video.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        if audio is not None:
+            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE * FRAMES // FPS) / SAMPLE_RATE))
+            for start in range(0, len(tone), 1024):
+                frame = av.AudioFrame.from_ndarray(tone[None, start : start + 1024].astype(np.float32), format="fltp",
+                                                   layout="mono")  # fmt: skip
+                frame.sample_rate, frame.pts = SAMPLE_RATE, start
+                container.mux(audio.encode(frame))
+            container.mux(audio.encode(None))
+        container.mux(video.encode(None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_video(tmp_path_factory.mktemp("video") / "clip.mp4")
+
+
+def decode(path: Path) -> tuple[torch.Tensor, list[float], Fraction]:
+    """Frames as NCHW in [0, 1], their times in seconds, and the stream's frame rate."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = list(container.decode(stream))
+        pixels = np.stack([frame.to_ndarray(format="rgb24") for frame in frames])
+        times = [float(frame.pts * frame.time_base) for frame in frames]
+        return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255, times, stream.average_rate
+
+
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma, the Y that the encoder keeps at full resolution."""
+    return torch.einsum("c,nchw->nhw", torch.tensor([0.299, 0.587, 0.114]), images)
+
+
+def audio_streams(path: Path) -> list[tuple[str, int, int]]:
+    with av.open(str(path)) as container:
+        return [(stream.codec_context.name, stream.rate, stream.duration) for stream in container.streams.audio]
+
+
+def test_video_is_stylized_frame_by_frame_with_rate_times_and_sound_kept(
+    cli, clip: Path, model_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "styled.mp4"
+    result = cli("video", clip, "--model", model_file, "--out", out, "--batch-size", "4", "--quality", "0")
+    assert result.code == 0, result.err
+    assert result.out.startswith(f"wrote {out} ({FRAMES} frames, 64x48 at 12 fps, 1 audio stream(s) copied;")
+    source, source_times, _ = decode(clip)
+    styled, times, rate = decode(out)
+    assert styled.shape == source.shape and rate == FPS and times == source_times
+    assert audio_streams(out) == audio_streams(clip) and audio_streams(out)[0][:2] == ("aac", SAMPLE_RATE)
+    expected = Stylizer.load(model_file, "cpu")(source)
+    # 4:2:0 video keeps colour at half resolution: compare full-resolution lightness.
+    assert (luma(styled) - luma(expected)).abs().mean() * 255 < 2, "the frames are the model's"
+    assert (luma(styled) - luma(source)).abs().mean() * 255 > 10, "and not the source's"
+
+
+def test_batch_size_does_not_change_the_frames(cli, clip: Path, model_file: Path, tmp_path: Path) -> None:
+    for batch in (1, 8):
+        args = ("--batch-size", batch, "--quality", "0")
+        assert cli("video", clip, "--model", model_file, "--out", tmp_path / f"b{batch}.mp4", *args).code == 0
+    one, eight = decode(tmp_path / "b1.mp4")[0], decode(tmp_path / "b8.mp4")[0]
+    assert one.shape == eight.shape == (FRAMES, 3, 48, 64)
+    # Lossless encoding; the only differences are float rounding flips of one level.
+    assert (luma(one) - luma(eight)).abs().max() * 255 <= 1.5
+
+
+def test_no_audio_max_size_and_odd_sides(cli, model_file: Path, tmp_path: Path) -> None:
+    odd = make_video(tmp_path / "odd.mkv", width=35, height=27, codec="ffv1")
+    result = cli("video", odd, "--model", model_file, "--out", tmp_path / "o.mp4", "--no-audio")
+    assert result.code == 0, result.err
+    assert decode(tmp_path / "o.mp4")[0].shape == (FRAMES, 3, 26, 34), "4:2:0 video needs even sides"
+    assert audio_streams(tmp_path / "o.mp4") == []
+    small = cli("video", odd, "--model", model_file, "--out", tmp_path / "s.webm", "--max-size", "20", "--no-audio")
+    assert small.code == 0, small.err
+    assert decode(tmp_path / "s.webm")[0].shape == (FRAMES, 3, 14, 20)
+    refused = cli("video", odd, "--model", model_file, "--out", tmp_path / "a.webm")
+    assert refused.code == 2 and refused.error_lines == [
+        f"error: cannot copy the sound into {tmp_path / 'a.webm'} ('webm' format does not support 'aac' codec); "
+        "--no-audio leaves it out, or write .mkv"
+    ]
+    assert not (tmp_path / "a.webm").exists() and not list(tmp_path.glob(".a.webm*"))
+
+
+def test_default_output_name_and_controls(cli, clip: Path, model_file: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = cli("video", clip, "--model", model_file, "--strength", "0", "--quality", "0")
+    assert result.code == 0, result.err
+    styled, source = decode(tmp_path / "clip-model.mp4")[0], decode(clip)[0]
+    assert (luma(styled) - luma(source)).abs().mean() * 255 < 2, "strength 0 gives the source back"
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "message"),
+    [
+        (lambda tmp: tmp / "missing.mp4", [], "error: no such file: {tmp}/missing.mp4"),
+        (lambda tmp: (tmp / "text.mp4").write_text("hello") and tmp / "text.mp4", [], "error: cannot read {tmp}/text.mp4: not a video"),
+        (lambda tmp: make_video(tmp / "v.mp4", sound=False), ["--out", "{tmp}/out.gif"],
+         "error: cannot write video with extension '.gif'; use one of: .mp4, .mov, .mkv, .webm"),
+        (lambda tmp: make_video(tmp / "v.mp4", sound=False), ["--quality", "60"], "error: --quality must be between 0 and 51, not 60"),
+    ],
+)  # fmt: skip
+def test_bad_video_requests_are_one_line_and_write_nothing(
+    cli, model_file: Path, tmp_path: Path, make, args: list[str], message: str
+) -> None:
+    source = make(tmp_path)
+    before = set(tmp_path.iterdir())
+    result = cli("video", source, "--model", model_file, *[arg.format(tmp=tmp_path) for arg in args])
+    assert result.code == 2 and len(result.error_lines) == 1
+    assert result.error_lines[0].startswith(message.format(tmp=tmp_path))
+    assert set(tmp_path.iterdir()) == before
+
+
+def test_missing_pyav_says_which_extra_to_install(cli, clip: Path, model_file: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "av", None)
+    result = cli("video", clip, "--model", model_file)
+    assert result.code == 2 and result.error_lines == ["error: stylize video needs PyAV: pip install 'stylize[video]'"]
