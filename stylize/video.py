@@ -133,11 +133,12 @@ def _rate(stream: Any) -> Fraction:
     return Fraction(rate) if rate else Fraction(30)
 
 
-def output_size(width: int, height: int, max_size: int | None) -> tuple[int, int]:
-    """(height, width) of the output frames: shrunk to ``max_size``, sides made even for 4:2:0."""
+def frame_sizes(width: int, height: int, max_size: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(height, width) the frames are shrunk to for ``max_size``, and the even
+    (height, width) cropped from that, which 4:2:0 encoding needs."""
     if max_size is not None and max(width, height) > max_size:
         height, width = working_size(height, width, max_size / max(width, height))
-    return max(2, height - height % 2), max(2, width - width % 2)
+    return (height, width), (max(2, height - height % 2), max(2, width - width % 2))
 
 
 def _frames_to_tensor(frames: list[Any]) -> torch.Tensor:
@@ -182,7 +183,7 @@ def stylize_video(
         video.thread_type = "AUTO"
         sounds = list(reader.streams.audio) if settings.audio else []
         total = _frame_count(reader, video)
-        height, width = output_size(video.codec_context.width, video.codec_context.height, settings.max_size)
+        shrunk, (height, width) = frame_sizes(video.codec_context.width, video.codec_context.height, settings.max_size)
         done = 0
         try:
             with av.open(str(temporary), "w") as writer:
@@ -194,7 +195,8 @@ def stylize_video(
 
                 def write(frames: list[Any]) -> None:
                     nonlocal done
-                    stylized = stylizer.stylize_tensor(resize(_frames_to_tensor(frames), (height, width)))
+                    images = resize(_frames_to_tensor(frames), shrunk)[..., :height, :width]
+                    stylized = stylizer.stylize_tensor(images)
                     for frame in _tensor_to_frames(stylized, frames):
                         writer.mux(output.encode(frame))
                     done += len(frames)
