@@ -39,7 +39,7 @@ from .stylizer import (
 )
 from .training import StepReport, TrainConfig, plan_norm_runs, train_norms
 from .vgg import DEFAULT_CONTENT_LAYER, loss_network_names
-from .video import ENCODERS, VideoSettings, default_video_output, encoder_for, probe, stylize_video
+from .video import ENCODERS, VideoSettings, count_frames, default_video_output, encoder_for, stylize_video
 
 app = typer.Typer(
     name="stylize",
@@ -317,16 +317,17 @@ def video(
     video_settings = VideoSettings(batch_size=batch_size, quality=quality, max_size=max_size, audio=audio)
     settings = InferenceSettings(precision=precision, compile=use_compile, tile=tile)
     controls = StyleControls(preserve_color=preserve_color, strength=strength, scale=scale)
-    info = probe(source)
+    frames = count_frames(source)
     resolved = resolve_device(device)
     loaded = load_any_model(model, resolved, _notice)
     destination = out if out is not None else default_video_output(source, loaded.info.name)
     encoder_for(destination)
     check_writable(destination)
-    frames = info.frames or COMPILE_MIN_IMAGES
-    stylizer = make_stylizer(loaded, resolved, settings, controls, images=frames, on_notice=_notice)
+    stylizer = make_stylizer(
+        loaded, resolved, settings, controls, images=frames or COMPILE_MIN_IMAGES, on_notice=_notice
+    )
     progress = _progress()
-    task = progress.add_task("stylizing", total=info.frames, status=source.name)
+    task = progress.add_task("stylizing", total=frames, status=source.name)
 
     def show(done: int, total: int | None) -> None:
         progress.start()  # once frames come out, so that setup errors stay one line

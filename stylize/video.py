@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,9 +21,7 @@ from .controls import resize, working_size
 from .errors import StylizeError
 from .fileio import atomic_path
 from .images import to_uint8
-
-if TYPE_CHECKING:
-    from .stylizer import ImageStylizer
+from .stylizer import ImageStylizer
 
 VIDEO_EXTRA = "pip install 'stylize[video]'"
 # Encoders by output extension; x264 and VP9 want even sides in 4:2:0.
@@ -45,15 +43,6 @@ class VideoSettings:
             raise StylizeError(f"--quality must be between 0 and 51, not {self.quality}")
         if self.max_size is not None and self.max_size < 2:
             raise StylizeError("--max-size must be at least 2")
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    frames: int | None  # None when neither the header nor the duration says
-    rate: Fraction
-    width: int
-    height: int
-    audio_streams: int
 
 
 @dataclass(frozen=True)
@@ -103,20 +92,14 @@ def _open_input(path: Path) -> Any:
     return container
 
 
-def probe(path: Path) -> VideoInfo:
+def count_frames(path: Path) -> int | None:
+    """The number of frames the header gives, or else an estimate from the
+    duration (Matroska has no count); None if neither says."""
     with _open_input(path) as container:
-        stream = container.streams.video[0]
-        return VideoInfo(
-            frames=_frame_count(container, stream),
-            rate=_rate(stream),
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
-            audio_streams=len(container.streams.audio),
-        )
+        return _frame_count(container, container.streams.video[0])
 
 
 def _frame_count(container: Any, stream: Any) -> int | None:
-    """From the header, or else estimated from the duration (Matroska has no count)."""
     if stream.frames:
         return int(stream.frames)
     if stream.duration and stream.time_base:
@@ -195,6 +178,8 @@ def stylize_video(
 
                 def write(frames: list[Any]) -> None:
                     nonlocal done
+                    if done == 0 and frames[0].rotation:  # phone videos: shown turned, stored level
+                        output.set_display_rotation(frames[0].rotation)
                     images = resize(_frames_to_tensor(frames), shrunk)[..., :height, :width]
                     stylized = stylizer.stylize_tensor(images)
                     for frame in _tensor_to_frames(stylized, frames):

@@ -17,12 +17,16 @@ av = pytest.importorskip("av", reason="the video extra: pip install 'stylize[vid
 FRAMES, FPS, SAMPLE_RATE = 10, 12, 8000
 
 
-def make_video(path: Path, width: int = 64, height: int = 48, codec: str = "libx264", sound: bool = True) -> Path:
+def make_video(
+    path: Path, width: int = 64, height: int = 48, codec: str = "libx264", sound: bool = True, rotation: int = 0
+) -> Path:
     """A moving bright square on a gradient, with a 440 Hz tone."""
     with av.open(str(path), "w") as container:
         video = container.add_stream(codec, rate=FPS)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p" if codec == "libx264" else "yuv444p"
         video.options = {"crf": "0"} if codec == "libx264" else {}
+        if rotation:
+            video.set_display_rotation(rotation)
         audio = container.add_stream("aac", rate=SAMPLE_RATE) if sound else None
         if audio is not None:
             audio.layout = "mono"
@@ -47,6 +51,11 @@ def make_video(path: Path, width: int = 64, height: int = 48, codec: str = "libx
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_video(tmp_path_factory.mktemp("video") / "clip.mp4")
+
+
+def rotation(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return next(container.decode(video=0)).rotation
 
 
 def decode(path: Path) -> tuple[torch.Tensor, list[float], Fraction]:
@@ -111,6 +120,12 @@ def test_no_audio_max_size_and_odd_sides(cli, model_file: Path, tmp_path: Path) 
         "--no-audio leaves it out, or write .mkv"
     ]
     assert not (tmp_path / "a.webm").exists() and not list(tmp_path.glob(".a.webm*"))
+
+
+def test_a_phone_videos_display_rotation_is_kept(cli, model_file: Path, tmp_path: Path) -> None:
+    portrait = make_video(tmp_path / "phone.mov", sound=False, rotation=90)
+    assert cli("video", portrait, "--model", model_file, "--out", tmp_path / "o.mov").code == 0
+    assert rotation(tmp_path / "o.mov") == 90 and rotation(make_video(tmp_path / "level.mp4", sound=False)) == 0
 
 
 def test_default_output_name_and_controls(cli, clip: Path, model_file: Path, tmp_path: Path, monkeypatch) -> None:
