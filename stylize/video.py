@@ -181,7 +181,11 @@ def stylize_video(
                     if done == 0 and frames[0].rotation:  # phone videos: shown turned, stored level
                         output.set_display_rotation(frames[0].rotation)
                     images = resize(_frames_to_tensor(frames), shrunk)[..., :height, :width]
-                    stylized = stylizer.stylize_tensor(images)
+                    # A short last batch is filled up with copies of its last frame: one
+                    # batch shape, so a compiled network is not compiled a second time.
+                    missing = settings.batch_size - len(frames) if done else 0
+                    filled = torch.cat([images, images[-1:].expand(missing, -1, -1, -1)]) if missing else images
+                    stylized = stylizer.stylize_tensor(filled)[: len(frames)]
                     for frame in _tensor_to_frames(stylized, frames):
                         writer.mux(output.encode(frame))
                     done += len(frames)
