@@ -160,6 +160,8 @@ def stylize_video(
     ``on_progress(frames done, frames in all or None)`` hears after each batch."""
     av = _av()
     encoder = encoder_for(destination)
+    if Path(destination).resolve() == Path(source).resolve():
+        raise StylizeError(f"refusing to overwrite the input {source}")
     started = time.perf_counter()
     with _open_input(source) as reader, atomic_path(destination) as temporary:
         video = reader.streams.video[0]

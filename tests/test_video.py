@@ -144,6 +144,7 @@ def test_default_output_name_and_controls(cli, clip: Path, model_file: Path, tmp
         (lambda tmp: make_video(tmp / "v.mp4", sound=False), ["--out", "{tmp}/out.gif"],
          "error: cannot write video with extension '.gif'; use one of: .mp4, .mov, .mkv, .webm"),
         (lambda tmp: make_video(tmp / "v.mp4", sound=False), ["--quality", "60"], "error: --quality must be between 0 and 51, not 60"),
+        (lambda tmp: make_video(tmp / "v.mp4", sound=False), ["--out", "{tmp}/v.mp4"], "error: refusing to overwrite the input {tmp}/v.mp4"),
     ],
 )  # fmt: skip
 def test_bad_video_requests_are_one_line_and_write_nothing(
