@@ -22,6 +22,7 @@ from .sheet import write_sheet
 from .stylizer import ImageStylizer, InferenceSettings, Stylizer, load_any_model, make_stylizer
 from .training import StepReport, TrainConfig, TrainResult, train
 from .vgg import LossNetwork
+from .video import VideoSettings, stylize_video
 
 __all__ = [
     "CompareSettings",
@@ -44,6 +45,7 @@ __all__ = [
     "TrainingDiverged",
     "TrainingInterrupted",
     "TransformerNet",
+    "VideoSettings",
     "bundled_models",
     "compare",
     "create_norm",
@@ -58,6 +60,7 @@ __all__ = [
     "register_norm",
     "save_image",
     "save_model",
+    "stylize_video",
     "total_variation",
     "train",
     "write_curves",

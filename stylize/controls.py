@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import StylizeError
+from .images import max_pixels_setting
 
 MAX_SCALE = 4.0
 
@@ -101,6 +102,12 @@ def apply_controls(
         return stylize(photos)
     size = tuple(photos.shape[-2:])
     working = working_size(*size, controls.scale)
+    limit = max_pixels_setting()
+    if working[0] * working[1] > limit:
+        raise StylizeError(
+            f"--scale {controls.scale:g} would stylize {working[1]}x{working[0]} = {working[0] * working[1]:,} pixels, "
+            f"over the limit of {limit:,}; use a smaller --scale or --max-size"
+        )
     stylized = resize(stylize(resize(photos, working)).float(), size)
     photo_lab = srgb_to_oklab(photos)
     lab = srgb_to_oklab(stylized)

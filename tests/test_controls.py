@@ -129,3 +129,12 @@ def test_bad_strength_on_the_cli_is_one_line_and_writes_nothing(cli, tmp_path: P
     result = cli("image", tmp_path / "in.png", "--model", model_file, "--out", tmp_path / "o.png", "--strength", "2")
     assert result.code == 2 and result.error_lines == ["error: --strength must be between 0 and 1, not 2.0"]
     assert not (tmp_path / "o.png").exists()
+
+
+def test_a_scale_that_would_exceed_the_pixel_limit_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("STYLIZE_MAX_PIXELS", "10000")
+    network = Recording()
+    with pytest.raises(StylizeError, match=r"--scale 4 would stylize 240x160 = 38,400 pixels, over the limit of 10,000"):
+        apply_controls(network, photo_tensor(40, 60, seed=9), StyleControls(scale=4))
+    assert network.sizes == []
+    assert apply_controls(network, photo_tensor(40, 60, seed=9), StyleControls(scale=2)).shape == (1, 3, 40, 60)
