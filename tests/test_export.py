@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -16,24 +19,32 @@ from stylize.stylizer import ExportedStylizer
 
 from .conftest import photo, photo_tensor, write_model
 
-onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra: pip install 'stylize[onnx]'")
+HAVE_ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime"))
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    """Per format: (model file, the file `stylize export` wrote from it); batch norm, so folding is exported too."""
+def export_to(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, Path]]:
+    """Per format, once: (model file, the file `stylize export` wrote from it).
+    Batch norm, so the folded form is what gets exported."""
     folder = tmp_path_factory.mktemp("export")
     model = write_model(folder / "mosaic.safetensors", norm="batch", seed=3, style="mosaic")
-    files = {}
-    for fmt, name in (("onnx", "mosaic.onnx"), ("torchscript", "mosaic.pt")):
-        assert main(["export", str(model), "--format", fmt, "--out", str(folder / name)]) == 0
-        files[fmt] = (model, folder / name)
-    return files
+    made: dict[str, tuple[Path, Path]] = {}
+
+    def export(fmt: str) -> tuple[Path, Path]:
+        if fmt == "onnx" and not HAVE_ONNX:
+            pytest.skip("the onnx extra: pip install 'stylize[onnx]'")
+        if fmt not in made:
+            out = folder / ("mosaic.onnx" if fmt == "onnx" else "mosaic.pt")
+            assert main(["export", str(model), "--format", fmt, "--out", str(out)]) == 0
+            made[fmt] = (model, out)
+        return made[fmt]
+
+    return export
 
 
 @pytest.fixture(params=["onnx", "torchscript"])
-def exported(request: pytest.FixtureRequest, exports: dict[str, tuple[Path, Path]]) -> tuple[Path, Path]:
-    return exports[request.param]
+def exported(request: pytest.FixtureRequest, export_to: Callable[[str], tuple[Path, Path]]) -> tuple[Path, Path]:
+    return export_to(request.param)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 40, 52), (3, 3, 37, 61), (2, 3, 16, 97), (1, 3, 5, 9)])
@@ -47,8 +58,10 @@ def test_exported_file_matches_pytorch_for_any_batch_and_size(exported: tuple[Pa
     assert (result - reference).abs().max() < 1e-4
 
 
-def test_onnx_file_runs_in_plain_onnxruntime_with_free_batch_height_width(exports: dict) -> None:
-    model, out = exports["onnx"]
+def test_onnx_file_runs_in_plain_onnxruntime_with_free_batch_height_width(export_to) -> None:
+    model, out = export_to("onnx")
+    import onnxruntime
+
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (image_input,) = session.get_inputs()
     assert image_input.name == "image" and image_input.shape == ["batch", 3, "height", "width"]
@@ -103,17 +116,32 @@ def test_bad_export_requests_are_one_line(cli, model_file: Path, tmp_path: Path,
     assert result.code == 2 and result.error_lines == [message.format(tmp=tmp_path)]
 
 
-def test_foreign_or_broken_exported_files_are_one_line(cli, tmp_path: Path) -> None:
+def _broken_torchscript(path: Path) -> Path:
+    """A zip that looks like an exported TorchScript file but holds no program."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("model/extra/stylize.json", "{}")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(lambda tmp: (tmp / "broken.onnx").write_bytes(b"not a protobuf" * 10) and tmp / "broken.onnx",
+                     "is not a readable ONNX model", marks=pytest.mark.skipif(not HAVE_ONNX, reason="onnx extra")),
+        (lambda tmp: _broken_torchscript(tmp / "broken.pt"), "is not a readable TorchScript model"),
+    ],
+)  # fmt: skip
+def test_foreign_or_broken_exported_files_are_one_line(cli, tmp_path: Path, make, message: str) -> None:
     Image.fromarray(photo(20, 20, seed=5)).save(tmp_path / "in.png")
-    (tmp_path / "broken.onnx").write_bytes(b"not a protobuf at all" * 10)
-    result = cli("image", tmp_path / "in.png", "--model", tmp_path / "broken.onnx", "--out", tmp_path / "o.png")
+    broken = make(tmp_path)
+    result = cli("image", tmp_path / "in.png", "--model", broken, "--out", tmp_path / "o.png")
     assert result.code == 2 and len(result.error_lines) == 1
-    assert result.error_lines[0].startswith(f"error: {tmp_path / 'broken.onnx'} is not a readable ONNX model")
+    assert result.error_lines[0].startswith(f"error: {broken} {message}")
     assert not (tmp_path / "o.png").exists()
 
 
-def test_missing_onnxruntime_says_which_extra_to_install(cli, exports: dict, tmp_path: Path, monkeypatch) -> None:
-    _, out = exports["onnx"]
+def test_missing_onnxruntime_says_which_extra_to_install(cli, export_to, tmp_path: Path, monkeypatch) -> None:
+    _, out = export_to("onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     Image.fromarray(photo(20, 20, seed=6)).save(tmp_path / "in.png")
     result = cli("image", tmp_path / "in.png", "--model", out, "--out", tmp_path / "o.png")
