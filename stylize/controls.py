@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .errors import StylizeError
-from .images import max_pixels_setting
+from .images import max_pixels_setting, resize, scaled_size
 
 MAX_SCALE = 4.0
 
@@ -54,13 +53,6 @@ def oklab_to_srgb(lab: torch.Tensor) -> torch.Tensor:
     return torch.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear ** (1 / 2.4) - 0.055).clamp(0, 1)
 
 
-def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic, antialiased when shrinking."""
-    if tuple(images.shape[-2:]) == size:
-        return images
-    return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
-
-
 @dataclass(frozen=True)
 class StyleControls:
     preserve_color: bool = False
@@ -83,10 +75,6 @@ class StyleControls:
 PLAIN = StyleControls()
 
 
-def working_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
 def apply_controls(
     stylize: Callable[[torch.Tensor], torch.Tensor], photos: torch.Tensor, controls: StyleControls
 ) -> torch.Tensor:
@@ -101,18 +89,19 @@ def apply_controls(
     if controls.is_plain:
         return stylize(photos)
     size = tuple(photos.shape[-2:])
-    working = working_size(*size, controls.scale)
+    working = scaled_size(*size, controls.scale)
     limit = max_pixels_setting()
     if working[0] * working[1] > limit:
         raise StylizeError(
             f"--scale {controls.scale:g} would stylize {working[1]}x{working[0]} = {working[0] * working[1]:,} pixels, "
             f"over the limit of {limit:,}; use a smaller --scale or --max-size"
         )
-    stylized = resize(stylize(resize(photos, working)).float(), size)
+    small = resize(photos, working)
+    stylized = resize(stylize(small).float(), size)
     photo_lab = srgb_to_oklab(photos)
     lab = srgb_to_oklab(stylized)
     if controls.scale < 1:
-        lost_detail = photo_lab[:, :1] - srgb_to_oklab(resize(resize(photos, working), size).clamp(0, 1))[:, :1]
+        lost_detail = photo_lab[:, :1] - srgb_to_oklab(resize(small, size).clamp(0, 1))[:, :1]
         lab = torch.cat([lab[:, :1] + lost_detail, lab[:, 1:]], dim=1)
     if controls.preserve_color:
         lab = torch.cat([lab[:, :1], photo_lab[:, 1:]], dim=1)

@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from . import __version__
 from .errors import StylizeError
 from .fastpath import optimize_for_inference, set_tile
 from .fileio import atomic_path
 from .modelfile import StyleModel, model_name
-from .network import MIN_SIZE
+from .network import MIN_SIZE, pad_to_min_size
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -159,10 +158,7 @@ class ExportedNetwork:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
-        x = images.float()
-        if height < MIN_SIZE or width < MIN_SIZE:
-            x = F.pad(x, (0, max(0, MIN_SIZE - width), 0, max(0, MIN_SIZE - height)), mode="replicate")
-        return self._run(x)[..., :height, :width].clamp(0, 1).to(images.device)
+        return self._run(pad_to_min_size(images.float()))[..., :height, :width].clamp(0, 1).to(images.device)
 
 
 Runner = Callable[[torch.Tensor], torch.Tensor]

@@ -161,11 +161,20 @@ def save_pil(path: Path, image: Image.Image) -> None:
         image.save(temporary, format=fmt, **options)
 
 
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic, antialiased when shrinking; not clamped (bicubic overshoots a little)."""
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
+
+
 def resize_long_side(images: torch.Tensor, long_side: int) -> torch.Tensor:
     height, width = images.shape[-2:]
-    scale = long_side / max(height, width)
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    return F.interpolate(images, size=size, mode="bicubic", antialias=True).clamp(0, 1)
+    return resize(images, scaled_size(height, width, long_side / max(height, width))).clamp(0, 1)
 
 
 THUMBNAIL_SIZE = 256

@@ -79,6 +79,14 @@ class ResidualBlock(nn.Module):
         return x + self.norm2(self.conv2(y))
 
 
+def pad_to_min_size(x: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad the bottom and right up to ``MIN_SIZE``; crop the output back."""
+    height, width = x.shape[-2:]
+    if height >= MIN_SIZE and width >= MIN_SIZE:
+        return x
+    return F.pad(x, (0, max(0, MIN_SIZE - width), 0, max(0, MIN_SIZE - height)), mode="replicate")
+
+
 RESIDUAL_BLOCKS = 5
 
 # The module path of every norm layer, shallow to deep, with the convolution it
@@ -120,8 +128,7 @@ class TransformerNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        if height < MIN_SIZE or width < MIN_SIZE:
-            x = F.pad(x, (0, max(0, MIN_SIZE - width), 0, max(0, MIN_SIZE - height)), mode="replicate")
+        x = pad_to_min_size(x)
         scale = self.config.input_scale
         y = x * scale if scale != 1 else x
         y = F.relu(self.norm1(self.conv1(y)))

@@ -17,10 +17,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .controls import resize, working_size
 from .errors import StylizeError
 from .fileio import atomic_path
-from .images import to_uint8
+from .images import resize, scaled_size, to_uint8
 from .stylizer import ImageStylizer
 
 VIDEO_EXTRA = "pip install 'stylize[video]'"
@@ -120,7 +119,7 @@ def frame_sizes(width: int, height: int, max_size: int | None) -> tuple[tuple[in
     """(height, width) the frames are shrunk to for ``max_size``, and the even
     (height, width) cropped from that, which 4:2:0 encoding needs."""
     if max_size is not None and max(width, height) > max_size:
-        height, width = working_size(height, width, max_size / max(width, height))
+        height, width = scaled_size(height, width, max_size / max(width, height))
     return (height, width), (max(2, height - height % 2), max(2, width - width % 2))
 
 

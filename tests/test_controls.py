@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from stylize import StyleControls, Stylizer, StylizeError, load_image
-from stylize.controls import apply_controls, oklab_to_srgb, resize, srgb_to_oklab
+from stylize.controls import apply_controls, oklab_to_srgb, srgb_to_oklab
+from stylize.images import resize
 
 from .conftest import photo, photo_tensor
 
