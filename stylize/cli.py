@@ -6,6 +6,7 @@ code 2 (1 when training diverges, 130 when interrupted), never a traceback.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, List, Optional, Sequence
@@ -37,7 +38,8 @@ from .stylizer import (
     make_stylizer,
     plan_outputs,
 )
-from .training import StepReport, TrainConfig, plan_norm_runs, train_norms
+from .schedule import LR_SCHEDULES
+from .training import CPU_RECIPE, GPU_RECIPE, StepReport, TrainConfig, plan_norm_runs, train_norms
 from .vgg import DEFAULT_CONTENT_LAYER, loss_network_names
 from .video import ENCODERS, VideoSettings, count_frames, default_video_output, encoder_for, stylize_video
 
@@ -79,6 +81,23 @@ def _progress(disable: bool = False, transient: bool = False) -> Progress:
     )
 
 
+def _by_device(setting: str) -> str:
+    return f"{getattr(CPU_RECIPE, setting)} on a CPU, {getattr(GPU_RECIPE, setting)} on a GPU"
+
+
+def _style_layers(option: str | None) -> dict[str, tuple]:
+    """``relu1_2:4,relu2_2`` -> the layers and, if any weight is given, every layer's weight."""
+    entries = [entry.strip().partition(":") for entry in (option or "").split(",") if entry.strip()]
+    layers = tuple(name.strip() for name, _, _ in entries)
+    if not any(weight for _, _, weight in entries):
+        return {"style_layers": layers}
+    try:
+        weights = tuple(float(weight) if weight else 1.0 for _, _, weight in entries)
+    except ValueError:
+        raise StylizeError(f"--style-layers {option!r}: a weight is not a number (write LAYER:WEIGHT)") from None
+    return {"style_layers": layers, "style_layer_weights": weights}
+
+
 def _notice(note: str) -> None:
     typer.echo(f"note: {note}", err=True)
 
@@ -100,6 +119,7 @@ def _root(
 
 @app.command()
 def train(
+    context: typer.Context,
     style_image: Annotated[Path, typer.Argument(help="The style image (a painting) to learn.")],
     data: Annotated[Path, typer.Option(help="Folder of training photos, searched recursively.")],
     out: Annotated[
@@ -114,14 +134,37 @@ def train(
         ),
     ] = ["instance"],  # noqa: B006 - Typer reads list defaults this way
     groups: Annotated[int, typer.Option(help="Channel groups of the group norm (divides 32).")] = TrainConfig.groups,
-    steps: Annotated[int, typer.Option(help="Total optimizer steps of the run.")] = TrainConfig.steps,
+    steps: Annotated[
+        Optional[int], typer.Option(help=f"Total optimizer steps; default {_by_device('steps')}.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Photos per step.")] = TrainConfig.batch_size,
-    image_size: Annotated[int, typer.Option(help="Side of the square training crops, px.")] = TrainConfig.image_size,
-    style_size: Annotated[int, typer.Option(help="Long side of the style image, px.")] = TrainConfig.style_size,
-    content_weight: Annotated[float, typer.Option(help="Weight of the content loss.")] = TrainConfig.content_weight,
-    style_weight: Annotated[float, typer.Option(help="Weight of the style loss.")] = TrainConfig.style_weight,
+    image_size: Annotated[
+        Optional[int], typer.Option(help=f"Side of the square training crops, px; default {_by_device('image_size')}.")
+    ] = None,
+    style_size: Annotated[
+        Optional[int],
+        typer.Option(help=f"Long side of the style image, px (sets the stroke size); default {_by_device('style_size')}."),
+    ] = None,
+    content_weight: Annotated[
+        float, typer.Option(help="Weight of the content loss (relative to the photo's features).")
+    ] = TrainConfig.content_weight,
+    style_weight: Annotated[
+        float, typer.Option(help="Weight of the style loss (relative to the style's Gram matrices).")
+    ] = TrainConfig.style_weight,
     tv_weight: Annotated[float, typer.Option(help="Weight of the total-variation loss.")] = TrainConfig.tv_weight,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = TrainConfig.lr,
+    lr: Annotated[float, typer.Option(help="Peak Adam learning rate.")] = TrainConfig.lr,
+    lr_schedule: Annotated[
+        str, typer.Option(help=f"After the warm-up: {', '.join(LR_SCHEDULES)} (decays to 0 at the last step).")
+    ] = TrainConfig.lr_schedule,
+    warmup_steps: Annotated[int, typer.Option(help="Steps of linear learning-rate warm-up.")] = TrainConfig.warmup_steps,
+    precision: Annotated[
+        str,
+        typer.Option(help="auto: bf16 autocast where the GPU or CPU has native bf16, else fp32; or fp32, bf16."),
+    ] = TrainConfig.precision,
+    init: Annotated[
+        Optional[str],
+        typer.Option(help="Start from a trained model (bundled name or file) of the same norm: a new style in minutes."),
+    ] = None,
     loss_network: Annotated[
         str, typer.Option(help=f"VGG for the loss: {', '.join(loss_network_names())}.")
     ] = TrainConfig.loss_network,
@@ -131,11 +174,18 @@ def train(
     ] = None,
     content_layer: Annotated[str, typer.Option(help="VGG layer of the content loss.")] = DEFAULT_CONTENT_LAYER,
     style_layers: Annotated[
-        Optional[str], typer.Option(help="Comma-separated VGG layers of the style loss; default per network.")
+        Optional[str],
+        typer.Option(
+            help="Comma-separated VGG layers of the style loss, each optionally LAYER:WEIGHT "
+            "(relu1_2:4,relu2_2); default per network."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = TrainConfig.device,
     seed: Annotated[int, typer.Option(help="Seed for weights, data order and crops.")] = TrainConfig.seed,
-    workers: Annotated[int, typer.Option(help="Data loading processes (0: in the main process).")] = TrainConfig.workers,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(help=f"Data loading processes (0: in the main process); default {_by_device('workers')}."),
+    ] = None,
     checkpoint_every: Annotated[
         int, typer.Option(help="Checkpoint every N steps into OUT.ckpt/ (0: only on Ctrl-C).")
     ] = TrainConfig.checkpoint_every,
@@ -165,18 +215,21 @@ def train(
         style_weight=style_weight,
         tv_weight=tv_weight,
         lr=lr,
+        lr_schedule=lr_schedule,
+        warmup_steps=warmup_steps,
+        precision=precision,
+        init=init,
         loss_network=loss_network,
         loss_weights=loss_weights,
         content_layer=content_layer,
-        style_layers=tuple(layer.strip() for layer in style_layers.split(",") if layer.strip())
-        if style_layers
-        else (),
+        **_style_layers(style_layers),
         seed=seed,
         device=device,
         workers=workers,
         checkpoint_every=checkpoint_every,
         resume=resume,
         sync_bn=sync_bn,
+        command=shlex.join(["stylize", *(context.obj or [])]),
     )
     runs = plan_norm_runs(config, norm)
     progress = _progress()
@@ -188,7 +241,7 @@ def train(
             f"content {report.content:.3g}  style {report.style:.3g}  tv {report.tv:.3g}"
             f"  {report.images_per_second:.1f} img/s"
         )
-        progress.update(tasks[run.out], completed=report.step, status=status)
+        progress.update(tasks[run.out], completed=report.step, total=report.steps, status=status)
 
     try:
         results = train_norms(runs, on_progress=show)
@@ -402,7 +455,7 @@ def compare(
     finally:
         progress.stop()
     numbers = write_sheet(comparison, out)
-    table = Table("model", "norm", "Δ contrast", "Δ batch", "Δ train/eval", "content loss", "style loss",
+    table = Table("model", "norm", "Δ contrast", "Δ batch", "Δ train/eval", "lattice", "content loss", "style loss",
                   title="output change (Δ): mean |difference|, 0..255")  # fmt: skip
     for report in comparison.reports:
         table.add_row(report.info.name, report.info.config.norm, *report.shown())
@@ -444,8 +497,10 @@ def models() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of raising for every expected failure."""
     command = typer.main.get_command(app)
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        result = command.main(args=list(argv) if argv is not None else None, prog_name="stylize", standalone_mode=False)
+        # obj: the command line as given, which training keeps in the model file.
+        result = command.main(args=args, prog_name="stylize", standalone_mode=False, obj=args)
     except StylizeError as error:
         typer.echo(f"error: {rank_label()}{error}", err=True)
         return error.exit_code

@@ -24,10 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .network import NORMALIZED_CONVS, ReflectConv, TransformerNet, UpsampleConv
+from .convforms import space_to_depth_conv, space_to_depth_kernels, subpixel_conv, subpixel_kernels
+from .network import NORMALIZED_CONVS, SPACE_TO_DEPTH, ReflectConv, TransformerNet, UpsampleConv
 
-# Space-to-depth factor of conv_out: 4x4 blocks turn 32 channels into 512.
-SPACE_TO_DEPTH = 4
 # A band's rows are given in image rows; a layer working at 1/scale resolution
 # takes tile // scale of its own rows per band.
 _BAND_SCALE = {"conv1": 1, "conv2": 2, "conv3": 4, "up1": 4, "up2": 2, "conv_out": 1}
@@ -99,96 +98,33 @@ class FastReflectConv(BandedConv):
         return F.conv2d(padded, self.weight, self.bias, self.stride)
 
 
-def _subpixel_selector() -> torch.Tensor:
-    """``[phase, tap, source_tap]``: which 3x3 taps of the upsampled image each 2x2
-    tap of output phase 0 (even rows) or 1 (odd rows) sums.
-
-    Upsampled row ``2i + phase + d - 1`` is source row ``i + (phase + d - 1) // 2``,
-    and the 2x2 kernel of that phase reads source rows ``i + phase - 1`` and ``i + phase``.
-    """
-    selector = torch.zeros(2, 2, 3, dtype=torch.float64)
-    for phase in range(2):
-        for d in range(3):
-            selector[phase, (phase + d - 1) // 2 - phase + 1, d] = 1
-    return selector
-
-
 class SubpixelConv(BandedConv):
-    """``UpsampleConv`` computed on the small map.
-
-    Reflection padding of the upsampled map equals replicate padding of the
-    small map upsampled, so the four output phases are 2x2 convolutions of the
-    replicate-padded small map, computed as one convolution with 4x the output
-    channels (ordered phase-major) and interleaved.
-    """
+    """``UpsampleConv`` computed on the small map (see ``convforms``)."""
 
     def __init__(self, source: UpsampleConv, band_scale: int):
         super().__init__(pad=1, upscale=2, band_scale=band_scale)
         conv = source.conv2d
-        selector = _subpixel_selector()
-        weight = torch.einsum("atd,bse,ocde->abocts", selector, selector, conv.weight.detach().double())
-        self.out_channels = conv.out_channels
-        self.weight = nn.Parameter(
-            weight.reshape(4 * conv.out_channels, conv.in_channels, 2, 2).to(conv.weight.dtype), requires_grad=False
-        )
-        self.bias = nn.Parameter(conv.bias.detach().repeat(4), requires_grad=False)
+        kernels = subpixel_kernels(conv.weight.detach().double())
+        self.weight = nn.Parameter(kernels.to(conv.weight.dtype), requires_grad=False)
+        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
 
     def band(self, x: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
-        padded = F.pad(x, (1, 1, top, bottom), mode="replicate")
-        phases = F.conv2d(padded, self.weight, self.bias)
-        height, width = padded.shape[-2] - 2, padded.shape[-1] - 2
-        channels = self.out_channels
-        out = torch.empty(
-            (x.shape[0], channels, 2 * height, 2 * width),
-            dtype=phases.dtype,
-            device=phases.device,
-            memory_format=_memory_format_of(phases),
-        )
-        for row in range(2):
-            for col in range(2):
-                phase = 2 * row + col
-                out[:, :, row::2, col::2] = phases[
-                    :, phase * channels : (phase + 1) * channels, row : row + height, col : col + width
-                ]
-        return out
-
-
-def _space_to_depth_selector(kernel: int, factor: int, taps: int) -> torch.Tensor:
-    """``[phase, sub_row, tap, source_tap]``: output row ``factor*Y + phase`` reads
-    source tap ``d`` from block row ``Y + tap``, sub-row ``factor*tap + sub_row - phase == d``."""
-    selector = torch.zeros(factor, factor, taps, kernel, dtype=torch.float64)
-    for phase in range(factor):
-        for sub_row in range(factor):
-            for tap in range(taps):
-                d = factor * tap + sub_row - phase
-                if 0 <= d < kernel:
-                    selector[phase, sub_row, tap, d] = 1
-    return selector
+        return subpixel_conv(F.pad(x, (1, 1, top, bottom), mode="replicate"), self.weight, self.bias)
 
 
 class SpaceToDepthConv(BandedConv):
     """A large-kernel convolution with few output channels, as a small-kernel
-    convolution over ``factor x factor`` blocks (``factor**2`` times the channels)."""
+    convolution over ``factor x factor`` blocks (see ``convforms``)."""
 
     def __init__(self, source: ReflectConv, band_scale: int, factor: int = SPACE_TO_DEPTH):
         conv = source.conv2d
-        kernel = conv.kernel_size[0]
-        super().__init__(pad=kernel // 2, band_scale=band_scale)
+        super().__init__(pad=conv.kernel_size[0] // 2, band_scale=band_scale)
         self.factor = factor
-        self.taps = -(-(kernel + factor - 1) // factor)
-        selector = _space_to_depth_selector(kernel, factor, self.taps)
-        # (phase_row, phase_col, out, sub_row, sub_col, in, tap_row, tap_col): output
-        # channels phase-major and input channels block-position-major, which are
-        # the orders the channels_last shuffles below produce and consume for free.
-        weight = torch.einsum("ayqd,bxpe,ocde->aboyxcqp", selector, selector, conv.weight.detach().double())
-        self.out_channels = conv.out_channels
+        kernels = space_to_depth_kernels(conv.weight.detach().double(), factor)
         self.weight = nn.Parameter(
-            weight.reshape(factor * factor * conv.out_channels, factor * factor * conv.in_channels, self.taps, self.taps)
-            .to(conv.weight.dtype)
-            .contiguous(memory_format=torch.channels_last),
-            requires_grad=False,
+            kernels.to(conv.weight.dtype).contiguous(memory_format=torch.channels_last), requires_grad=False
         )
-        self.bias = nn.Parameter(conv.bias.detach().repeat(factor * factor), requires_grad=False)
+        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
 
     def set_tile(self, tile: int | None) -> None:
         super().set_tile(tile)  # bands of whole blocks
@@ -196,31 +132,8 @@ class SpaceToDepthConv(BandedConv):
             self.band_rows = -(-self.band_rows // self.factor) * self.factor
 
     def band(self, x: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
-        f, pad = self.factor, self.pad
-        padded = F.pad(x, (pad, pad, top, bottom), mode="reflect")
-        batch, channels, height, width = padded.shape
-        out_height, out_width = height - 2 * pad, width - 2 * pad
-        # Blocks enough for every output row and column, the extra ones zero.
-        block_rows = -(-out_height // f) + self.taps - 1
-        block_cols = -(-out_width // f) + self.taps - 1
-        padded = F.pad(padded, (0, f * block_cols - width, 0, f * block_rows - height))
-        blocks = (
-            padded.permute(0, 2, 3, 1)
-            .reshape(batch, block_rows, f, block_cols, f, channels)
-            .permute(0, 1, 3, 2, 4, 5)
-            .reshape(batch, block_rows, block_cols, f * f * channels)
-            .permute(0, 3, 1, 2)
-        )
-        y = F.conv2d(blocks, self.weight, self.bias)
-        rows, cols = y.shape[-2:]
-        y = (
-            y.permute(0, 2, 3, 1)
-            .reshape(batch, rows, cols, f, f, self.out_channels)
-            .permute(0, 1, 3, 2, 4, 5)
-            .reshape(batch, rows * f, cols * f, self.out_channels)
-            .permute(0, 3, 1, 2)
-        )
-        return y[..., :out_height, :out_width]
+        padded = F.pad(x, (self.pad, self.pad, top, bottom), mode="reflect")
+        return space_to_depth_conv(padded, self.weight, self.bias, self.factor, self.pad)
 
 
 def fold_batch_norms(net: TransformerNet) -> None:

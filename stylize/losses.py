@@ -1,8 +1,14 @@
 """Perceptual loss terms as plain functions (Johnson et al., 2016; Gatys et al., 2016).
 
-Conventions: content is the MSE of one VGG layer's activations; style sums, over
-several layers, the MSE between Gram matrices normalized by C*H*W; total
-variation is the mean absolute difference of neighbouring pixels.
+Conventions, chosen so that a loss weight means the same on any VGG whatever
+the scale of its activations (ImageNet VGG16, Caffe-scale VGG16, VGG16-BN
+differ by orders of magnitude):
+- content: MSE of one layer's activations, relative to the mean square of the
+  photo's activations there;
+- style: sum over layers of the MSE between Gram matrices (normalized by C*H*W),
+  each relative to the mean square of the style's own Gram matrix, so every
+  layer counts alike however loud or quiet it is;
+- total variation: mean absolute difference of neighbouring pixels (in [0, 1]).
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -24,18 +29,34 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
 
 
+# Keeps a relative loss finite for an all-zero reference (a black photo).
+_TINY = 1e-12
+
+
+def relative_mse(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per image, MSE(value, reference) / mean(reference**2): the error in units
+    of the reference's own size; then the mean over the batch. Per image, so a
+    loss never depends on which other photos share the batch (or the process)."""
+    reference = reference.float().expand_as(value)
+    error = (value.float() - reference).square().flatten(1).mean(1)
+    return (error / reference.square().flatten(1).mean(1).clamp_min(_TINY)).mean()
+
+
 def content_loss(output_features: torch.Tensor, input_features: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(output_features.float(), input_features.float())
+    return relative_mse(output_features, input_features)
 
 
 def style_loss(
-    output_features: Mapping[str, torch.Tensor], target_grams: Mapping[str, torch.Tensor]
+    output_features: Mapping[str, torch.Tensor],
+    target_grams: Mapping[str, torch.Tensor],
+    layer_weights: Mapping[str, float] | None = None,
 ) -> torch.Tensor:
-    """Sum over layers of MSE(Gram(output), target); targets broadcast over the batch."""
+    """Sum over layers of the relative MSE of Gram(output) to the target, each
+    times its layer weight (default 1); targets broadcast over the batch."""
     total = torch.zeros((), device=next(iter(target_grams.values())).device)
     for layer, target in target_grams.items():
-        gram = gram_matrix(output_features[layer])
-        total = total + F.mse_loss(gram, target.expand_as(gram))
+        weight = 1.0 if layer_weights is None else layer_weights.get(layer, 1.0)
+        total = total + weight * relative_mse(gram_matrix(output_features[layer]), target)
     return total
 
 
@@ -47,9 +68,13 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossWeights:
+    """Defaults: the training recipe's (see README, "Training your own style")."""
+
     content: float = 1.0
-    style: float = 1e5
-    tv: float = 1e-3
+    style: float = 1.0
+    tv: float = 0.5
+    # (layer, weight) pairs: each style layer's share; layers not listed weigh 1.
+    style_layers: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +112,6 @@ def perceptual_loss(
     return LossTerms(
         content=weights.content
         * content_loss(output_features[content_layer], input_features[content_layer]),
-        style=weights.style * style_loss(output_features, target_grams),
+        style=weights.style * style_loss(output_features, target_grams, dict(weights.style_layers)),
         tv=weights.tv * total_variation(output.float()),
     )

@@ -3,7 +3,8 @@
 Three convolutions down (9x9, then two stride-2 3x3), five residual blocks at 128
 channels, two nearest-upsample + 3x3 convolutions up (no transposed convolutions,
 so no checkerboard), and a 9x9 convolution out, with reflection padding
-throughout. Every normalization layer comes from ``norms.create_norm``.
+throughout. Every normalization layer comes from ``norms.create_norm``. The
+upsampling and output convolutions run in cheaper but equal forms (``convforms``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .convforms import space_to_depth_conv, space_to_depth_kernels, subpixel_conv, subpixel_kernels
 from .norms import DEFAULT_GROUPS, check_groups, check_norm, create_norm
 
+# Space-to-depth factor of conv_out: 4x4 blocks turn 32 channels into 512.
+SPACE_TO_DEPTH = 4
 # Reflection padding needs every feature map to be larger than its padding;
 # smaller images are padded up to this size and cropped back.
 MIN_SIZE = 16
@@ -31,6 +35,12 @@ class NetConfig:
     # Pixel scale the weights expect: 1 for stylize's own [0, 1] models,
     # 255 for models imported from pytorch/examples' fast_neural_style.
     input_scale: float = 1.0
+    # A scaled tanh bounds the output to [-0.1, 1.1], as Johnson et al.'s
+    # 150*tanh did in Caffe's 0..255: an unbounded output lets the style loss
+    # push bright areas far out of range, which the clamp at save turns into
+    # flat blobs. False: the raw last convolution (pytorch/examples models,
+    # and stylize models made before this setting existed).
+    bounded_output: bool = True
 
     def __post_init__(self) -> None:
         check_norm(self.norm)
@@ -42,7 +52,9 @@ class NetConfig:
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> NetConfig:
         known = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
+        # A stored config that predates a setting was made without it.
+        legacy = {"bounded_output": False}
+        return cls(**{**legacy, **{key: value for key, value in values.items() if key in known}})
 
 
 def _norm(config: NetConfig, channels: int, site: str) -> nn.Module:
@@ -59,11 +71,26 @@ class ReflectConv(nn.Module):
         return self.conv2d(self.pad(x))
 
 
-class UpsampleConv(ReflectConv):
-    """Nearest-neighbour 2x upsampling, then a convolution (Odena et al., 2016)."""
+class UpsampleConv(nn.Module):
+    """Nearest-neighbour 2x upsampling, then a reflection-padded 3x3 convolution
+    (Odena et al., 2016), computed in the sub-pixel form of ``convforms``."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv2d = nn.Conv2d(in_channels, out_channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.interpolate(x, scale_factor=2, mode="nearest"))
+        padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        return subpixel_conv(padded, subpixel_kernels(self.conv2d.weight), self.conv2d.bias)
+
+
+class BlockConv(ReflectConv):
+    """A large convolution to few channels (the 9x9 one out to RGB), computed in
+    the space-to-depth form of ``convforms``, which oneDNN runs faster."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernels = space_to_depth_kernels(self.conv2d.weight, SPACE_TO_DEPTH)
+        return space_to_depth_conv(self.pad(x), kernels, self.conv2d.bias, SPACE_TO_DEPTH, self.pad.padding[0])
 
 
 class ResidualBlock(nn.Module):
@@ -88,6 +115,9 @@ def pad_to_min_size(x: torch.Tensor) -> torch.Tensor:
 
 
 RESIDUAL_BLOCKS = 5
+# The bounded output's range: [0, 1] with a margin, so black and white need no
+# infinite pre-activation and the tanh never saturates on ordinary pixels.
+OUTPUT_MIDPOINT, OUTPUT_HALF_RANGE = 0.5, 0.6
 
 # The module path of every norm layer, shallow to deep, with the convolution it
 # normalizes; mixed norm schemes key on these sites, BN folding on the pairs.
@@ -105,7 +135,8 @@ NORM_SITES: tuple[str, ...] = tuple(NORMALIZED_CONVS)
 class TransformerNet(nn.Module):
     """Maps an NCHW image in [0, 1] to a stylized image of the same size.
 
-    The output is not clamped, so the loss sees the raw values; clamp at I/O.
+    The output is not clamped (bounded to [-0.1, 1.1] with ``bounded_output``),
+    so the loss sees the raw values; clamp at I/O.
     """
 
     def __init__(self, config: NetConfig = NetConfig()):
@@ -120,11 +151,11 @@ class TransformerNet(nn.Module):
         self.res = nn.Sequential(
             *(ResidualBlock(128, config, f"res.{i}") for i in range(RESIDUAL_BLOCKS))
         )
-        self.up1 = UpsampleConv(128, 64, 3)
+        self.up1 = UpsampleConv(128, 64)
         self.norm4 = _norm(config, 64, "norm4")
-        self.up2 = UpsampleConv(64, 32, 3)
+        self.up2 = UpsampleConv(64, 32)
         self.norm5 = _norm(config, 32, "norm5")
-        self.conv_out = ReflectConv(32, 3, 9)
+        self.conv_out = BlockConv(32, 3, 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -138,6 +169,8 @@ class TransformerNet(nn.Module):
         y = F.relu(self.norm4(self.up1(y)))
         y = F.relu(self.norm5(self.up2(y)))
         y = self.conv_out(y)
+        if self.config.bounded_output:
+            y = OUTPUT_MIDPOINT + OUTPUT_HALF_RANGE * torch.tanh(y)
         if scale != 1:
             y = y / scale
         # Two stride-2 convolutions then two 2x upsamplings give a size rounded

@@ -34,6 +34,7 @@ FOOTER_LABELS = (
     f"change: contrast x1 vs x{CONTRAST_FACTORS[0]:g}",
     "change: dark vs bright batch",
     "change: train vs eval mode",
+    "lattice (periods 2, 4 px) vs photo",
     "content loss",
     "style loss",
 )

@@ -24,7 +24,7 @@ import torch
 
 from . import __version__
 from .data import crop_loader, training_files
-from .devices import autocast, memory_format, resolve_device
+from .devices import autocast, check_precision, memory_format, resolve_device, training_dtype
 from .distributed import (
     World,
     check_sync_batch_norm,
@@ -39,10 +39,17 @@ from .errors import StylizeError, TrainingDiverged, TrainingInterrupted
 from .fileio import atomic_path, check_writable, load_torch_file
 from .images import encode_thumbnail, load_image, resize_long_side
 from .losses import LossWeights, perceptual_loss, style_targets
-from .modelfile import MODEL_SUFFIX, model_name, save_model
+from .modelfile import MODEL_SUFFIX, load_model, model_name, resolve_model, save_model
 from .network import MIN_SIZE, NetConfig, TransformerNet
 from .norms import DEFAULT_GROUPS, check_groups, check_norm
-from .vgg import DEFAULT_CONTENT_LAYER, DEFAULT_STYLE_LAYERS, LossNetwork, check_loss_network
+from .schedule import check_lr_schedule, learning_rate
+from .vgg import (
+    DEFAULT_CONTENT_LAYER,
+    DEFAULT_STYLE_LAYER_WEIGHTS,
+    DEFAULT_STYLE_LAYERS,
+    LossNetwork,
+    check_loss_network,
+)
 
 CHECKPOINTS_KEPT = 3
 # Reading losses back from a GPU waits for it; do that once per this many steps.
@@ -50,47 +57,95 @@ GPU_SYNC_EVERY = 20
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """The defaults of the settings that depend on the device."""
+
+    steps: int
+    image_size: int
+    style_size: int
+    workers: int
+
+
+# A CPU has a few cores and no time to spare: small crops, few steps, and one
+# loader process, which keeps decoding off the cores doing the math without
+# taking a core of its own (measured in benchmarks/train.py).
+CPU_RECIPE = Recipe(steps=2_000, image_size=128, style_size=256, workers=1)
+# Johnson et al.'s scale: 256 px crops, 40k images.
+GPU_RECIPE = Recipe(steps=10_000, image_size=256, style_size=512, workers=4)
+
+
+def recipe_for(device: torch.device) -> Recipe:
+    return CPU_RECIPE if device.type == "cpu" else GPU_RECIPE
+
+
+@dataclass(frozen=True)
 class TrainConfig:
+    """A run's settings; ``None`` means the recipe's value for the device it runs on."""
+
     style_image: Path
     data: Path
     out: Path
     norm: str = "instance"
     groups: int = DEFAULT_GROUPS
-    steps: int = 10_000
+    steps: int | None = None
     batch_size: int = 4
-    image_size: int = 256
-    style_size: int = 512
-    content_weight: float = 1.0
-    style_weight: float = 1e5
-    tv_weight: float = 1e-3
+    image_size: int | None = None
+    style_size: int | None = None
+    content_weight: float = LossWeights.content
+    style_weight: float = LossWeights.style
+    tv_weight: float = LossWeights.tv
     lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 100
+    precision: str = "auto"
     loss_network: str = "vgg16"
     loss_weights: Path | None = None
     content_layer: str = DEFAULT_CONTENT_LAYER
     style_layers: tuple[str, ...] = ()  # empty: the loss network's defaults
+    # One per style layer, or empty: the defaults' weights (1 for layers given by hand).
+    style_layer_weights: tuple[float, ...] = ()
+    # A trained model (bundled name or file) to start from instead of random weights.
+    init: str | None = None
     seed: int = 42
     device: str = "auto"
-    workers: int = 4
-    checkpoint_every: int = 1000
+    workers: int | None = None
+    checkpoint_every: int = 250
     resume: Path | None = None
     # With several processes: batch norm statistics over all their batches.
     sync_bn: bool = False
+    # The command line that started the run, kept in the model file.
+    command: str = ""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise StylizeError(f"--{name.replace('_', '-')} must be at least 1")
         for name in ("image_size", "style_size"):
-            if getattr(self, name) < MIN_SIZE:
+            value = getattr(self, name)
+            if value is not None and value < MIN_SIZE:
                 raise StylizeError(f"--{name.replace('_', '-')} must be at least {MIN_SIZE} pixels")
-        for name in ("content_weight", "style_weight", "tv_weight", "workers", "checkpoint_every"):
-            if getattr(self, name) < 0:
+        for name in ("content_weight", "style_weight", "tv_weight", "workers", "checkpoint_every", "warmup_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
                 raise StylizeError(f"--{name.replace('_', '-')} must not be negative")
         if not self.lr > 0:
             raise StylizeError("--lr must be positive")
         check_norm(self.norm)
         check_groups(self.groups)
         check_loss_network(self.loss_network)
+        check_lr_schedule(self.lr_schedule)
+        check_precision(self.precision)
+        if self.style_layer_weights and len(self.style_layer_weights) != len(self.style_layers):
+            raise StylizeError("give a weight for every style layer, or for none")
+        if any(weight < 0 for weight in self.style_layer_weights):
+            raise StylizeError("style layer weights must not be negative")
+
+    def for_device(self, device: torch.device) -> TrainConfig:
+        """Every ``None`` replaced by the device's recipe."""
+        recipe = recipe_for(device)
+        unset = {key: getattr(recipe, key) for key in dataclasses.asdict(recipe) if getattr(self, key) is None}
+        return dataclasses.replace(self, **unset)
 
     @property
     def net_config(self) -> NetConfig:
@@ -101,8 +156,15 @@ class TrainConfig:
         return self.style_layers or DEFAULT_STYLE_LAYERS[self.loss_network]
 
     @property
+    def weights_for_style_layers(self) -> tuple[float, ...]:
+        if self.style_layer_weights:
+            return self.style_layer_weights
+        return DEFAULT_STYLE_LAYER_WEIGHTS if not self.style_layers else (1.0,) * len(self.style_layers)
+
+    @property
     def loss_weights_terms(self) -> LossWeights:
-        return LossWeights(content=self.content_weight, style=self.style_weight, tv=self.tv_weight)
+        layers = tuple(zip(self.layers_for_style, self.weights_for_style_layers))
+        return LossWeights(content=self.content_weight, style=self.style_weight, tv=self.tv_weight, style_layers=layers)
 
     def record(self) -> dict[str, Any]:
         """Plain JSON-able values (absolute paths), as stored in checkpoints and models."""
@@ -111,13 +173,16 @@ class TrainConfig:
             if isinstance(value, Path):
                 values[key] = str(value.resolve())
         values["style_layers"] = list(self.layers_for_style)
+        values["style_layer_weights"] = list(self.weights_for_style_layers)
         return values
 
 
 # Settings that may change when a run is resumed; all others define the run.
 # The batch may be split differently over processes, as long as each step
 # takes as many photos as before (see ``global_batch``).
-RUN_SETTINGS = frozenset({"steps", "out", "device", "workers", "checkpoint_every", "resume", "batch_size"})
+RUN_SETTINGS = frozenset(
+    {"steps", "out", "device", "workers", "checkpoint_every", "resume", "batch_size", "precision", "command"}
+)
 
 
 def checkpoint_dir(out: Path) -> Path:
@@ -254,6 +319,7 @@ class _Run:
         self.seconds_before = 0.0
         self.started = time.perf_counter()
         self.unreadable: set[str] = set()
+        self.init_sha256: str | None = None  # of the model a fine-tuning run started from
 
     @property
     def seconds(self) -> float:
@@ -265,6 +331,7 @@ class _Run:
         self.step = int(checkpoint["step"])
         self.seconds_before = float(checkpoint.get("seconds", 0.0))
         self.unreadable = set(checkpoint.get("unreadable_files", []))
+        self.init_sha256 = checkpoint.get("init_sha256")
 
     @property
     def global_batch(self) -> int:
@@ -287,6 +354,7 @@ class _Run:
             "style": self.config.style_image.stem,
             "seconds": self.seconds,
             "unreadable_files": sorted(self.unreadable),
+            "init_sha256": self.init_sha256,
         }
         try:
             with atomic_path(path) as temporary:
@@ -322,6 +390,8 @@ def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None 
 
 def _train(config: TrainConfig, world: World, on_progress: Callable[[StepReport], None] | None) -> TrainResult:
     device = process_device(resolve_device(config.device), world)
+    config = config.for_device(device)
+    dtype = training_dtype(config.precision, device)
     files = training_files(config.data)
     style, thumbnail = _load_style(config, device)
     if config.out.is_dir():
@@ -339,6 +409,8 @@ def _train(config: TrainConfig, world: World, on_progress: Callable[[StepReport]
     run = _Run(config, network, optimizer, world)
     if checkpoint is not None:
         run.restore(checkpoint)
+    elif config.init is not None:
+        run.init_sha256 = _start_from(network, config)
     trained = parallel(network, world, device, config.sync_bn)  # same parameters, so the optimizer still fits
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -347,7 +419,9 @@ def _train(config: TrainConfig, world: World, on_progress: Callable[[StepReport]
     loss_network = LossNetwork(
         config.loss_network, [config.content_layer, *style_layers], config.loss_weights
     ).to(device, memory_format=fmt)
-    with torch.no_grad(), autocast(device):
+    if dtype != torch.float32:  # frozen, so cast once instead of at every call
+        loss_network.features.to(dtype)
+    with torch.no_grad(), autocast(device, dtype):
         targets = style_targets(loss_network(style), style_layers)
     weights = config.loss_weights_terms
 
@@ -398,10 +472,12 @@ def _train(config: TrainConfig, world: World, on_progress: Callable[[StepReport]
             for images, unreadable in loader:
                 run.unreadable.update(unreadable)
                 images = images.to(device, non_blocking=True, memory_format=fmt)
-                with autocast(device):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(run.step, config.steps, config.lr, config.lr_schedule, config.warmup_steps)
+                with autocast(device, dtype):
                     output = trained(images)
                     with torch.no_grad():
-                        input_features = loss_network(images)
+                        input_features = loss_network(images, layers=(config.content_layer,))
                     terms = perceptual_loss(
                         output, loss_network(output), input_features, targets, config.content_layer, weights
                     )
@@ -446,9 +522,29 @@ def _train(config: TrainConfig, world: World, on_progress: Callable[[StepReport]
     )
 
 
+def _start_from(network: TransformerNet, config: TrainConfig) -> str:
+    """Copy a trained model's weights into ``network``; the model's sha256."""
+    path = resolve_model(config.init)
+    trained = load_model(path).network
+    if trained.config != network.config:
+        raise StylizeError(
+            f"the model to start from, {path}, is a {_describe(trained.config)} network; "
+            f"this run trains a {_describe(network.config)} one"
+        )
+    network.load_state_dict(trained.state_dict())
+    return _sha256(path)
+
+
+def _describe(config: NetConfig) -> str:
+    groups = f" ({config.groups} groups)" if config.norm == "group" else ""
+    legacy = "" if config.bounded_output and config.input_scale == 1 else " unbounded-output"
+    return f"{config.norm}-norm{groups}{legacy}"
+
+
 def _save_trained_model(config: TrainConfig, run: _Run, thumbnail: str, device: torch.device) -> None:
     training = {
         **config.record(),
+        "init_sha256": run.init_sha256,
         "steps_done": run.step,
         "processes": run.world.size,
         "images_seen": run.step * run.global_batch,

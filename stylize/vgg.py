@@ -7,7 +7,7 @@ ImageNet normalization inside so callers pass plain [0, 1] images.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import torch
 from torch import nn
@@ -25,13 +25,19 @@ _ARCHITECTURES: dict[str, tuple[str, bool, models.WeightsEnum]] = {
     "vgg16_bn": ("D", True, models.VGG16_BN_Weights.IMAGENET1K_V1),
 }
 
-# Johnson et al.: content at relu2_2, style at the last ReLU of blocks 1-4.
-DEFAULT_CONTENT_LAYER = "relu2_2"
+# Style at the last ReLU of blocks 1-4, as Johnson et al.; content one block
+# deeper than theirs (relu2_2): shallow content features pin every pixel's
+# tone, and a short training then satisfies the style with saturated blobs
+# in bright areas instead of brushwork (see README, "The training recipe").
+DEFAULT_CONTENT_LAYER = "relu3_3"
 DEFAULT_STYLE_LAYERS: dict[str, tuple[str, ...]] = {
     "vgg16": ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
     "vgg16_bn": ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
     "vgg19": ("relu1_2", "relu2_2", "relu3_4", "relu4_4"),
 }
+
+# The recipe's share of each default style layer, shallow to deep (see README).
+DEFAULT_STYLE_LAYER_WEIGHTS: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -136,11 +142,16 @@ class LossNetwork(nn.Module):
         # Always eval: a loss network's BatchNorm must keep its ImageNet statistics.
         return super().train(False)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = (images - self.mean) / self.std
+    def forward(self, images: torch.Tensor, layers: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """Activations of ``layers`` (default: all this network was built for),
+        computing no deeper than the deepest of them: the content target needs
+        only a shallow layer, a third of the work of the whole stack."""
+        wanted = self.layers if layers is None else {i: name for i, name in self.layers.items() if name in layers}
+        depth = max(wanted, default=-1) + 1
+        x = ((images - self.mean) / self.std).to(self.features[0].weight.dtype)
         activations = {}
-        for index, layer in enumerate(self.features):
+        for index, layer in enumerate(self.features[:depth]):
             x = layer(x)
-            if index in self.layers:
-                activations[self.layers[index]] = x
+            if index in wanted:
+                activations[wanted[index]] = x
         return activations

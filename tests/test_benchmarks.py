@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import memory, speed
+from benchmarks import memory, speed, train
 
 
 def _run(module, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
@@ -39,3 +39,17 @@ def test_memory_benchmark_measures_each_path_in_its_own_process(
     results = json.loads(out.read_text())["results"]
     assert [row["config"] for row in results] == list(memory.CONFIGS)
     assert all(row["peak_rss_gib"] >= row["rss_before_gib"] > 0 for row in results)
+
+
+def test_train_benchmark_times_every_path_against_the_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vgg_weights: Path
+) -> None:
+    out = tmp_path / "train.json"
+    monkeypatch.setattr(train, "STYLE_LAYERS", ("relu1_2", "relu2_2"))  # the small test VGG ends at relu2_2
+    _run(train, monkeypatch, "--loss-weights", str(vgg_weights), "--sizes", "32", "--steps", "1", "--warmup", "1",
+         "--out", str(out))  # fmt: skip
+    rows = json.loads(out.read_text())["results"]
+    assert [row["config"] for row in rows] == [variant.name for variant in train.PATHS]
+    assert rows[0]["speedup"] == 1.0 and all(row["images_per_s"] > 0 for row in rows)
+    assert all(row["speedup"] == pytest.approx(row["images_per_s"] / rows[0]["images_per_s"]) for row in rows)
+    assert {row["steps"] for row in rows} == {16}

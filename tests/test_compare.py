@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from stylize import load_model, save_model
-from stylize.compare import CompareSettings, adjust_contrast, compare, mean_abs_difference
+from stylize.compare import CompareSettings, adjust_contrast, compare, lattice_strength, mean_abs_difference
 from stylize.images import encode_thumbnail, load_image, to_uint8
 from stylize.network import NetConfig, TransformerNet
 from stylize.sheet import SheetLayout, block_labels, render_sheet
@@ -219,3 +219,14 @@ def test_bad_compare_input_is_one_line_and_writes_nothing(
     assert result.code == 2 and len(result.error_lines) == 1 and message in result.err, result.err
     assert set(tmp_path.rglob("*")) == before
 
+
+
+def test_lattice_strength_finds_a_period_4_grid_and_not_a_smooth_photo() -> None:
+    photo = photo_tensor(96, 128, seed=3)
+    rows, cols = torch.meshgrid(torch.arange(96), torch.arange(128), indexing="ij")
+    grid = ((rows % 4 == 0) | (cols % 4 == 0)).float() * 0.15
+    gridded = (photo + grid).clamp(0, 1)
+    assert lattice_strength(gridded) - lattice_strength(photo) > 10.0
+    # A shift or a mirror of the same grid scores the same: it is the period that counts.
+    assert lattice_strength(gridded.roll(1, dims=-1)) == pytest.approx(lattice_strength(gridded), abs=0.5)
+    assert abs(lattice_strength(photo.flip(-1)) - lattice_strength(photo)) < 1.0

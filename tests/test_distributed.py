@@ -5,8 +5,10 @@ N processes of batch B must take the same steps as one process of batch N*B.
 their scale, and Adam divides each gradient element by its own size, so the
 few elements whose gradient is below that noise (e.g. conv biases just before
 instance norm, which cancels them exactly) take +-lr steps of random sign in
-either run. So: losses equal to ~1e-6, nearly all weights equal to 1e-6, the
-rest within Adam's step bound, outputs equal to 1e-3 of the 0..1 range.
+either run (about 1% of the weights here). So: losses equal to ~1e-6, 98% of
+the weights equal to 1e-6, the rest within Adam's step bound, outputs equal to
+1e-3 of the 0..1 range. A missing or wrong gradient average moves nearly every
+weight by about the learning rate.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from stylize.network import NetConfig, TransformerNet
 from .conftest import photo_tensor, train_args
 
 STEPS, LR = 2, 1e-3
+# fp32 at a constant rate: in bf16, sums over another split of the batch round
+# differently, and the bound on Adam's steps below assumes the rate LR throughout.
+EXACT = ("--lr", str(LR), "--precision", "fp32", "--lr-schedule", "constant", "--warmup-steps", "0")
 
 
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -47,7 +52,7 @@ def assert_same_training(a: Path, b: Path, steps: int) -> None:
     first, second = load_file(str(a)), load_file(str(b))
     assert first.keys() == second.keys()
     gaps = torch.cat([(first[key] - second[key]).abs().flatten() for key in first])
-    assert (gaps <= 1e-6).float().mean() > 0.99, "nearly every weight must agree to float precision"
+    assert (gaps <= 1e-6).float().mean() > 0.98, "nearly every weight must agree to float precision"
     assert gaps.max() <= 2 * LR * steps, "and none may differ by more than Adam's steps"
     photo = photo_tensor(40, 48, seed=0)
     with torch.no_grad():
@@ -61,7 +66,7 @@ def test_two_processes_of_batch_2_train_like_one_of_batch_4(
     cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
 ) -> None:
     def args(out: str, batch: int) -> list[str]:
-        return [*train_args(style_image, photos, tmp_path / out, vgg_weights, "--lr", str(LR)),
+        return [*train_args(style_image, photos, tmp_path / out, vgg_weights, *EXACT),
                 "--steps", str(STEPS), "--batch-size", str(batch)]  # fmt: skip
 
     two = torchrun(*args("two.safetensors", 2), cwd=tmp_path)
@@ -82,7 +87,7 @@ def test_a_one_process_checkpoint_resumes_on_two_processes(
     cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
 ) -> None:
     def args(out: str, steps: int, batch: int, *extra: str) -> list[str]:
-        return [*train_args(style_image, photos, tmp_path / out, vgg_weights, "--lr", str(LR)),
+        return [*train_args(style_image, photos, tmp_path / out, vgg_weights, *EXACT),
                 "--steps", str(steps), "--batch-size", str(batch), *extra]  # fmt: skip
 
     assert cli(*args("straight.safetensors", STEPS + 1, 4)).code == 0

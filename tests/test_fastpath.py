@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+import torch.nn.functional as F
 from torch import nn
 
 from stylize import stylizer as stylizer_module
@@ -20,7 +21,7 @@ from stylize.fastpath import (
     set_tile,
 )
 from stylize.modelfile import load_model
-from stylize.network import ReflectConv, UpsampleConv
+from stylize.network import SPACE_TO_DEPTH, BlockConv, ReflectConv, UpsampleConv
 from stylize.norms import BatchInstanceNorm2d
 from stylize.stylizer import InferenceSettings, Stylizer
 
@@ -65,13 +66,32 @@ def test_optimizing_leaves_the_trained_network_untouched() -> None:
     assert all(torch.equal(before[key], value) for key, value in network.state_dict().items())
 
 
+def _upsample_then_convolve(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """What ``UpsampleConv`` means, step by step: the oracle for its cheaper forms."""
+    upsampled = F.interpolate(x, scale_factor=2, mode="nearest")
+    return F.conv2d(F.pad(upsampled, (1, 1, 1, 1), mode="reflect"), conv.weight, conv.bias)
+
+
 @pytest.mark.parametrize("size", [(1, 1), (3, 5), (8, 7)])
 def test_subpixel_convolution_equals_upsample_then_convolve(size: tuple[int, int]) -> None:
     torch.manual_seed(0)
-    upsample = UpsampleConv(6, 5, 3)
+    upsample = UpsampleConv(6, 5)
     x = torch.randn(2, 6, *size)
     with torch.no_grad():
-        assert _max_difference(SubpixelConv(upsample, 1)(x), upsample(x)) < SAME
+        expected = _upsample_then_convolve(x, upsample.conv2d)
+        assert _max_difference(upsample(x), expected) < SAME  # the training form
+        assert _max_difference(SubpixelConv(upsample, 1)(x), expected) < SAME  # the inference form
+
+
+def test_subpixel_gradients_reach_the_stored_3x3_weights() -> None:
+    torch.manual_seed(0)
+    upsample = UpsampleConv(4, 3)
+    x = torch.randn(2, 4, 5, 6)
+    upsample(x).square().sum().backward()
+    fast_grad = upsample.conv2d.weight.grad.clone()
+    upsample.conv2d.weight.grad = None
+    _upsample_then_convolve(x, upsample.conv2d).square().sum().backward()
+    torch.testing.assert_close(fast_grad, upsample.conv2d.weight.grad, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(("kernel", "factor"), [(9, 4), (9, 2), (3, 4), (5, 3)])
@@ -81,7 +101,12 @@ def test_space_to_depth_convolution_equals_the_plain_one(kernel: int, factor: in
     conv = ReflectConv(8, 3, kernel)
     x = torch.randn(1, 8, *size)
     with torch.no_grad():
-        assert _max_difference(SpaceToDepthConv(conv, 1, factor)(x), conv(x)) < SAME
+        expected = F.conv2d(F.pad(x, (kernel // 2,) * 4, mode="reflect"), conv.conv2d.weight, conv.conv2d.bias)
+        assert _max_difference(SpaceToDepthConv(conv, 1, factor)(x), expected) < SAME
+        if factor == SPACE_TO_DEPTH:
+            block = BlockConv(8, 3, kernel)
+            block.load_state_dict(conv.state_dict())
+            assert _max_difference(block(x), expected) < SAME
 
 
 @pytest.mark.parametrize("norm", ["instance", "batch", "group"])

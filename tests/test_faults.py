@@ -16,7 +16,7 @@ import torch
 import stylize.training as training
 from stylize import TrainConfig, load_model, train
 
-from .conftest import train_args
+from .conftest import SMALL_LOSS_ARGS, train_args
 from .test_train import _assert_same_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ sys.exit(main(sys.argv[1:]))
 def _config(style: Path, photos: Path, weights: Path, out: Path, resume: Path | None = None) -> TrainConfig:
     return TrainConfig(
         style_image=style, data=photos, out=out, steps=12, batch_size=2, image_size=32, style_size=32,
-        loss_weights=weights, style_layers=("relu1_2", "relu2_2"), device="cpu", workers=0,
+        loss_weights=weights, style_layers=("relu1_2", "relu2_2"), content_layer="relu2_2", device="cpu", workers=0,
         checkpoint_every=3, resume=resume,
     )  # fmt: skip
 
@@ -57,7 +57,7 @@ def _config(style: Path, photos: Path, weights: Path, out: Path, resume: Path | 
 def _child(config: TrainConfig, slow: float, kill_in_save: int = 0) -> subprocess.Popen[bytes]:
     args = [
         "train", str(config.style_image), "--data", str(config.data), "--out", str(config.out),
-        "--loss-weights", str(config.loss_weights), "--loss-network", "vgg16", "--style-layers", "relu1_2,relu2_2",
+        "--loss-weights", str(config.loss_weights), *SMALL_LOSS_ARGS,
         "--steps", str(config.steps), "--batch-size", "2", "--image-size", "32", "--style-size", "32",
         "--workers", "0", "--device", "cpu", "--checkpoint-every", str(config.checkpoint_every),
     ]  # fmt: skip

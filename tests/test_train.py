@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,10 +15,12 @@ from safetensors.torch import load_file
 import stylize.training as training
 from stylize import StylizeError, TrainConfig, TrainingInterrupted, load_model, train
 from stylize.images import decode_thumbnail
-from stylize.losses import LossTerms
+from stylize.losses import LossTerms, LossWeights
+from stylize.devices import training_dtype
 from stylize.network import NetConfig, TransformerNet
+from stylize.training import CPU_RECIPE, GPU_RECIPE
 
-from .conftest import train_args
+from .conftest import train_args, write_model
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -43,7 +46,9 @@ def test_train_through_the_cli_writes_model_metrics_and_checkpoints(
     assert model.info.config.norm == "batch" and model.info.style == "swirls"
     training = model.info.training
     assert training["steps_done"] == 4 and training["image_size"] == 32 and training["loss_network"] == "vgg16"
-    assert training["style_weight"] == 1e5 and training["style_layers"] == ["relu1_2", "relu2_2"]
+    assert training["style_weight"] == LossWeights.style and training["style_layers"] == ["relu1_2", "relu2_2"]
+    assert training["command"].startswith("stylize train ") and "--norm batch" in training["command"]
+    assert training["init"] is None and training["lr_schedule"] == "cosine" and training["precision"] == "auto"
     assert training["loss_weights_sha256"] == hashlib.sha256(vgg_weights.read_bytes()).hexdigest()
     assert training["training_seconds"] >= 0 and training["device"] == "cpu"
 
@@ -59,8 +64,8 @@ def test_train_through_the_cli_writes_model_metrics_and_checkpoints(
 def test_training_actually_lowers_the_loss(tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
     config = TrainConfig(
         style_image=style_image, data=photos, out=tmp_path / "m.safetensors", steps=30, batch_size=2,
-        image_size=32, style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
-        device="cpu", workers=0, checkpoint_every=0, lr=1e-2,
+        image_size=32, style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"), content_layer="relu2_2",
+        device="cpu", workers=0, checkpoint_every=0, lr=3e-3, lr_schedule="constant", warmup_steps=0,
     )  # fmt: skip
     totals: list[float] = []
     train(config, on_progress=lambda report: totals.append(report.total))
@@ -123,7 +128,7 @@ def test_ctrl_c_checkpoints_and_the_run_resumes_exactly(
     def config(out: Path, resume: Path | None = None) -> TrainConfig:
         return TrainConfig(
             style_image=style_image, data=photos, out=out, steps=4, batch_size=2, image_size=32,
-            style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
+            style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"), content_layer="relu2_2",
             device="cpu", workers=0, checkpoint_every=0, resume=resume,
         )  # fmt: skip
 
@@ -178,6 +183,9 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         ("lr", 0.0, "--lr must be positive"),
         ("norm", "layer-ish", "unknown norm"),
         ("loss_network", "resnet", "unknown loss network"),
+        ("lr_schedule", "step", "unknown learning-rate schedule 'step'"),
+        ("precision", "fp8", "unknown precision 'fp8'"),
+        ("style_layer_weights", (1.0,), "give a weight for every style layer, or for none"),
     ],
 )
 def test_bad_settings_are_refused(tmp_path: Path, field: str, value: object, message: str) -> None:
@@ -244,3 +252,132 @@ def test_resuming_several_norms_takes_the_out_folder(
     args = train_args(style_image, photos, tmp_path / "pair", vgg_weights)
     result = cli(*args, "--norm", "instance", "--norm", "batch", "--resume", str(tmp_path / "elsewhere"))
     assert result.code == 2 and "--resume takes the --out folder" in result.err
+
+
+def _init_run(
+    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, init: Path | None, **changes: object
+) -> TrainConfig:
+    config = TrainConfig(
+        style_image=style_image, data=photos, out=tmp_path / "tuned.safetensors", steps=4, batch_size=2,
+        image_size=32, style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"), content_layer="relu2_2",
+        device="cpu", workers=0, checkpoint_every=2, init=str(init) if init else None,
+    )  # fmt: skip
+    return dataclasses.replace(config, **changes)
+
+
+def test_init_starts_from_the_trained_weights(tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
+    start = write_model(tmp_path / "start.safetensors", seed=5)
+    losses: list[float] = []
+    config = _init_run(tmp_path, style_image, photos, vgg_weights, start, steps=1, lr=1e-9, warmup_steps=0)
+    train(config, on_progress=lambda report: losses.append(report.total))
+    tuned, original = _weights(config.out), _weights(start)
+    assert tuned.keys() == original.keys()
+    # One step at a vanishing learning rate: the weights are still the starting model's.
+    assert all(torch.allclose(tuned[key], original[key], atol=1e-6) for key in tuned)
+    info = load_model(config.out).info.training
+    assert info["init"] == str(start) and info["init_sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
+    # ...and not what the same seed gives from scratch.
+    scratch = dataclasses.replace(config, init=None, out=tmp_path / "scratch.safetensors")
+    train(scratch)
+    assert not torch.allclose(_weights(scratch.out)["conv1.conv2d.weight"], tuned["conv1.conv2d.weight"])
+
+
+@pytest.mark.parametrize(
+    ("start_norm", "changes", "message"),
+    [
+        ("batch", {}, "is a batch-norm network; this run trains a instance-norm one"),
+        ("group", {"norm": "group", "groups": 4}, r"group-norm \(8 groups\) network; this run trains a group-norm \(4 groups\)"),
+    ],
+)
+def test_init_refuses_a_different_network(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, start_norm: str, changes: dict, message: str
+) -> None:
+    start = write_model(tmp_path / "start.safetensors", norm=start_norm)
+    config = _init_run(tmp_path, style_image, photos, vgg_weights, start, **changes)
+    with pytest.raises(StylizeError, match=message):
+        train(config)
+    assert not config.out.exists() and not training.checkpoint_dir(config.out).exists()
+    args = train_args(style_image, photos, config.out, vgg_weights, "--init", str(start),
+                      *(f"--{key}={value}" for key, value in changes.items()))  # fmt: skip
+    result = cli(*args)
+    assert result.code == 2 and len(result.error_lines) == 1 and result.error_lines[0].startswith("error: the model to start from")
+
+
+def test_init_refuses_an_unknown_model(cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
+    result = cli(*train_args(style_image, photos, tmp_path / "m.safetensors", vgg_weights, "--init", "no-such-style"))
+    assert result.code == 2 and "no model file or bundled model named 'no-such-style'" in result.err
+
+
+def test_resumed_init_run_matches_the_straight_one(tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
+    start = write_model(tmp_path / "start.safetensors", seed=5)
+    straight = _init_run(tmp_path, style_image, photos, vgg_weights, start, out=tmp_path / "straight.safetensors")
+    train(straight)
+    first = _init_run(tmp_path, style_image, photos, vgg_weights, start, steps=2)
+    train(first)
+    checkpoint = training.checkpoint_dir(first.out)
+    # The resumed run continues from the checkpoint, not from the starting model.
+    train(dataclasses.replace(first, steps=4, resume=checkpoint))
+    _assert_same_weights(straight.out, first.out)
+    assert load_model(first.out).info.training["init_sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_precision_sets_the_dtype_of_the_training_math(
+    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, monkeypatch: pytest.MonkeyPatch,
+    precision: str, dtype: torch.dtype,
+) -> None:
+    seen: list[torch.dtype] = []
+    real = training.perceptual_loss
+
+    def spy(output, output_features, *args, **kwargs):
+        seen.append(output_features["relu2_2"].dtype)
+        return real(output, output_features, *args, **kwargs)
+
+    monkeypatch.setattr(training, "perceptual_loss", spy)
+    config = _init_run(tmp_path, style_image, photos, vgg_weights, None, steps=2, precision=precision)
+    train(config)
+    assert seen == [dtype, dtype]
+    assert load_model(config.out).info.training["precision"] == precision
+
+
+def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert training_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert training_dtype("auto", cpu) == torch.float32
+    assert training_dtype("bf16", cpu) == torch.bfloat16 and training_dtype("fp32", cpu) == torch.float32
+
+
+def test_unset_settings_come_from_the_device_recipe(tmp_path: Path) -> None:
+    config = TrainConfig(style_image=tmp_path, data=tmp_path, out=tmp_path / "m.safetensors", image_size=64)
+    on_cpu = config.for_device(torch.device("cpu"))
+    assert (on_cpu.steps, on_cpu.image_size, on_cpu.style_size, on_cpu.workers) == (
+        CPU_RECIPE.steps, 64, CPU_RECIPE.style_size, CPU_RECIPE.workers
+    )
+    on_gpu = config.for_device(torch.device("cuda"))
+    assert (on_gpu.steps, on_gpu.image_size, on_gpu.style_size) == (GPU_RECIPE.steps, 64, GPU_RECIPE.style_size)
+    assert CPU_RECIPE != GPU_RECIPE
+
+
+def test_style_layer_weights_reach_the_loss_and_the_model_file(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[object] = []
+    real = training.perceptual_loss
+
+    def spy(*args, **kwargs):
+        seen.append(args[-1].style_layers)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "perceptual_loss", spy)
+    out = tmp_path / "m.safetensors"
+    args = train_args(style_image, photos, out, vgg_weights, "--steps", "1")
+    result = cli(*args, "--style-layers", "relu1_2:4, relu2_2")
+    assert result.code == 0, result.err
+    assert seen == [(("relu1_2", 4.0), ("relu2_2", 1.0))]
+    training_record = load_model(out).info.training
+    assert training_record["style_layers"] == ["relu1_2", "relu2_2"] and training_record["style_layer_weights"] == [4.0, 1.0]
+    bad = cli(*args, "--style-layers", "relu1_2:lots")
+    assert bad.code == 2 and bad.error_lines == ["error: --style-layers 'relu1_2:lots': a weight is not a number (write LAYER:WEIGHT)"]
