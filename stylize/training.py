@@ -244,14 +244,22 @@ def read_checkpoint(path: Path, config: TrainConfig, processes: int = 1) -> dict
             f"{path} was trained with {saved_batch} photos per step, not {config.batch_size} x {processes} "
             f"process(es); resume with --batch-size x processes = {saved_batch}"
         )
+    # A setting the checkpoint predates had its default value then, or what
+    # stylize did before the setting existed.
+    saved = {**_BEFORE_SETTINGS_EXISTED, **saved}
     for key, value in wanted.items():
-        # A setting the checkpoint predates had its default value then.
         if key not in RUN_SETTINGS and saved.get(key, value) != value:
             raise StylizeError(
                 f"{path} was trained with {key.replace('_', '-')}={saved.get(key)!r}, not {value!r}; "
                 "resume with the run's original settings"
             )
+    if NetConfig.from_dict(checkpoint.get("net_config", {})) != config.net_config:
+        raise StylizeError(f"{path} holds a network of an older stylize (unbounded output); start a new run")
     return checkpoint
+
+
+# What training did before these settings existed: no learning-rate schedule.
+_BEFORE_SETTINGS_EXISTED = {"lr_schedule": "constant", "warmup_steps": 0}
 
 
 def _sha256(path: Path) -> str:

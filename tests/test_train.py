@@ -381,3 +381,22 @@ def test_style_layer_weights_reach_the_loss_and_the_model_file(
     assert training_record["style_layers"] == ["relu1_2", "relu2_2"] and training_record["style_layer_weights"] == [4.0, 1.0]
     bad = cli(*args, "--style-layers", "relu1_2:lots")
     assert bad.code == 2 and bad.error_lines == ["error: --style-layers 'relu1_2:lots': a weight is not a number (write LAYER:WEIGHT)"]
+
+
+def test_a_checkpoint_from_before_schedules_and_bounded_output_is_not_resumed_silently(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    out = tmp_path / "m.safetensors"
+    assert cli(*train_args(style_image, photos, out, vgg_weights, "--steps", "2", "--checkpoint-every", "2")).code == 0
+    path = tmp_path / "m.ckpt" / "step-00000002.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    for key in ("lr_schedule", "warmup_steps"):
+        del checkpoint["config"][key]
+    torch.save(checkpoint, path)
+    refused = cli(*train_args(style_image, photos, out, vgg_weights, "--resume", path))
+    assert refused.code == 2 and "lr-schedule='constant', not 'cosine'" in refused.err
+    del checkpoint["net_config"]["bounded_output"]
+    torch.save(checkpoint, path)
+    refused = cli(*train_args(style_image, photos, out, vgg_weights, "--resume", path,
+                              "--lr-schedule", "constant", "--warmup-steps", "0"))  # fmt: skip
+    assert refused.code == 2 and refused.error_lines == [f"error: {path} holds a network of an older stylize (unbounded output); start a new run"]
