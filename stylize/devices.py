@@ -55,7 +55,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def training_dtype(precision: str, device: torch.device) -> torch.dtype:
     """``auto`` trains in bf16 autocast wherever bf16 is native: on this kind of
-    CPU that is 1.7x the fp32 images/s, and the Gram matrices and loss sums stay
+    CPU that is 1.6x the fp32 images/s, and the Gram matrices and loss sums stay
     float32 (see losses.py), so the style is not lost to rounding."""
     if check_precision(precision) == "bf16" or (precision == "auto" and native_bf16(device)):
         return torch.bfloat16

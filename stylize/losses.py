@@ -68,7 +68,7 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Defaults: the training recipe's (see README, "Training your own style")."""
+    """Defaults: the training recipe's (see README, "The training recipe")."""
 
     content: float = 1.0
     style: float = 1.0
