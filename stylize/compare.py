@@ -244,7 +244,7 @@ class _LossMeter:
 
 def _report(
     info: ModelInfo,
-    contents: Sequence[torch.Tensor],
+    content_lattices: Sequence[float],
     outputs: Sequence[Stylizations],
     losses: tuple[float | None, float | None, str],
 ) -> ModelReport:
@@ -260,7 +260,7 @@ def _report(
         train_eval_gap=mean(
             [mean_abs_difference(batch, run.plain) for run in outputs for batch in run.in_batch.values()]
         ),
-        lattice=mean([lattice_strength(run.plain) - lattice_strength(photo) for photo, run in zip(contents, outputs)]),
+        lattice=mean([lattice_strength(run.plain) - photo for photo, run in zip(content_lattices, outputs)]),
         content_loss=losses[0],
         style_loss=losses[1],
         loss_source=losses[2],
@@ -279,6 +279,7 @@ def compare(
     images = [resize_long_side(load_image(path).rgb, settings.size) for path in contents]
     paths = resolve_models(models)
     meter = _LossMeter(settings, device)
+    content_lattices = [lattice_strength(image) for image in images]
     reports, outputs = [], []
     for index, path in enumerate(paths):
         stylizer = Stylizer(load_model(path, device), device)
@@ -286,7 +287,7 @@ def compare(
             on_model(index, len(paths), stylizer.model.info)
         runs = [stylize_variants(stylizer, image) for image in images]
         losses = meter.measure(stylizer.model.info, images, [run.plain for run in runs])
-        reports.append(_report(stylizer.model.info, images, runs, losses))
+        reports.append(_report(stylizer.model.info, content_lattices, runs, losses))
         outputs.append(runs)
     return Comparison(
         content_names=[Path(path).name for path in contents],

@@ -43,13 +43,7 @@ from .modelfile import MODEL_SUFFIX, load_model, model_name, resolve_model, save
 from .network import MIN_SIZE, NetConfig, TransformerNet
 from .norms import DEFAULT_GROUPS, check_groups, check_norm
 from .schedule import check_lr_schedule, learning_rate
-from .vgg import (
-    DEFAULT_CONTENT_LAYER,
-    DEFAULT_STYLE_LAYER_WEIGHTS,
-    DEFAULT_STYLE_LAYERS,
-    LossNetwork,
-    check_loss_network,
-)
+from .vgg import DEFAULT_CONTENT_LAYER, DEFAULT_STYLE_LAYERS, LossNetwork, check_loss_network
 
 CHECKPOINTS_KEPT = 3
 # Reading losses back from a GPU waits for it; do that once per this many steps.
@@ -102,7 +96,7 @@ class TrainConfig:
     loss_weights: Path | None = None
     content_layer: str = DEFAULT_CONTENT_LAYER
     style_layers: tuple[str, ...] = ()  # empty: the loss network's defaults
-    # One per style layer, or empty: the defaults' weights (1 for layers given by hand).
+    # One per style layer, or empty: every layer weighs 1.
     style_layer_weights: tuple[float, ...] = ()
     # A trained model (bundled name or file) to start from instead of random weights.
     init: str | None = None
@@ -157,9 +151,7 @@ class TrainConfig:
 
     @property
     def weights_for_style_layers(self) -> tuple[float, ...]:
-        if self.style_layer_weights:
-            return self.style_layer_weights
-        return DEFAULT_STYLE_LAYER_WEIGHTS if not self.style_layers else (1.0,) * len(self.style_layers)
+        return self.style_layer_weights or (1.0,) * len(self.layers_for_style)
 
     @property
     def loss_weights_terms(self) -> LossWeights:

@@ -36,9 +36,6 @@ DEFAULT_STYLE_LAYERS: dict[str, tuple[str, ...]] = {
     "vgg19": ("relu1_2", "relu2_2", "relu3_4", "relu4_4"),
 }
 
-# The recipe's share of each default style layer, shallow to deep (see README).
-DEFAULT_STYLE_LAYER_WEIGHTS: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
