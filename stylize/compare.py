@@ -225,8 +225,10 @@ class _LossMeter:
             return None, None, f"no loss network: {name}'s ImageNet weights are not downloaded (pass --loss-weights)"
         same_network = name == trained_with
         content_layer = record.get("content_layer", DEFAULT_CONTENT_LAYER) if same_network else DEFAULT_CONTENT_LAYER
-        style_layers = tuple(record.get("style_layers") or ()) if same_network else ()
-        style_layers = style_layers or DEFAULT_STYLE_LAYERS[name]
+        recorded_layers = record.get("style_layers") or ()
+        recorded = dict(zip(recorded_layers, record.get("style_layer_weights") or [1.0] * len(recorded_layers)))
+        layer_weights = recorded if same_network and recorded else DEFAULT_STYLE_LAYERS[name]
+        style_layers = tuple(layer_weights)
         network = self._network(name, (content_layer, *style_layers), weights)
         style, style_source = self._style_image(info)
         targets = style_targets(network(style.to(self.device)), style_layers) if style is not None else None
@@ -236,7 +238,7 @@ class _LossMeter:
             output_features = network(output.to(self.device))
             content_total += float(content_loss(output_features[content_layer], content_features[content_layer]))
             if targets is not None:
-                style_total += float(style_loss(output_features, targets))
+                style_total += float(style_loss(output_features, targets, layer_weights))
         source = f"{name} ({weights.name if weights else 'ImageNet'}), {style_source if targets is not None else 'no style image'}"
         count = len(contents)
         return content_total / count, (style_total / count if targets is not None else None), source

@@ -26,6 +26,12 @@ FORMAT = "stylize"
 FORMAT_VERSION = 1
 MODEL_SUFFIX = ".safetensors"
 DEFAULT_NORM = "instance"
+# Model files store float weights as float16: half the size, and stylized
+# pixels within 1 level of 255 of the float32 network (loading casts back).
+# Training checkpoints keep float32 so that resume stays exact.
+STORED_DTYPE = torch.float16
+# The bundled style that image and video use when no --model is given.
+DEFAULT_STYLE = "starry-night"
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,14 @@ class StyleModel:
 
 
 def models_dir() -> Path:
-    """Bundled models: $STYLIZE_MODELS, else the project's models/ folder."""
+    """Bundled models: $STYLIZE_MODELS, else the installed package's models
+    (stylize/models in a wheel), else the source tree's top-level models/."""
     override = os.environ.get("STYLIZE_MODELS")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "models"
+    if override:
+        return Path(override)
+    package = Path(__file__).resolve().parent
+    installed = package / "models"
+    return installed if installed.is_dir() else package.parent / "models"
 
 
 def bundled_models() -> list[ModelInfo]:
@@ -57,6 +68,15 @@ def bundled_models() -> list[ModelInfo]:
     if not folder.is_dir():
         return []
     return [read_info(path) for path in sorted(folder.glob(f"*{MODEL_SUFFIX}"))]
+
+
+def default_model_name() -> str:
+    """``DEFAULT_STYLE`` if bundled, else the first bundled model by name."""
+    names = [info.name for info in bundled_models()]
+    if not names:
+        raise StylizeError(f"no bundled models in {models_dir()}: pass --model with a model file")
+    has_default = DEFAULT_STYLE in names or f"{DEFAULT_STYLE}-{DEFAULT_NORM}" in names
+    return DEFAULT_STYLE if has_default else names[0]
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
@@ -107,9 +127,14 @@ def save_model(
         "style_thumbnail": style_thumbnail,
         "training": json.dumps(training),
     }
-    tensors = {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
+    tensors = {key: _stored(value) for key, value in network.state_dict().items()}
     with atomic_path(Path(path)) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
+
+
+def _stored(tensor: torch.Tensor) -> torch.Tensor:
+    tensor = tensor.detach().cpu()
+    return (tensor.to(STORED_DTYPE) if tensor.is_floating_point() else tensor).contiguous()
 
 
 def _is_safetensors(path: Path) -> bool:

@@ -95,8 +95,8 @@ class TrainConfig:
     loss_network: str = "vgg16"
     loss_weights: Path | None = None
     content_layer: str = DEFAULT_CONTENT_LAYER
-    style_layers: tuple[str, ...] = ()  # empty: the loss network's defaults
-    # One per style layer, or empty: every layer weighs 1.
+    style_layers: tuple[str, ...] = ()  # empty: the loss network's default layers and weights
+    # One per style layer, or empty: every layer given weighs 1.
     style_layer_weights: tuple[float, ...] = ()
     # A trained model (bundled name or file) to start from instead of random weights.
     init: str | None = None
@@ -147,11 +147,15 @@ class TrainConfig:
 
     @property
     def layers_for_style(self) -> tuple[str, ...]:
-        return self.style_layers or DEFAULT_STYLE_LAYERS[self.loss_network]
+        return self.style_layers or tuple(DEFAULT_STYLE_LAYERS[self.loss_network])
 
     @property
     def weights_for_style_layers(self) -> tuple[float, ...]:
-        return self.style_layer_weights or (1.0,) * len(self.layers_for_style)
+        if self.style_layer_weights:
+            return self.style_layer_weights
+        if self.style_layers:
+            return (1.0,) * len(self.style_layers)
+        return tuple(DEFAULT_STYLE_LAYERS[self.loss_network].values())
 
     @property
     def loss_weights_terms(self) -> LossWeights:

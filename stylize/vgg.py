@@ -28,12 +28,15 @@ _ARCHITECTURES: dict[str, tuple[str, bool, models.WeightsEnum]] = {
 # Style at the last ReLU of blocks 1-4, as Johnson et al.; content one block
 # deeper than theirs (relu2_2): shallow content features pin every pixel's
 # tone, and a short training then satisfies the style with saturated blobs
-# in bright areas instead of brushwork (see README, "The training recipe").
+# in bright areas instead of brushwork. The first style layer weighs a
+# quarter: at full weight its Gram matrix (the palette) is cheapest matched by
+# saturated blobs in flat areas, which painting a blob out shows (its relu1_2
+# style loss rises by half). See README, "The training recipe".
 DEFAULT_CONTENT_LAYER = "relu3_3"
-DEFAULT_STYLE_LAYERS: dict[str, tuple[str, ...]] = {
-    "vgg16": ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
-    "vgg16_bn": ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
-    "vgg19": ("relu1_2", "relu2_2", "relu3_4", "relu4_4"),
+DEFAULT_STYLE_LAYERS: dict[str, dict[str, float]] = {
+    "vgg16": {"relu1_2": 0.25, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0},
+    "vgg16_bn": {"relu1_2": 0.25, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0},
+    "vgg19": {"relu1_2": 0.25, "relu2_2": 1.0, "relu3_4": 1.0, "relu4_4": 1.0},
 }
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

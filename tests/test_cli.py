@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from stylize import Stylizer, load_image
+from stylize.modelfile import DEFAULT_STYLE
 
 from .conftest import photo, train_args, write_model
 
@@ -89,6 +90,24 @@ def test_bundled_models_by_name_and_the_models_listing(cli, tmp_path: Path, monk
     )
 
 
+def test_without_a_model_the_default_bundled_style_is_used_and_named(cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("STYLIZE_MODELS", str(tmp_path / "bundle"))
+    Image.fromarray(photo(20, 20, seed=6)).save(tmp_path / "in.png")
+    result = cli("image", tmp_path / "in.png", "--out", tmp_path / "none.png")
+    assert result.code == 2 and result.error_lines == [f"error: no bundled models in {tmp_path / 'bundle'}: pass --model with a model file"]
+    write_model(tmp_path / "bundle" / "aaa-instance.safetensors", seed=1, style="aaa")
+    result = cli("image", tmp_path / "in.png", "--out", tmp_path / "first.png")
+    assert result.code == 0 and "using the bundled aaa-instance" in result.err
+    write_model(tmp_path / "bundle" / f"{DEFAULT_STYLE}-batch.safetensors", norm="batch", seed=2, style=DEFAULT_STYLE)
+    write_model(tmp_path / "bundle" / f"{DEFAULT_STYLE}-instance.safetensors", seed=3, style=DEFAULT_STYLE)
+    result = cli("image", tmp_path / "in.png", "--out", tmp_path / "default.png")
+    assert result.code == 0 and f"using the bundled {DEFAULT_STYLE} " in result.err
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "default.png")),
+        _expected(tmp_path / "bundle" / f"{DEFAULT_STYLE}-instance.safetensors", tmp_path / "in.png"),
+    )
+
+
 def test_bad_files_among_good_ones_are_summarized_and_the_rest_written(
     cli, tmp_path: Path, photos: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -150,7 +169,6 @@ BAD_INPUTS = [
     ("bad extension", "image {good} --model {model} --out {tmp}/r.xyz", "extension '.xyz'"),
     ("not a number", "image {good} --model {model} --max-size big", "Invalid value for '--max-size'"),
     ("unknown option", "image {good} --model {model} --colour", "No such option"),
-    ("missing model option", "image {good}", "Missing option '--model'"),
     ("zero steps", TRAIN + " --steps 0", "--steps must be at least 1"),
     ("negative size", TRAIN + " --image-size -5", "--image-size must be at least"),
     ("unknown norm", TRAIN + " --norm nope", "unknown norm 'nope'; choose one of: instance, batch, layer"),

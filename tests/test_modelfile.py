@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from stylize import StylizeError, bundled_models, load_model, save_model
 from stylize.images import to_uint8
@@ -33,8 +33,14 @@ def test_round_trip_keeps_weights_config_and_metadata(tmp_path: Path, norm: str)
     assert model.info.config == config and model.info.style == "wave"
     assert model.info.training == {"steps_done": 7, "image_size": 64} and model.info.name == "m"
     assert not model.network.training
+    stored = load_file(tmp_path / "m.safetensors")
+    for key, value in network.state_dict().items():  # float16 on disk, float32 once loaded
+        expected = value.half() if value.is_floating_point() else value
+        assert stored[key].dtype == expected.dtype and torch.equal(stored[key], expected), key
+        assert torch.equal(model.network.state_dict()[key], expected.to(value.dtype)), key
     images = torch.rand(1, 3, 23, 31)
     with torch.no_grad():
+        network.load_state_dict(model.network.state_dict())
         torch.testing.assert_close(model.network(images), network(images), rtol=0, atol=0)
 
 

@@ -384,6 +384,16 @@ def test_style_layer_weights_reach_the_loss_and_the_model_file(
     assert bad.code == 2 and bad.error_lines == ["error: --style-layers 'relu1_2:lots': a weight is not a number (write LAYER:WEIGHT)"]
 
 
+def test_default_style_layers_weigh_the_palette_layer_a_quarter_and_given_layers_alike() -> None:
+    default = TrainConfig(style_image=Path("s.jpg"), data=Path("d"), out=Path("m.safetensors"), loss_network="vgg16_bn")
+    assert default.loss_weights_terms.style_layers == (
+        ("relu1_2", 0.25), ("relu2_2", 1.0), ("relu3_3", 1.0), ("relu4_3", 1.0),
+    )
+    given = dataclasses.replace(default, style_layers=("relu1_2", "relu3_3"))
+    assert given.loss_weights_terms.style_layers == (("relu1_2", 1.0), ("relu3_3", 1.0))
+    assert given.record()["style_layer_weights"] == [1.0, 1.0]
+
+
 def test_a_checkpoint_from_before_schedules_and_bounded_output_is_not_resumed_silently(
     cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
 ) -> None:
