@@ -450,9 +450,15 @@ def compare(
         Optional[Path], typer.Option(help="VGG state dict for the loss numbers; default: each model's training one.")
     ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    stylized_only: Annotated[
+        bool,
+        typer.Option("--stylized-only", help="Show one row per photo, the plain result (a gallery); same numbers."),
+    ] = False,
 ) -> None:
     """Compare models (instance vs batch norm, ...) side by side: a sheet and its numbers."""
-    settings = CompareSettings(size=size, device=device, loss_network=loss_network, loss_weights=loss_weights)
+    settings = CompareSettings(
+        size=size, device=device, loss_network=loss_network, loss_weights=loss_weights, stylized_only=stylized_only
+    )
     output_format(out)
     check_writable(out)
     progress = _progress(transient=True)

@@ -88,6 +88,7 @@ class CompareSettings:
     device: str = "auto"
     loss_network: str | None = None  # default: each model's training loss network
     loss_weights: Path | None = None  # default: each model's training weights file
+    stylized_only: bool = False  # the sheet shows only the plain results (a gallery); same numbers
 
     def __post_init__(self) -> None:
         if self.size < MIN_SIZE:

@@ -71,10 +71,21 @@ def _metadata(model: StyleModel) -> dict[str, str]:
     }
 
 
+class _ClampedOutput(torch.nn.Module):
+    """Exported files are for other runtimes too: the [0, 1] clamp goes in the graph."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x).clamp(0, 1)
+
+
 def export_model(model: StyleModel, fmt: str, out: Path) -> Path:
     """Write ``model`` to ``out`` (atomically) as ONNX or TorchScript."""
     check_format(fmt)
-    network = optimize_for_inference(model.network).cpu().float()
+    network = _ClampedOutput(optimize_for_inference(model.network).cpu().float())
     set_tile(network, None)  # whole maps: one static graph
     example = torch.rand(_EXAMPLE_SHAPE)
     with _quiet(), atomic_path(out) as temporary:

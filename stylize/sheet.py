@@ -2,7 +2,8 @@
 
 Columns: row labels, the content as fed to the models, one column per model
 (its style thumbnail and norm on top, its numbers at the bottom). Each content
-image gets one block of rows: plain, each contrast factor, each neighbour batch.
+image gets one block of rows (``sheet_rows``): plain, each contrast factor,
+each neighbour batch; or the plain row alone, as a gallery.
 """
 
 from __future__ import annotations
@@ -40,13 +41,29 @@ FOOTER_LABELS = (
 )
 
 
-def block_labels(content_name: str) -> list[str]:
-    """The row labels of one content image's block, top to bottom."""
-    return [
-        f"{content_name}: stylized (eval mode)",
-        *(f"contrast x{factor:g} (eval mode)" for factor in CONTRAST_FACTORS),
-        *(f"train mode, in a batch with {NEIGHBOURS_PER_BATCH} {kind} neighbours" for kind in NEIGHBOURS),
-    ]
+@dataclass(frozen=True)
+class SheetRow:
+    label: str
+    content: torch.Tensor  # the content cell, as the models were fed it
+    outputs: list[torch.Tensor]  # one cell per model
+
+
+def sheet_rows(comparison: Comparison) -> list[SheetRow]:
+    """The grid's rows, top to bottom: per content image the plain result, then
+    (unless ``stylized_only``) each contrast factor and each neighbour batch."""
+    rows = []
+    for index, (name, image) in enumerate(zip(comparison.content_names, comparison.contents)):
+        runs = [outputs[index] for outputs in comparison.outputs]
+        rows.append(SheetRow(f"{name}: stylized (eval mode)", image, [run.plain for run in runs]))
+        if comparison.settings.stylized_only:
+            continue
+        for factor in CONTRAST_FACTORS:
+            cells = [run.contrast[factor] for run in runs]
+            rows.append(SheetRow(f"contrast x{factor:g} (eval mode)", adjust_contrast(image, factor), cells))
+        for kind, make in NEIGHBOURS.items():
+            label = f"train mode, in a batch with {NEIGHBOURS_PER_BATCH} {kind} neighbours"
+            rows.append(SheetRow(label, _with_inset(image, make(image)), [run.in_batch[kind] for run in runs]))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -61,13 +78,11 @@ class SheetLayout:
     title: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, comparison: Comparison) -> SheetLayout:
+    def of(cls, comparison: Comparison, grid: list[SheetRow]) -> SheetLayout:
         cell_width = max(image.shape[-1] for image in comparison.contents)
         text = font(TEXT_SIZE)
         rows = tuple(
-            max(image.shape[-2], len(wrap(label, text, LABEL_WIDTH)) * line_height(text))
-            for name, image in zip(comparison.content_names, comparison.contents)
-            for label in block_labels(name)
+            max(row.content.shape[-2], len(wrap(row.label, text, LABEL_WIDTH)) * line_height(text)) for row in grid
         )
         layout = cls(len(comparison.reports), cell_width, rows, thumbnail_height=cell_width * 2 // 3)
         title = wrap(heading(comparison), font(TITLE_SIZE), layout.size[0] - 2 * MARGIN)
@@ -134,21 +149,14 @@ def _with_inset(image: torch.Tensor, inset: torch.Tensor) -> torch.Tensor:
     return framed
 
 
-def _content_cells(image: torch.Tensor) -> list[torch.Tensor]:
-    return [
-        image,
-        *(adjust_contrast(image, factor) for factor in CONTRAST_FACTORS),
-        *(_with_inset(image, make(image)) for make in NEIGHBOURS.values()),
-    ]
-
-
 def heading(comparison: Comparison) -> str:
     norms = " vs ".join(dict.fromkeys(report.info.config.norm for report in comparison.reports))
     return f"stylize compare: {norms}. Changes are mean |difference| of the output, 0..255."
 
 
 def render_sheet(comparison: Comparison) -> Image.Image:
-    layout = SheetLayout.of(comparison)
+    grid = sheet_rows(comparison)
+    layout = SheetLayout.of(comparison, grid)
     sheet = Image.new("RGB", layout.size, BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     text, title = font(TEXT_SIZE), font(TITLE_SIZE)
@@ -168,18 +176,11 @@ def render_sheet(comparison: Comparison) -> Image.Image:
         lines = [f"{report.info.config.norm} norm", f"style: {report.info.style or '?'}", report.info.name]
         draw_lines(draw, (left, text_top), [fit(line, text, layout.cell_width) for line in lines], text)
 
-    row = 0
-    for index, name in enumerate(comparison.content_names):
-        for label, content in zip(block_labels(name), _content_cells(comparison.contents[index])):
-            top = layout.row_top(row)
-            draw_lines(draw, (MARGIN, top), wrap(label, text, LABEL_WIDTH), text)
-            _paste(sheet, content, (layout.column_left(0), top))
-            row += 1
-        for column, runs in enumerate(comparison.outputs, start=1):
-            run = runs[index]
-            cells = [run.plain, *(run.contrast[f] for f in CONTRAST_FACTORS), *(run.in_batch[k] for k in NEIGHBOURS)]
-            for offset, cell in enumerate(cells):
-                _paste(sheet, cell, (layout.column_left(column), layout.row_top(row - len(cells) + offset)))
+    for index, row in enumerate(grid):
+        top = layout.row_top(index)
+        draw_lines(draw, (MARGIN, top), wrap(row.label, text, LABEL_WIDTH), text)
+        for column, cell in enumerate([row.content, *row.outputs]):
+            _paste(sheet, cell, (layout.column_left(column), top))
 
     footer_top = layout.footer_top
     draw_lines(draw, (MARGIN, footer_top), list(FOOTER_LABELS), text, FAINT_INK)

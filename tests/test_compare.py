@@ -9,10 +9,18 @@ import torch
 from PIL import Image
 
 from stylize import load_model, save_model
-from stylize.compare import CompareSettings, adjust_contrast, compare, lattice_strength, mean_abs_difference
+from stylize.compare import (
+    CONTRAST_FACTORS,
+    NEIGHBOURS,
+    CompareSettings,
+    adjust_contrast,
+    compare,
+    lattice_strength,
+    mean_abs_difference,
+)
 from stylize.images import encode_thumbnail, load_image, to_uint8
 from stylize.network import NetConfig, TransformerNet
-from stylize.sheet import SheetLayout, block_labels, render_sheet
+from stylize.sheet import SheetLayout, render_sheet, sheet_rows
 
 from .conftest import photo, photo_tensor, write_model
 
@@ -104,8 +112,8 @@ def test_sheet_has_the_grid_size_cells_and_labels(pair: Path, contents: list[Pat
     comparison = compare(contents, [pair], CompareSettings(size=44, device="cpu"))
     assert [report.info.config.norm for report in comparison.reports] == ["instance", "batch"]
     sheet = np.asarray(render_sheet(comparison))
-    layout = SheetLayout.of(comparison)
-    rows = len(block_labels("x"))
+    layout = SheetLayout.of(comparison, sheet_rows(comparison))
+    rows = 1 + len(CONTRAST_FACTORS) + len(NEIGHBOURS)
     assert layout.row_heights[0] >= 30 and len(layout.row_heights) == 2 * rows
     assert sheet.shape == (layout.size[1], layout.size[0], 3)
     assert layout.size[0] == 16 * 2 + 210 + 6 + 3 * 44 + 2 * 6  # labels, content and two models, 44 px wide
@@ -126,6 +134,25 @@ def test_sheet_has_the_grid_size_cells_and_labels(pair: Path, contents: list[Pat
     assert (header < 128).any(axis=2).sum() > 200
     footer = sheet[layout.footer_top :, layout.column_left(1) :]
     assert (footer < 128).any(axis=2).sum() > 100
+
+
+def test_stylized_only_sheet_is_a_gallery_of_plain_results(cli, tmp_path: Path, pair: Path, contents: list[Path]) -> None:
+    full, gallery = tmp_path / "full.png", tmp_path / "gallery.png"
+    for out, extra in ((full, ()), (gallery, ("--stylized-only",))):
+        result = cli("compare", *contents, "--model", pair, "--out", out, "--size", "32", "--device", "cpu", *extra)
+        assert result.code == 0, result.err
+    assert json.loads(full.with_suffix(".json").read_text()) == json.loads(gallery.with_suffix(".json").read_text())
+    comparison = compare(contents, [pair], CompareSettings(size=32, device="cpu", stylized_only=True))
+    grid = sheet_rows(comparison)
+    assert [row.label for row in grid] == ["wide.png: stylized (eval mode)", "tall.jpg: stylized (eval mode)"]
+    layout = SheetLayout.of(comparison, grid)
+    sheet = np.asarray(Image.open(gallery))
+    assert sheet.shape[:2] == (layout.size[1], layout.size[0]) and layout.size[1] < Image.open(full).size[1]
+    for index, row in enumerate(grid):
+        for column, cell in enumerate([comparison.contents[index], *(runs[index].plain for runs in comparison.outputs)]):
+            expected = to_uint8(cell)[0].permute(1, 2, 0).numpy()
+            top, left = layout.row_top(index), layout.column_left(column)
+            assert np.array_equal(sheet[top : top + expected.shape[0], left : left + expected.shape[1]], expected)
 
 
 def test_compare_through_the_cli_writes_sheet_and_json(cli, tmp_path: Path, pair: Path, contents: list[Path]) -> None:

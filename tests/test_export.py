@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from stylize import ExportedNetwork, StyleControls, Stylizer, load_image, load_model
+from stylize import ExportedNetwork, StyleControls, Stylizer, load_image, load_model, save_model
 from stylize.cli import main
 from stylize.stylizer import ExportedStylizer
 
-from .conftest import photo, photo_tensor, write_model
+from .conftest import photo, photo_tensor, random_network, write_model
 
 HAVE_ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime"))
 
@@ -72,6 +72,25 @@ def test_onnx_file_runs_in_plain_onnxruntime_with_free_batch_height_width(export
     with torch.no_grad():
         reference = load_model(model).network(images)
     assert np.abs(output - reference.numpy()).max() < 1e-4
+
+
+def test_onnx_output_is_clamped_inside_the_graph(tmp_path: Path) -> None:
+    if not HAVE_ONNX:
+        pytest.skip("the onnx extra: pip install 'stylize[onnx]'")
+    import onnxruntime
+
+    network = random_network(seed=4)
+    with torch.no_grad():
+        network.conv_out.conv2d.bias.copy_(torch.tensor([3.0, -3.0, 0.0]))  # red past 1, green below 0
+    save_model(tmp_path / "m.safetensors", network, style="s", training={})
+    assert main(["export", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "m.onnx")]) == 0
+    images = photo_tensor(40, 52, seed=2)
+    with torch.no_grad():
+        raw = load_model(tmp_path / "m.safetensors").network(images)
+    assert raw[:, 0].max() > 1 and raw[:, 1].min() < 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {"image": images.numpy()})
+    assert np.abs(output - raw.clamp(0, 1).numpy()).max() < 1e-4
 
 
 def test_stylize_image_accepts_the_exported_file(cli, exported: tuple[Path, Path], tmp_path: Path) -> None:
