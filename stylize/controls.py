@@ -75,6 +75,18 @@ class StyleControls:
 PLAIN = StyleControls()
 
 
+def check_working_size(height: int, width: int, controls: StyleControls, max_pixels: int | None = None) -> None:
+    """Refuse a scale at which the network would see more than ``max_pixels``
+    (default: ``max_pixels_setting()``), the limit on decoded images."""
+    working_height, working_width = scaled_size(height, width, controls.scale)
+    limit = max_pixels if max_pixels is not None else max_pixels_setting()
+    if working_height * working_width > limit:
+        raise StylizeError(
+            f"scale {controls.scale:g} would stylize {working_width}x{working_height} = "
+            f"{working_height * working_width:,} pixels, over the limit of {limit:,}; use a smaller scale or image"
+        )
+
+
 def apply_controls(
     stylize: Callable[[torch.Tensor], torch.Tensor], photos: torch.Tensor, controls: StyleControls
 ) -> torch.Tensor:
@@ -89,14 +101,7 @@ def apply_controls(
     if controls.is_plain:
         return stylize(photos)
     size = tuple(photos.shape[-2:])
-    working = scaled_size(*size, controls.scale)
-    limit = max_pixels_setting()
-    if working[0] * working[1] > limit:
-        raise StylizeError(
-            f"--scale {controls.scale:g} would stylize {working[1]}x{working[0]} = {working[0] * working[1]:,} pixels, "
-            f"over the limit of {limit:,}; use a smaller --scale or --max-size"
-        )
-    small = resize(photos, working)
+    small = resize(photos, scaled_size(*size, controls.scale))
     stylized = resize(stylize(small).float(), size)
     photo_lab = srgb_to_oklab(photos)
     lab = srgb_to_oklab(stylized)

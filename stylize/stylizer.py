@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .controls import PLAIN, StyleControls, apply_controls
+from .controls import PLAIN, StyleControls, apply_controls, check_working_size
 from .devices import autocast, check_precision, compute_dtype, memory_format, resolve_device
 from .errors import StylizeError
 from .exported import ExportedNetwork, exported_format
@@ -85,13 +85,15 @@ class ImageStylizer(ABC):
         """``__call__`` under the controls (colour, strength, scale)."""
         return apply_controls(self, images, self.controls)
 
-    def stylize(self, image: LoadedImage, max_size: int | None = None) -> LoadedImage:
-        """Stylize, shrinking first when ``max_size`` asks; alpha follows the pixels."""
+    def stylize(self, image: LoadedImage, max_size: int | None = None, max_pixels: int | None = None) -> LoadedImage:
+        """Stylize, shrinking first when ``max_size`` asks; alpha follows the pixels.
+        The working size of the scale control must stay within ``max_pixels``."""
         rgb, alpha = image.rgb, image.alpha
         if max_size is not None and max(rgb.shape[-2:]) > max_size:
             rgb = resize_long_side(rgb, max_size)
             if alpha is not None and alpha.shape[-2:] != rgb.shape[-2:]:
                 alpha = F.interpolate(alpha, size=rgb.shape[-2:], mode="bilinear", antialias=True)
+        check_working_size(*rgb.shape[-2:], self.controls, max_pixels)
         return LoadedImage(rgb=self.stylize_tensor(rgb), alpha=alpha)
 
     def stylize_pil(self, image: Image.Image, max_size: int | None = None) -> Image.Image:
@@ -101,7 +103,7 @@ class ImageStylizer(ABC):
     def stylize_file(
         self, source: Path, destination: Path, max_size: int | None = None, max_pixels: int | None = None
     ) -> None:
-        result = self.stylize(load_image(source, max_pixels), max_size)
+        result = self.stylize(load_image(source, max_pixels), max_size, max_pixels)
         save_image(destination, result.rgb, result.alpha)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .errors import StylizeError
+from .controls import check_working_size
 from .fileio import atomic_path
 from .images import resize, scaled_size, to_uint8
 from .stylizer import ImageStylizer
@@ -168,6 +169,7 @@ def stylize_video(
         sounds = list(reader.streams.audio) if settings.audio else []
         total = _frame_count(reader, video)
         shrunk, (height, width) = frame_sizes(video.codec_context.width, video.codec_context.height, settings.max_size)
+        check_working_size(height, width, stylizer.controls)
         done = 0
         try:
             with av.open(str(temporary), "w") as writer:

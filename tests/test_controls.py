@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from stylize import StyleControls, Stylizer, StylizeError, load_image
-from stylize.controls import apply_controls, oklab_to_srgb, srgb_to_oklab
+from stylize.controls import apply_controls, check_working_size, oklab_to_srgb, srgb_to_oklab
 from stylize.images import resize
 
 from .conftest import photo, photo_tensor
@@ -134,8 +134,20 @@ def test_bad_strength_on_the_cli_is_one_line_and_writes_nothing(cli, tmp_path: P
 
 def test_a_scale_that_would_exceed_the_pixel_limit_is_refused(monkeypatch) -> None:
     monkeypatch.setenv("STYLIZE_MAX_PIXELS", "10000")
-    network = Recording()
-    with pytest.raises(StylizeError, match=r"--scale 4 would stylize 240x160 = 38,400 pixels, over the limit of 10,000"):
-        apply_controls(network, photo_tensor(40, 60, seed=9), StyleControls(scale=4))
-    assert network.sizes == []
-    assert apply_controls(network, photo_tensor(40, 60, seed=9), StyleControls(scale=2)).shape == (1, 3, 40, 60)
+    with pytest.raises(StylizeError, match=r"^scale 4 would stylize 240x160 = 38,400 pixels, over the limit of 10,000;"):
+        check_working_size(40, 60, StyleControls(scale=4))
+    check_working_size(40, 60, StyleControls(scale=2))
+    check_working_size(40, 60, StyleControls(scale=4), max_pixels=38_400)
+
+
+def test_the_scale_limit_follows_max_pixels_on_the_cli(cli, tmp_path: Path, model_file: Path, monkeypatch) -> None:
+    Image.fromarray(photo(40, 60, seed=9)).save(tmp_path / "in.png")
+    args = ("image", tmp_path / "in.png", "--model", model_file, "--scale", "4")
+    monkeypatch.setenv("STYLIZE_MAX_PIXELS", "10000")
+    assert cli(*args, "--max-pixels", "40000", "--out", tmp_path / "allowed.png").code == 0
+    monkeypatch.delenv("STYLIZE_MAX_PIXELS")
+    refused = cli(*args, "--max-pixels", "10000", "--out", tmp_path / "refused.png")
+    assert refused.code == 2 and refused.error_lines == [
+        "error: scale 4 would stylize 240x160 = 38,400 pixels, over the limit of 10,000; use a smaller scale or image"
+    ]
+    assert not (tmp_path / "refused.png").exists()
