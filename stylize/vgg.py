@@ -77,7 +77,7 @@ def imagenet_weights_cached(name: str) -> bool:
 
 def _download_state_dict(name: str, weights: models.WeightsEnum) -> dict[str, torch.Tensor]:
     try:
-        return weights.get_state_dict(progress=True)
+        return weights.get_state_dict(progress=False)  # the library never prints; the CLI says it downloads
     except OSError as error:  # URLError and socket errors are OSErrors
         raise StylizeError(
             f"cannot download the ImageNet weights for {name} ({error}); "

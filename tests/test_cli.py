@@ -229,16 +229,22 @@ def test_loss_network_download_failure_is_one_line(cli, tmp_path: Path, style_im
 
     import torchvision
 
+    progress_bars: list[bool] = []
+
     def offline(self: object, progress: bool = True, **kwargs: object) -> None:
+        progress_bars.append(progress)
         raise URLError("Name or service not known")
 
     monkeypatch.setattr(type(torchvision.models.VGG16_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # nothing cached
     result = cli("train", style_image, "--data", photos, "--out", tmp_path / "m.safetensors", "--device", "cpu")
     assert result.code == 2
     assert result.error_lines == [
+        "note: downloading torchvision's ImageNet vgg16 weights (about 530 MB, once; offline, pass --loss-weights)",
         "error: cannot download the ImageNet weights for vgg16 (<urlopen error Name or service not known>); "
-        "offline, pass --loss-weights FILE with a torchvision-format VGG state dict"
+        "offline, pass --loss-weights FILE with a torchvision-format VGG state dict",
     ]
+    assert progress_bars == [False]  # only the CLI prints: no download bar from the library
 
 
 def test_trained_model_stylizes_through_the_cli(cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
