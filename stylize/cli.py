@@ -40,7 +40,7 @@ from .stylizer import (
 )
 from .schedule import LR_SCHEDULES
 from .training import CPU_RECIPE, GPU_RECIPE, StepReport, TrainConfig, plan_norm_runs, train_norms
-from .vgg import DEFAULT_CONTENT_LAYER, check_loss_network, imagenet_weights_cached, loss_network_names
+from .vgg import DEFAULT_CONTENT_LAYER, loss_network_names
 from .video import ENCODERS, VideoSettings, count_frames, default_video_output, encoder_for, stylize_video
 
 app = typer.Typer(
@@ -100,12 +100,6 @@ def _style_layers(option: str | None) -> dict[str, tuple]:
 
 def _notice(note: str) -> None:
     typer.echo(f"note: {note}", err=True)
-
-
-def _note_download(loss_network: str, loss_weights: Path | None) -> None:
-    if loss_weights is None and not imagenet_weights_cached(check_loss_network(loss_network)):
-        _notice(f"downloading torchvision's ImageNet {loss_network} weights (about 530 MB, once; "
-                "offline, pass --loss-weights)")  # fmt: skip
 
 
 def _version(value: bool) -> None:
@@ -239,7 +233,6 @@ def train(
         command=shlex.join(["stylize", *(context.obj or [])]),
     )
     runs = plan_norm_runs(config, norm)
-    _note_download(loss_network, loss_weights)
     progress = _progress()
     tasks = {run.out: progress.add_task(f"training {run.norm}", total=steps, status="") for run in runs}
 
@@ -252,7 +245,7 @@ def train(
         progress.update(tasks[run.out], completed=report.step, total=report.steps, status=status)
 
     try:
-        results = train_norms(runs, on_progress=show)
+        results = train_norms(runs, on_progress=show, on_notice=_notice)
     finally:
         if progress.live.is_started:
             progress.stop()

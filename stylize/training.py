@@ -43,7 +43,7 @@ from .modelfile import MODEL_SUFFIX, load_model, model_name, resolve_model, save
 from .network import MIN_SIZE, NetConfig, TransformerNet
 from .norms import DEFAULT_GROUPS, check_groups, check_norm
 from .schedule import check_lr_schedule, learning_rate
-from .vgg import DEFAULT_CONTENT_LAYER, DEFAULT_STYLE_LAYERS, LossNetwork, check_loss_network
+from .vgg import DEFAULT_CONTENT_LAYER, DEFAULT_STYLE_LAYERS, LossNetwork, check_loss_network, imagenet_weights_cached
 
 CHECKPOINTS_KEPT = 3
 # Reading losses back from a GPU waits for it; do that once per this many steps.
@@ -381,18 +381,30 @@ def _load_style(config: TrainConfig, device: torch.device) -> tuple[torch.Tensor
     return resize_long_side(style, config.style_size).to(device), encode_thumbnail(style)
 
 
-def train(config: TrainConfig, on_progress: Callable[[StepReport], None] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    on_progress: Callable[[StepReport], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
+) -> TrainResult:
     """Train ``config.steps`` steps (continuing ``config.resume`` if given) and
-    write the model to ``config.out``; ``on_progress`` hears about every step.
+    write the model to ``config.out``; ``on_progress`` hears about every step,
+    ``on_notice`` about a long wait (the loss network's download).
 
     Under torchrun every process calls this; they train as one (see distributed).
     """
     world = World.from_environment()
     with process_group(world):
-        return _train(config, world, on_progress if world.is_main else None)
+        if world.is_main:
+            return _train(config, world, on_progress, on_notice)
+        return _train(config, world, None, None)
 
 
-def _train(config: TrainConfig, world: World, on_progress: Callable[[StepReport], None] | None) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    world: World,
+    on_progress: Callable[[StepReport], None] | None,
+    on_notice: Callable[[str], None] | None,
+) -> TrainResult:
     device = process_device(resolve_device(config.device), world)
     config = config.for_device(device)
     dtype = training_dtype(config.precision, device)
@@ -420,6 +432,8 @@ def _train(config: TrainConfig, world: World, on_progress: Callable[[StepReport]
         torch.backends.cudnn.benchmark = True
 
     style_layers = config.layers_for_style
+    if on_notice is not None and config.loss_weights is None and not imagenet_weights_cached(config.loss_network):
+        on_notice(f"downloading torchvision's ImageNet {config.loss_network} weights (about 530 MB, once)")
     loss_network = LossNetwork(
         config.loss_network, [config.content_layer, *style_layers], config.loss_weights
     ).to(device, memory_format=fmt)
@@ -595,14 +609,16 @@ def plan_norm_runs(config: TrainConfig, norms: Sequence[str]) -> list[TrainConfi
 
 
 def train_norms(
-    runs: Sequence[TrainConfig], on_progress: Callable[[TrainConfig, StepReport], None] | None = None
+    runs: Sequence[TrainConfig],
+    on_progress: Callable[[TrainConfig, StepReport], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> list[TrainResult]:
     """Train the runs of ``plan_norm_runs`` one after another."""
     results = []
     for config in runs:
         report = None if on_progress is None else functools.partial(on_progress, config)
         try:
-            results.append(train(config, on_progress=report))
+            results.append(train(config, on_progress=report, on_notice=on_notice))
         except TrainingInterrupted as interrupted:
             if len(runs) == 1:
                 raise

@@ -160,7 +160,7 @@ BAD_INPUTS = [
     ("non-image", "image {tmp}/text.jpg --model {model} --out {tmp}/r.png", "not an image"),
     ("corrupt image", "image {tmp}/cut.png --model {model} --out {tmp}/r.png", "cannot read"),
     ("unknown model", "image {good} --model no-such-style --out {tmp}/r.png", "no model file or bundled model"),
-    ("not a model", "image {good} --model {tmp}/notmodel.safetensors --out {tmp}/r.png", "not a"),
+    ("not a model", "image {good} --model {tmp}/notmodel.safetensors --out {tmp}/r.png", "notmodel.safetensors is not a model file"),
     ("wrong architecture", "image {good} --model {tmp}/foreign.safetensors --out {tmp}/r.png", "not a stylize model"),
     ("bad max size", "image {good} --model {model} --out {tmp}/r.png --max-size -3", "--max-size must be at least 1"),
     ("bad device", "image {good} --model {model} --out {tmp}/r.png --device tpu", "unknown device 'tpu'"),
@@ -240,7 +240,7 @@ def test_loss_network_download_failure_is_one_line(cli, tmp_path: Path, style_im
     result = cli("train", style_image, "--data", photos, "--out", tmp_path / "m.safetensors", "--device", "cpu")
     assert result.code == 2
     assert result.error_lines == [
-        "note: downloading torchvision's ImageNet vgg16 weights (about 530 MB, once; offline, pass --loss-weights)",
+        "note: downloading torchvision's ImageNet vgg16 weights (about 530 MB, once)",
         "error: cannot download the ImageNet weights for vgg16 (<urlopen error Name or service not known>); "
         "offline, pass --loss-weights FILE with a torchvision-format VGG state dict",
     ]

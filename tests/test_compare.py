@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -99,13 +100,22 @@ def test_instance_norm_is_far_less_contrast_sensitive_than_batch_norm(pair: Path
     assert by_norm["batch"].batch_sensitivity > 1.0 and by_norm["batch"].train_eval_gap > 1.0
 
 
-def test_comparing_never_changes_batch_norm_running_statistics(pair: Path, contents: list[Path]) -> None:
-    before = load_model(pair / "swirls-batch.safetensors").network.norm1.running_mean.clone()
-    comparison = compare(contents[:1], [pair / "swirls-batch.safetensors"], CompareSettings(size=32, device="cpu"))
-    run = comparison.outputs[0][0]
-    again = compare(contents[:1], [pair / "swirls-batch.safetensors"], CompareSettings(size=32, device="cpu"))
-    assert torch.equal(again.outputs[0][0].plain, run.plain)
-    assert torch.equal(load_model(pair / "swirls-batch.safetensors").network.norm1.running_mean, before)
+def test_comparing_never_changes_batch_norm_running_statistics(
+    pair: Path, contents: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = []
+
+    def keep(*args, **kwargs):
+        loaded.append(load_model(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(importlib.import_module("stylize.compare"), "load_model", keep)
+    compare(contents, [pair / "swirls-batch.safetensors"], CompareSettings(size=32, device="cpu"))
+    (used,) = loaded  # the model object compare ran in train mode among neighbours
+    fresh = load_model(pair / "swirls-batch.safetensors").network.state_dict()
+    buffers = {name: value for name, value in used.network.state_dict().items() if "running" in name}
+    assert len(buffers) == 2 * 15 and all(torch.equal(value, fresh[name]) for name, value in buffers.items())
+    assert not used.network.training
 
 
 def test_sheet_has_the_grid_size_cells_and_labels(pair: Path, contents: list[Path]) -> None:
@@ -167,7 +177,10 @@ def test_compare_through_the_cli_writes_sheet_and_json(cli, tmp_path: Path, pair
     assert [model["norm"] for model in numbers["models"]] == ["instance", "batch"]
     assert numbers["models"][0]["batch_sensitivity"] < 0.01 and numbers["models"][1]["batch_sensitivity"] > 1
     assert numbers["models"][0]["content_loss"] is None
-    assert Image.open(out).size == (16 * 2 + 210 + 6 + 3 * 32 + 2 * 6, Image.open(out).size[1])
+    comparison = compare(contents, [pair], CompareSettings(size=32, device="cpu"))
+    layout = SheetLayout.of(comparison, sheet_rows(comparison))
+    assert len(layout.row_heights) == 2 * (1 + len(CONTRAST_FACTORS) + len(NEIGHBOURS))
+    assert Image.open(out).size == layout.size and layout.size[0] == 16 * 2 + 210 + 6 + 3 * 32 + 2 * 6
 
 
 def test_a_bundled_style_name_stands_for_all_its_norms(
