@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from stylize import Stylizer, load_image
 from stylize.modelfile import DEFAULT_STYLE
 
-from .conftest import photo, train_args, write_model
+from .helpers import photo, train_args, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ from stylize.images import encode_thumbnail, load_image, to_uint8
 from stylize.network import NetConfig, TransformerNet
 from stylize.sheet import SheetLayout, render_sheet, sheet_rows
 
-from .conftest import photo, photo_tensor, write_model
+from .helpers import photo, photo_tensor, write_model
 
 WHITE = 255
 

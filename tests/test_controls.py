@@ -13,7 +13,7 @@ from stylize import StyleControls, Stylizer, StylizeError, load_image
 from stylize.controls import apply_controls, check_working_size, oklab_to_srgb, srgb_to_oklab
 from stylize.images import resize
 
-from .conftest import photo, photo_tensor
+from .helpers import photo, photo_tensor
 
 
 def recolour(images: torch.Tensor) -> torch.Tensor:

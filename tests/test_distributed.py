@@ -6,9 +6,9 @@ their scale, and Adam divides each gradient element by its own size, so the
 few elements whose gradient is below that noise (e.g. conv biases just before
 instance norm, which cancels them exactly) take +-lr steps of random sign in
 either run (about 1% of the weights here). So: losses equal to ~1e-6, 98% of
-the weights equal to 1e-6, the rest within Adam's step bound, outputs equal to
-1e-3 of the 0..1 range. A missing or wrong gradient average moves nearly every
-weight by about the learning rate.
+the weights equal to 1e-6 (while training moved nearly all of them by more
+than 1e-4), outputs equal to 1e-3 of the 0..1 range. A missing gradient
+average moves nearly every weight by about the learning rate.
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from stylize import StylizeError, load_model
+from stylize import StylizeError, TrainConfig, load_model
 from stylize.distributed import World, check_sync_batch_norm, parallel, rank_label, synchronize_batch_norm
 from stylize.network import NetConfig, TransformerNet
 
-from .conftest import photo_tensor, train_args
+from .helpers import photo_tensor, train_args
 
 STEPS, LR = 2, 1e-3
-# fp32 at a constant rate: in bf16, sums over another split of the batch round
-# differently, and the bound on Adam's steps below assumes the rate LR throughout.
+# fp32 at a constant rate: in bf16, sums over another split of the batch round differently.
 EXACT = ("--lr", str(LR), "--precision", "fp32", "--lr-schedule", "constant", "--warmup-steps", "0")
 
 
@@ -48,12 +47,21 @@ def losses(metrics: Path) -> list[tuple[float, ...]]:
     return [(line["step"], line["content"], line["style"], line["tv"]) for line in lines]
 
 
-def assert_same_training(a: Path, b: Path, steps: int) -> None:
-    first, second = load_file(str(a)), load_file(str(b))
+def final_weights(model: Path) -> dict[str, torch.Tensor]:
+    """The float32 weights of the run's last checkpoint (model files hold float16)."""
+    last = sorted(model.with_suffix(".ckpt").iterdir())[-1]
+    return torch.load(last, weights_only=True)["model"]
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    first, second = final_weights(a), final_weights(b)
     assert first.keys() == second.keys()
+    torch.manual_seed(TrainConfig.seed)  # the weights both runs started from
+    initial = TransformerNet(NetConfig()).state_dict()
     gaps = torch.cat([(first[key] - second[key]).abs().flatten() for key in first])
+    moved = torch.cat([(second[key] - initial[key]).abs().flatten() for key in first if key in initial])
     assert (gaps <= 1e-6).float().mean() > 0.98, "nearly every weight must agree to float precision"
-    assert gaps.max() <= 2 * LR * steps, "and none may differ by more than Adam's steps"
+    assert (moved > 1e-4).float().mean() > 0.9, "while training moved nearly every weight"
     photo = photo_tensor(40, 48, seed=0)
     with torch.no_grad():
         outputs = [load_model(path).network(photo) for path in (a, b)]
@@ -72,7 +80,7 @@ def test_two_processes_of_batch_2_train_like_one_of_batch_4(
     two = torchrun(*args("two.safetensors", 2), cwd=tmp_path)
     assert two.returncode == 0, two.stderr
     assert cli(*args("one.safetensors", 4)).code == 0
-    assert_same_training(tmp_path / "one.safetensors", tmp_path / "two.safetensors", STEPS)
+    assert_same_training(tmp_path / "one.safetensors", tmp_path / "two.safetensors")
 
     # Only rank 0 wrote: one model, one metrics file with one line per step, one report.
     reports = [line for line in two.stdout.splitlines() if line.startswith("wrote")]
@@ -92,11 +100,14 @@ def test_a_one_process_checkpoint_resumes_on_two_processes(
 
     assert cli(*args("straight.safetensors", STEPS + 1, 4)).code == 0
     assert cli(*args("resumed.safetensors", 1, 4)).code == 0
+    first_line = (tmp_path / "resumed.metrics.jsonl").read_text().splitlines()[0]
     resumed = torchrun(*args("resumed.safetensors", STEPS + 1, 2, "--resume", str(tmp_path / "resumed.ckpt")),
                        cwd=tmp_path)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_training(tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors", STEPS + 1)
+    assert_same_training(tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors")
     assert [step for step, *_ in losses(tmp_path / "resumed.metrics.jsonl")] == list(range(1, STEPS + 2))
+    # Step 1 was not run again: its line, timings included, is the one-process run's.
+    assert (tmp_path / "resumed.metrics.jsonl").read_text().splitlines()[0] == first_line
 
     # A step must take as many photos as before, however they are split.
     refused = cli(*args("resumed.safetensors", STEPS + 2, 2, "--resume", str(tmp_path / "resumed.ckpt")))

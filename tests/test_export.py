@@ -17,7 +17,7 @@ from stylize import ExportedNetwork, StyleControls, Stylizer, load_image, load_m
 from stylize.cli import main
 from stylize.stylizer import ExportedStylizer
 
-from .conftest import photo, photo_tensor, random_network, write_model
+from .helpers import photo, photo_tensor, random_network, write_model
 
 HAVE_ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime"))
 

@@ -25,7 +25,7 @@ from stylize.network import SPACE_TO_DEPTH, BlockConv, ReflectConv, UpsampleConv
 from stylize.norms import BatchInstanceNorm2d
 from stylize.stylizer import InferenceSettings, Stylizer
 
-from .conftest import ALL_NORMS, photo, photo_tensor, random_network, write_model
+from .helpers import ALL_NORMS, photo, photo_tensor, random_network, write_model
 
 CPU = torch.device("cpu")
 # fp32 sums in a different order: far below one level of 255.

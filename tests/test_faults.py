@@ -16,8 +16,7 @@ import torch
 import stylize.training as training
 from stylize import TrainConfig, load_model, train
 
-from .conftest import SMALL_LOSS_ARGS, train_args
-from .test_train import _assert_same_weights
+from .helpers import SMALL_LOSS_ARGS, assert_same_weights, count_steps, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +65,7 @@ def _child(config: TrainConfig, slow: float, kill_in_save: int = 0) -> subproces
 
 
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_weights(
-    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     killed = _config(style_image, photos, vgg_weights, tmp_path / "killed.safetensors")
     child = _child(killed, slow=0.1)
@@ -80,13 +79,16 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_weights(
     assert child.wait() == -signal.SIGKILL
     assert not killed.out.exists()
 
+    last_step = int(training.find_checkpoint(folder).stem.removeprefix("step-"))
+    steps_run = count_steps(monkeypatch)
     train(_config(style_image, photos, vgg_weights, killed.out, resume=folder))
+    assert last_step >= 6 and len(steps_run) == killed.steps - last_step
     train(_config(style_image, photos, vgg_weights, tmp_path / "straight.safetensors"))
-    _assert_same_weights(killed.out, tmp_path / "straight.safetensors")
+    assert_same_weights(killed.out, tmp_path / "straight.safetensors")
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(
-    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _config(style_image, photos, vgg_weights, tmp_path / "m.safetensors")
     child = _child(config, slow=0.0, kill_in_save=2)  # dies writing the step-6 checkpoint
@@ -97,10 +99,12 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(
     assert training.find_checkpoint(folder).name == "step-00000003.pt"
     assert load_model(folder / "step-00000003.pt").info.config.norm == "instance"
 
+    steps_run = count_steps(monkeypatch)
     train(_config(style_image, photos, vgg_weights, config.out, resume=folder))
+    assert len(steps_run) == config.steps - 3  # from the step-3 checkpoint
     assert not any(path.name.startswith(".") for path in folder.iterdir())  # the half-written file is gone
     train(_config(style_image, photos, vgg_weights, tmp_path / "straight.safetensors"))
-    _assert_same_weights(config.out, tmp_path / "straight.safetensors")
+    assert_same_weights(config.out, tmp_path / "straight.safetensors")
 
 
 def test_a_full_disk_on_checkpoint_keeps_the_previous_checkpoint(

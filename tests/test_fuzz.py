@@ -15,7 +15,7 @@ from PIL import Image
 
 from stylize import StylizeError, load_image, load_model
 
-from .conftest import photo, write_model
+from .helpers import photo, write_model
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 HEADERS = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"BM", b"RIFF\x00\x00\x00\x00WEBPVP8 ",

@@ -14,7 +14,7 @@ from stylize.images import to_uint8
 from stylize.modelfile import read_info, resolve_model
 from stylize.network import NetConfig, TransformerNet
 
-from .conftest import ALL_NORMS, write_model
+from .helpers import ALL_NORMS, write_model
 from .reference_fast_neural_style import randomized, stylize_like_examples
 
 

@@ -8,7 +8,7 @@ from stylize import StylizeError, create_norm, norm_names, register_norm
 from stylize.network import NORM_SITES, NetConfig, TransformerNet
 from stylize.norms import _REGISTRY, IBN_INSTANCE_SITES, BatchInstanceNorm2d
 
-from .conftest import ALL_NORMS
+from .helpers import ALL_NORMS
 
 
 def test_every_norm_is_registered_instance_and_batch_first() -> None:

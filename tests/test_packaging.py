@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import write_model
+from .helpers import write_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,18 +20,7 @@ from stylize.devices import training_dtype
 from stylize.network import NetConfig, TransformerNet
 from stylize.training import CPU_RECIPE, GPU_RECIPE
 
-from .conftest import train_args, write_model
-
-
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    first, second = _weights(a), _weights(b)
-    assert first.keys() == second.keys()
-    for key in first:
-        assert torch.equal(first[key], second[key]), key
+from .helpers import assert_same_weights, count_steps, train_args, write_model
 
 
 def test_train_through_the_cli_writes_model_metrics_and_checkpoints(
@@ -97,7 +86,7 @@ def test_no_training_images_is_one_clear_error(cli, tmp_path: Path, style_image:
 
 @pytest.mark.parametrize("norm", ["instance", "batch"])
 def test_resumed_run_ends_with_the_same_weights_bit_for_bit(
-    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, norm: str
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, norm: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     straight = tmp_path / "straight.safetensors"
     assert cli(*train_args(style_image, photos, straight, vgg_weights, "--norm", norm)).code == 0
@@ -106,12 +95,33 @@ def test_resumed_run_ends_with_the_same_weights_bit_for_bit(
     first = cli(*train_args(style_image, photos, resumed, vgg_weights, "--norm", norm, "--steps", "2", "--checkpoint-every", "2"))
     assert first.code == 0, first.err
     # Resume in worker processes this time: the data order must not depend on them.
+    steps_run = count_steps(monkeypatch)
     second = cli(*train_args(style_image, photos, resumed, vgg_weights, "--norm", norm,
                              "--resume", tmp_path / "resumed.ckpt", "--workers", "2"))  # fmt: skip
     assert second.code == 0, second.err
-    _assert_same_weights(straight, resumed)
+    assert len(steps_run) == 2  # only steps 3 and 4: it started from the checkpoint
+    assert_same_weights(straight, resumed)
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed.metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_resume_continues_from_the_checkpoint_weights_not_from_scratch(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    args = (style_image, photos, tmp_path / "m.safetensors", vgg_weights)
+    assert cli(*train_args(*args, "--steps", "2", "--checkpoint-every", "2")).code == 0
+    checkpoint = tmp_path / "m.ckpt" / "step-00000002.pt"
+    shutil.copytree(tmp_path / "m.ckpt", tmp_path / "perturbed.ckpt")
+    state = torch.load(checkpoint, weights_only=True)
+    state["model"]["conv1.conv2d.weight"] += 0.05  # an instance-norm network notices a shift in the first conv
+    torch.save(state, tmp_path / "perturbed.ckpt" / checkpoint.name)
+
+    assert cli(*train_args(*args, "--resume", tmp_path / "m.ckpt")).code == 0
+    shutil.copy(tmp_path / "m.safetensors", tmp_path / "plain.safetensors")
+    assert cli(*train_args(*args, "--resume", tmp_path / "perturbed.ckpt")).code == 0
+    plain, perturbed = load_file(tmp_path / "plain.safetensors"), load_file(tmp_path / "m.safetensors")
+    gap = (plain["conv1.conv2d.weight"].float() - perturbed["conv1.conv2d.weight"].float()).abs()
+    assert gap.mean() > 0.04  # the perturbation carried through the two remaining steps
 
 
 def test_resume_refuses_different_settings(cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
@@ -123,7 +133,7 @@ def test_resume_refuses_different_settings(cli, tmp_path: Path, style_image: Pat
 
 
 def test_ctrl_c_checkpoints_and_the_run_resumes_exactly(
-    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def config(out: Path, resume: Path | None = None) -> TrainConfig:
         return TrainConfig(
@@ -145,9 +155,11 @@ def test_ctrl_c_checkpoints_and_the_run_resumes_exactly(
     assert not out.exists()
     assert signal.getsignal(signal.SIGINT) is handler_before
 
+    steps_run = count_steps(monkeypatch)
     train(config(out, resume=tmp_path / "run.ckpt"))
+    assert len(steps_run) == 2  # steps 3 and 4 only
     train(config(tmp_path / "straight.safetensors"))
-    _assert_same_weights(out, tmp_path / "straight.safetensors")
+    assert_same_weights(out, tmp_path / "straight.safetensors")
 
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(
@@ -217,7 +229,7 @@ def test_one_command_trains_every_norm_under_identical_settings(
     resumed = cli(*args, "--norm", "instance", "--norm", "batch", "--steps", "4", "--resume", str(folder))
     assert resumed.code == 0, resumed.err
     for norm in ("instance", "batch"):
-        _assert_same_weights(folder / f"swirls-{norm}.safetensors", tmp_path / "direct" / f"swirls-{norm}.safetensors")
+        assert_same_weights(folder / f"swirls-{norm}.safetensors", tmp_path / "direct" / f"swirls-{norm}.safetensors")
 
 
 def test_same_seed_gives_every_norm_the_same_initial_convolutions() -> None:
@@ -271,7 +283,7 @@ def test_init_starts_from_the_trained_weights(tmp_path: Path, style_image: Path,
     losses: list[float] = []
     config = _init_run(tmp_path, style_image, photos, vgg_weights, start, steps=1, lr=1e-9, warmup_steps=0)
     train(config, on_progress=lambda report: losses.append(report.total))
-    tuned, original = _weights(config.out), _weights(start)
+    tuned, original = load_file(config.out), load_file(start)
     assert tuned.keys() == original.keys()
     # One step at a vanishing learning rate: the weights are still the starting model's.
     assert all(torch.allclose(tuned[key], original[key], atol=1e-6) for key in tuned)
@@ -280,7 +292,7 @@ def test_init_starts_from_the_trained_weights(tmp_path: Path, style_image: Path,
     # ...and not what the same seed gives from scratch.
     scratch = dataclasses.replace(config, init=None, out=tmp_path / "scratch.safetensors")
     train(scratch)
-    assert not torch.allclose(_weights(scratch.out)["conv1.conv2d.weight"], tuned["conv1.conv2d.weight"])
+    assert not torch.allclose(load_file(scratch.out)["conv1.conv2d.weight"], tuned["conv1.conv2d.weight"])
 
 
 @pytest.mark.parametrize(
@@ -318,7 +330,7 @@ def test_resumed_init_run_matches_the_straight_one(tmp_path: Path, style_image: 
     checkpoint = training.checkpoint_dir(first.out)
     # The resumed run continues from the checkpoint, not from the starting model.
     train(dataclasses.replace(first, steps=4, resume=checkpoint))
-    _assert_same_weights(straight.out, first.out)
+    assert_same_weights(straight.out, first.out)
     assert load_model(first.out).info.training["init_sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
 
 

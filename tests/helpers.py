@@ -1,0 +1,107 @@
+"""Shared test helpers: generated photos, random networks and model files,
+training arguments, CLI results, weight comparisons. Fixtures live in conftest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import stylize.training as training
+
+from stylize.modelfile import save_model
+from stylize.network import NetConfig, TransformerNet
+
+ALL_NORMS = ["instance", "batch", "layer", "group", "none", "ibn", "batch-instance"]
+SMALL_LOSS_ARGS = ["--loss-network", "vgg16", "--style-layers", "relu1_2,relu2_2", "--content-layer", "relu2_2"]
+
+
+def photo(height: int, width: int, seed: int) -> np.ndarray:
+    """A smooth random colour field with an edge, more photo-like than noise."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((4, 4, 3))
+    rows = np.linspace(0, 3, height)[:, None]
+    cols = np.linspace(0, 3, width)[None, :]
+    r0, c0 = np.floor(rows).astype(int).clip(0, 2), np.floor(cols).astype(int).clip(0, 2)
+    fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
+    image = (
+        coarse[r0, c0] * (1 - fr) * (1 - fc)
+        + coarse[r0 + 1, c0] * fr * (1 - fc)
+        + coarse[r0, c0 + 1] * (1 - fr) * fc
+        + coarse[r0 + 1, c0 + 1] * fr * fc
+    )
+    image[:, width // 2 :] *= 0.6
+    return (image * 255).round().astype(np.uint8)
+
+
+def train_args(style: Path, data: Path, out: Path, weights: Path, *extra: str) -> list[str]:
+    """A few-second training run on 32 px crops with the small VGG."""
+    return [
+        "train", str(style), "--data", str(data), "--out", str(out),
+        "--loss-weights", str(weights), *SMALL_LOSS_ARGS,
+        "--steps", "4", "--batch-size", "2", "--image-size", "32", "--style-size", "32",
+        "--workers", "0", "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
+def write_model(
+    path: Path,
+    norm: str = "instance",
+    seed: int = 0,
+    style: str = "test-style",
+    training: dict[str, object] | None = None,
+    style_thumbnail: str = "",
+) -> Path:
+    """A ``random_network`` saved as a model file."""
+    record = training if training is not None else {"image_size": 32, "steps_done": 0}
+    save_model(path, random_network(norm, seed), style=style, training=record, style_thumbnail=style_thumbnail)
+    return path
+
+
+def photo_tensor(height: int, width: int, seed: int) -> torch.Tensor:
+    return torch.from_numpy(photo(height, width, seed)).permute(2, 0, 1)[None].float().div(255)
+
+
+def random_network(norm: str = "instance", seed: int = 0) -> TransformerNet:
+    """Random weights in eval mode; batch-norm layers get running statistics of real-looking photos."""
+    torch.manual_seed(seed)
+    network = TransformerNet(NetConfig(norm=norm))
+    with torch.no_grad():
+        network.train()(photo_tensor(32, 32, seed).repeat(4, 1, 1, 1))
+    return network.eval()
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two model files hold equal tensors, key for key."""
+    first, second = load_file(str(a)), load_file(str(b))
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def count_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Spy on the training loss: the list grows by one per step this process computes."""
+    steps: list[int] = []
+    real = training.perceptual_loss
+
+    def counted(*args, **kwargs):
+        steps.append(len(steps) + 1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "perceptual_loss", counted)
+    return steps
