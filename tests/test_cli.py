@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.torch import save_file
 
-from stylize import Stylizer, load_image
+from stylize import Stylizer, load_image, load_model
 from stylize.modelfile import DEFAULT_STYLE
 
 from .helpers import photo, train_args, write_model
@@ -21,9 +21,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _expected(model: Path, image: Path) -> np.ndarray:
-    stylizer = Stylizer.load(model, "cpu")
-    result = stylizer.stylize(load_image(image))
-    return result.rgb[0].mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    """An independent oracle: Pillow's pixels through the plain (unoptimized) network."""
+    opened = ImageOps.exif_transpose(Image.open(image))
+    if opened.mode.startswith("I;16"):  # Pillow's convert("RGB") would clip 16-bit grey at 255
+        pixels = np.repeat(np.asarray(opened, dtype=np.float32)[..., None] / 65535, 3, axis=2)
+    else:
+        pixels = np.asarray(opened.convert("RGB"), dtype=np.float32) / 255
+    with torch.no_grad():
+        output = load_model(model).network(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+    return (output.clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _same_pixels(written: np.ndarray, expected: np.ndarray) -> bool:
+    """Equal up to one level where float rounding of the fast path flips a pixel."""
+    return written.shape == expected.shape and np.abs(written.astype(int) - expected.astype(int)).max() <= 1
 
 
 def test_stylize_one_image_to_a_file_keeps_its_size(cli, tmp_path: Path, model_file: Path) -> None:
@@ -33,14 +44,14 @@ def test_stylize_one_image_to_a_file_keeps_its_size(cli, tmp_path: Path, model_f
     assert result.out.strip() == f"wrote {tmp_path / 'out.png'}" and result.err == ""
     written = np.asarray(Image.open(tmp_path / "out.png"))
     assert written.shape == (37, 51, 3)
-    assert np.array_equal(written, _expected(model_file, tmp_path / "in.png"))
+    assert _same_pixels(written, _expected(model_file, tmp_path / "in.png"))
 
 
 def test_the_api_stylizes_pil_images_like_files(tmp_path: Path, model_file: Path) -> None:
     Image.fromarray(photo(26, 33, seed=8)).save(tmp_path / "in.png")
     styled = Stylizer.load(model_file, "cpu").stylize_pil(Image.open(tmp_path / "in.png"))
     assert styled.size == (33, 26) and styled.mode == "RGB"
-    assert np.array_equal(np.asarray(styled), _expected(model_file, tmp_path / "in.png"))
+    assert _same_pixels(np.asarray(styled), _expected(model_file, tmp_path / "in.png"))
 
 
 def test_output_format_follows_the_extension_and_max_size_shrinks(cli, tmp_path: Path, model_file: Path) -> None:
@@ -85,7 +96,7 @@ def test_bundled_models_by_name_and_the_models_listing(cli, tmp_path: Path, monk
     assert "wave-instance" in listing and "wave-batch" in listing and "great-wave" in listing and "batch" in listing
     Image.fromarray(photo(20, 20, seed=5)).save(tmp_path / "in.png")
     assert cli("image", tmp_path / "in.png", "--model", "wave", "--out", tmp_path / "o.png").code == 0
-    assert np.array_equal(
+    assert _same_pixels(
         np.asarray(Image.open(tmp_path / "o.png")), _expected(tmp_path / "bundle" / "wave-instance.safetensors", tmp_path / "in.png")
     )
 
@@ -102,7 +113,7 @@ def test_without_a_model_the_default_bundled_style_is_used_and_named(cli, tmp_pa
     write_model(tmp_path / "bundle" / f"{DEFAULT_STYLE}-instance.safetensors", seed=3, style=DEFAULT_STYLE)
     result = cli("image", tmp_path / "in.png", "--out", tmp_path / "default.png")
     assert result.code == 0 and f"using the bundled {DEFAULT_STYLE} " in result.err
-    assert np.array_equal(
+    assert _same_pixels(
         np.asarray(Image.open(tmp_path / "default.png")),
         _expected(tmp_path / "bundle" / f"{DEFAULT_STYLE}-instance.safetensors", tmp_path / "in.png"),
     )
@@ -135,7 +146,7 @@ def test_bad_files_among_good_ones_are_summarized_and_the_rest_written(
         relative = source.relative_to(folder)
         result_file = tmp_path / "out" / relative.parent / f"{relative.stem}-model{relative.suffix}"
         if relative.suffix == ".png":
-            assert np.array_equal(np.asarray(Image.open(result_file)), _expected(model_file, source))
+            assert _same_pixels(np.asarray(Image.open(result_file)), _expected(model_file, source))
         else:
             assert Image.open(result_file).size == Image.open(source).size
 
@@ -315,7 +326,7 @@ def test_unusual_images_stylize_with_orientation_and_alpha_kept(cli, tmp_path: P
     assert (written.height, written.width) == size
     assert written.mode == ("RGBA" if has_alpha else "RGB")
     rgb = np.asarray(written.convert("RGB"))
-    assert np.array_equal(rgb, _expected(model_file, source))
+    assert _same_pixels(rgb, _expected(model_file, source))
     if has_alpha:
         expected_alpha = load_image(source).alpha
         assert np.array_equal(np.asarray(written)[..., 3], expected_alpha[0, 0].mul(255).round().byte().numpy())
