@@ -14,9 +14,9 @@ import argparse
 import copy
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -149,8 +149,20 @@ def main() -> None:
     show(
         f"stylize {width}x{height} x{args.batch} on {device} ({host.get('gpu', host['cpu'])}), "
         f"median of {args.repeats}",
-        ["#", "configuration", "ms/batch", "images/s", "vs reference", "GFLOP", "TFLOP/s", "max diff", "mean diff",
-         "first call s", "peak RSS GiB", "peak GPU GiB"],  # fmt: skip
+        [
+            "#",
+            "configuration",
+            "ms/batch",
+            "images/s",
+            "vs reference",
+            "GFLOP",
+            "TFLOP/s",
+            "max diff",
+            "mean diff",
+            "first call s",
+            "peak RSS GiB",
+            "peak GPU GiB",
+        ],  # fmt: skip
         [
             [
                 str(number),
@@ -174,9 +186,13 @@ def main() -> None:
         {
             "benchmark": "speed",
             "machine": host,
-            "settings": {"size": [width, height], "batch": args.batch, "repeats": args.repeats,
-                         "model": args.model or "random instance-norm weights (seed 0)",
-                         "image": str(args.image) if args.image else "synthetic"},  # fmt: skip
+            "settings": {
+                "size": [width, height],
+                "batch": args.batch,
+                "repeats": args.repeats,
+                "model": args.model or "random instance-norm weights (seed 0)",
+                "image": str(args.image) if args.image else "synthetic",
+            },  # fmt: skip
             "gpu_peak_tflops": peak,
             "results": results,
         },

@@ -13,13 +13,13 @@ add one change each; the last row is ``stylize train`` itself with its defaults.
 from __future__ import annotations
 
 import argparse
-import json
 import contextlib
+import json
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ class ExamplesNetwork(ExamplesTransformerNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x * 255) / 255
+
 
 CONTENT_LAYER = "relu2_2"
 STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
@@ -102,7 +103,9 @@ def _step_function(variant: Variant, network: torch.nn.Module, loss_network: Los
     return torch.compile(step) if variant.compile else step
 
 
-def _timed_loop(variant: Variant, files: list[Path], style: torch.Tensor, weights: Path, size: int, steps: int, warmup: int) -> float:
+def _timed_loop(
+    variant: Variant, files: list[Path], style: torch.Tensor, weights: Path, size: int, steps: int, warmup: int
+) -> float:
     torch.manual_seed(0)
     fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
     network = (ExamplesNetwork() if variant.examples_network else TransformerNet(NetConfig())).train()
@@ -113,7 +116,9 @@ def _timed_loop(variant: Variant, files: list[Path], style: torch.Tensor, weight
     with torch.no_grad():
         targets = style_targets(loss_network(style), STYLE_LAYERS)
     step = _step_function(variant, network, loss_network, targets)
-    loader = crop_loader(files, size, BATCH, seed=0, start_step=0, steps=warmup + steps, workers=variant.workers, pin_memory=False)
+    loader = crop_loader(
+        files, size, BATCH, seed=0, start_step=0, steps=warmup + steps, workers=variant.workers, pin_memory=False
+    )
     batches: Iterator = iter(loader)
     for _ in range(warmup):
         step(next(batches)[0])
@@ -188,17 +193,32 @@ def main() -> None:
     show(
         f"training images/s, batch {BATCH}, VGG16 to relu4_3, on {machine(device)['cpu']}",
         ["px", "#", "configuration", "timed steps", "images/s", "vs reference"],
-        [[str(row["size"]), str(row["number"]), str(row["config"]), str(row["steps"]),
-          f"{row['images_per_s']:.2f}", f"{row['speedup']:.2f}x"] for row in rows],  # fmt: skip
+        [
+            [
+                str(row["size"]),
+                str(row["number"]),
+                str(row["config"]),
+                str(row["steps"]),
+                f"{row['images_per_s']:.2f}",
+                f"{row['speedup']:.2f}x",
+            ]
+            for row in rows
+        ],  # fmt: skip
     )
     write_json(
         args.out,
         {
             "benchmark": "train",
             "machine": machine(device),
-            "settings": {"batch": BATCH, "sizes": args.sizes, "warmup": args.warmup, "content_layer": CONTENT_LAYER,
-                         "style_layers": STYLE_LAYERS, "data": "given folder" if args.data else "synthetic",
-                         "loss_weights": args.loss_weights.name},  # fmt: skip
+            "settings": {
+                "batch": BATCH,
+                "sizes": args.sizes,
+                "warmup": args.warmup,
+                "content_layer": CONTENT_LAYER,
+                "style_layers": STYLE_LAYERS,
+                "data": "given folder" if args.data else "synthetic",
+                "loss_weights": args.loss_weights.name,
+            },  # fmt: skip
             "results": rows,
         },
     )

@@ -8,7 +8,7 @@ The typed API the CLI is built on::
 
 __version__ = "0.1.0"
 
-from .compare import Comparison, CompareSettings, compare
+from .compare import CompareSettings, Comparison, compare
 from .controls import StyleControls
 from .curves import write_curves
 from .errors import StylizeError, TrainingDiverged, TrainingInterrupted

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, List, Optional, Sequence
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -17,7 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .compare import CompareSettings, compare as run_comparison
+from .compare import CompareSettings
+from .compare import compare as run_comparison
 from .controls import MAX_SCALE, StyleControls
 from .curves import write_curves
 from .devices import DEVICE_CHOICES, resolve_device
@@ -28,6 +30,7 @@ from .fileio import check_writable
 from .images import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, output_format
 from .modelfile import DEFAULT_STYLE, ModelInfo, bundled_models, default_model_name, load_model, models_dir
 from .norms import norm_names
+from .schedule import LR_SCHEDULES
 from .sheet import write_sheet
 from .stylizer import (
     AUTO_TILE_PIXELS,
@@ -38,7 +41,6 @@ from .stylizer import (
     make_stylizer,
     plan_outputs,
 )
-from .schedule import LR_SCHEDULES
 from .training import CPU_RECIPE, GPU_RECIPE, StepReport, TrainConfig, plan_norm_runs, train_norms
 from .vgg import DEFAULT_CONTENT_LAYER, loss_network_names
 from .video import ENCODERS, VideoSettings, count_frames, default_video_output, encoder_for, stylize_video
@@ -58,6 +60,7 @@ PIPED_WIDTH = 160
 
 def _print_table(table: Table, console: Console = stdout) -> None:
     (console if console.is_terminal else Console(width=PIPED_WIDTH, stderr=console.stderr)).print(table)
+
 
 # Typer bundles its own copy of click in new releases and uses click in old ones;
 # its BadParameter derives from whichever ClickException is in use.
@@ -124,26 +127,28 @@ def train(
     data: Annotated[Path, typer.Option(help="Folder of training photos, searched recursively.")],
     out: Annotated[
         Path,
-        typer.Option(help="Model file to write (starry-night.safetensors), or a folder: FOLDER/STYLE-NORM.safetensors."),
+        typer.Option(
+            help="Model file to write (starry-night.safetensors), or a folder: FOLDER/STYLE-NORM.safetensors."
+        ),
     ],
     norm: Annotated[
-        List[str],
+        list[str],
         typer.Option(
             help=f"Normalization layers: {', '.join(norm_names())}. Repeat it to train one model per norm "
             "with identical settings and seed into the --out folder."
         ),
     ] = ["instance"],  # noqa: B006 - Typer reads list defaults this way
     groups: Annotated[int, typer.Option(help="Channel groups of the group norm (divides 32).")] = TrainConfig.groups,
-    steps: Annotated[
-        Optional[int], typer.Option(help=f"Total optimizer steps; default {_by_device('steps')}.")
-    ] = None,
+    steps: Annotated[int | None, typer.Option(help=f"Total optimizer steps; default {_by_device('steps')}.")] = None,
     batch_size: Annotated[int, typer.Option(help="Photos per step.")] = TrainConfig.batch_size,
     image_size: Annotated[
-        Optional[int], typer.Option(help=f"Side of the square training crops, px; default {_by_device('image_size')}.")
+        int | None, typer.Option(help=f"Side of the square training crops, px; default {_by_device('image_size')}.")
     ] = None,
     style_size: Annotated[
-        Optional[int],
-        typer.Option(help=f"Long side of the style image, px (sets the stroke size); default {_by_device('style_size')}."),
+        int | None,
+        typer.Option(
+            help=f"Long side of the style image, px (sets the stroke size); default {_by_device('style_size')}."
+        ),
     ] = None,
     content_weight: Annotated[
         float, typer.Option(help="Weight of the content loss (relative to the photo's features).")
@@ -156,25 +161,29 @@ def train(
     lr_schedule: Annotated[
         str, typer.Option(help=f"After the warm-up: {', '.join(LR_SCHEDULES)} (decays to 0 at the last step).")
     ] = TrainConfig.lr_schedule,
-    warmup_steps: Annotated[int, typer.Option(help="Steps of linear learning-rate warm-up.")] = TrainConfig.warmup_steps,
+    warmup_steps: Annotated[
+        int, typer.Option(help="Steps of linear learning-rate warm-up.")
+    ] = TrainConfig.warmup_steps,
     precision: Annotated[
         str,
         typer.Option(help="auto: bf16 autocast where the GPU or CPU has native bf16, else fp32; or fp32, bf16."),
     ] = TrainConfig.precision,
     init: Annotated[
-        Optional[str],
-        typer.Option(help="Start from a trained model (bundled name or file) of the same norm: a new style in minutes."),
+        str | None,
+        typer.Option(
+            help="Start from a trained model (bundled name or file) of the same norm: a new style in minutes."
+        ),
     ] = None,
     loss_network: Annotated[
         str, typer.Option(help=f"VGG for the loss: {', '.join(loss_network_names())}.")
     ] = TrainConfig.loss_network,
     loss_weights: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Torchvision-format VGG state dict; default: download torchvision's ImageNet weights."),
     ] = None,
     content_layer: Annotated[str, typer.Option(help="VGG layer of the content loss.")] = DEFAULT_CONTENT_LAYER,
     style_layers: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="Comma-separated VGG layers of the style loss, each optionally LAYER:WEIGHT "
             "(relu1_2:4,relu2_2; a layer without a weight weighs 1); default: the last ReLU of blocks 1-4, "
@@ -184,15 +193,13 @@ def train(
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = TrainConfig.device,
     seed: Annotated[int, typer.Option(help="Seed for weights, data order and crops.")] = TrainConfig.seed,
     workers: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(help=f"Data loading processes (0: in the main process); default {_by_device('workers')}."),
     ] = None,
     checkpoint_every: Annotated[
         int, typer.Option(help="Checkpoint every N steps into OUT.ckpt/ (0: only on Ctrl-C).")
     ] = TrainConfig.checkpoint_every,
-    resume: Annotated[
-        Optional[Path], typer.Option(help="Continue from a checkpoint file or an OUT.ckpt/ folder.")
-    ] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue from a checkpoint file or an OUT.ckpt/ folder.")] = None,
     sync_bn: Annotated[
         bool,
         typer.Option("--sync-bn", help="Under torchrun: batch-norm statistics over all processes' batches (CUDA)."),
@@ -267,24 +274,30 @@ def _model_or_default(model: str | None) -> str:
 
 # Options that image and video share.
 ModelOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(help=f"A bundled model's name, a model file, or an exported file; default: {DEFAULT_STYLE}."),
 ]
 DeviceOption = Annotated[str, typer.Option(help=DEVICE_HELP)]
 PrecisionOption = Annotated[
     str,
-    typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 (faster on CPUs with bf16, "
-                 "output within a few levels of fp32)."),  # fmt: skip
+    typer.Option(
+        help="auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 (faster on CPUs with bf16, "
+        "output within a few levels of fp32)."
+    ),  # fmt: skip
 ]
 CompileOption = Annotated[
-    Optional[bool],
-    typer.Option("--compile/--no-compile", help=f"torch.compile the network; default: for {COMPILE_MIN_IMAGES}+ images."),
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile", help=f"torch.compile the network; default: for {COMPILE_MIN_IMAGES}+ images."
+    ),
 ]
 TileOption = Annotated[
-    Optional[int],
-    typer.Option(help=f"Run each layer in bands of this many rows: same output, less memory; 0: off; "
-                 f"default: {AUTO_TILE_ROWS}, or whole maps when compiled (up to "
-                 f"{AUTO_TILE_PIXELS // 1_000_000} megapixels)."),  # fmt: skip
+    int | None,
+    typer.Option(
+        help=f"Run each layer in bands of this many rows: same output, less memory; 0: off; "
+        f"default: {AUTO_TILE_ROWS}, or whole maps when compiled (up to "
+        f"{AUTO_TILE_PIXELS // 1_000_000} megapixels)."
+    ),  # fmt: skip
 ]
 PreserveColorOption = Annotated[
     bool, typer.Option("--preserve-color", help="Keep the photo's colours: only lightness is stylized.")
@@ -294,26 +307,28 @@ StrengthOption = Annotated[
 ]
 ScaleOption = Annotated[
     float,
-    typer.Option(help=f"Stroke scale: stylize at this fraction of the size (0.5: strokes twice as large, "
-                 f"detail kept; up to {MAX_SCALE:g})."),  # fmt: skip
+    typer.Option(
+        help=f"Stroke scale: stylize at this fraction of the size (0.5: strokes twice as large, "
+        f"detail kept; up to {MAX_SCALE:g})."
+    ),  # fmt: skip
 ]
 
 
 @app.command()
 def image(
-    inputs: Annotated[List[str], typer.Argument(help="Image files, folders or globs.")],
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
     model: ModelOption = None,
     out: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Output file (one input) or folder; default: NAME-MODEL.EXT in the current folder."),
     ] = None,
-    max_size: Annotated[
-        Optional[int], typer.Option(help="Shrink so the long side is at most this many px.")
-    ] = None,
+    max_size: Annotated[int | None, typer.Option(help="Shrink so the long side is at most this many px.")] = None,
     max_pixels: Annotated[
-        Optional[int],
-        typer.Option(help=f"Refuse larger images (decompression bombs); default ${MAX_PIXELS_VARIABLE} or "
-                     f"{DEFAULT_MAX_PIXELS:,}."),  # fmt: skip
+        int | None,
+        typer.Option(
+            help=f"Refuse larger images (decompression bombs); default ${MAX_PIXELS_VARIABLE} or "
+            f"{DEFAULT_MAX_PIXELS:,}."
+        ),  # fmt: skip
     ] = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
@@ -361,15 +376,17 @@ def video(
     source: Annotated[Path, typer.Argument(help="The video to stylize (mp4, mov, mkv, webm, ...).")],
     model: ModelOption = None,
     out: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help=f"Video to write ({', '.join(ENCODERS)}); default: NAME-MODEL.mp4 in the current folder."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Frames per network call.")] = VideoSettings.batch_size,
     quality: Annotated[
         int, typer.Option(help="Encoder CRF: 0 best .. 51 smallest; 18 looks like the source.")
     ] = VideoSettings.quality,
-    max_size: Annotated[Optional[int], typer.Option(help="Shrink frames so the long side is at most this, px.")] = None,
-    audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Copy the sound (as it is, not re-encoded).")] = True,
+    max_size: Annotated[int | None, typer.Option(help="Shrink frames so the long side is at most this, px.")] = None,
+    audio: Annotated[
+        bool, typer.Option("--audio/--no-audio", help="Copy the sound (as it is, not re-encoded).")
+    ] = True,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
     use_compile: CompileOption = None,
@@ -415,7 +432,7 @@ def export(
     model: Annotated[str, typer.Argument(help="A bundled model's name or a model file.")],
     fmt: Annotated[str, typer.Option("--format", help=f"{' or '.join(EXPORT_FORMATS)}.")] = "onnx",
     out: Annotated[
-        Optional[Path], typer.Option(help="File to write; default: MODEL.onnx or MODEL.pt in the current folder.")
+        Path | None, typer.Option(help="File to write; default: MODEL.onnx or MODEL.pt in the current folder.")
     ] = None,
 ) -> None:
     """Export a model to ONNX or TorchScript (any batch, height and width)."""
@@ -431,9 +448,9 @@ def export(
 
 @app.command()
 def compare(
-    contents: Annotated[List[Path], typer.Argument(help="Content images (photos).")],
+    contents: Annotated[list[Path], typer.Argument(help="Content images (photos).")],
     model: Annotated[
-        List[str],
+        list[str],
         typer.Option(
             help="A model file, a folder of models, a bundled model, or a bundled style name "
             "(all its norms). Repeat for more columns."
@@ -444,10 +461,10 @@ def compare(
     ),
     size: Annotated[int, typer.Option(help="Long side of each content image on the sheet, px.")] = CompareSettings.size,
     loss_network: Annotated[
-        Optional[str], typer.Option(help="VGG for the loss numbers; default: the one each model trained with.")
+        str | None, typer.Option(help="VGG for the loss numbers; default: the one each model trained with.")
     ] = None,
     loss_weights: Annotated[
-        Optional[Path], typer.Option(help="VGG state dict for the loss numbers; default: each model's training one.")
+        Path | None, typer.Option(help="VGG state dict for the loss numbers; default: each model's training one.")
     ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     stylized_only: Annotated[
@@ -485,7 +502,7 @@ def compare(
 
 @app.command()
 def curves(
-    metrics: Annotated[List[Path], typer.Argument(help="Training metrics files (NAME.metrics.jsonl).")],
+    metrics: Annotated[list[Path], typer.Argument(help="Training metrics files (NAME.metrics.jsonl).")],
     out: Annotated[Path, typer.Option(help="The figure to write.")] = Path("curves.png"),
 ) -> None:
     """Draw content, style and total loss per step for training runs on one figure."""

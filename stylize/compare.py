@@ -11,14 +11,15 @@ are mean absolute differences on the 0..255 scale.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from .errors import StylizeError
 from .devices import autocast, memory_format, resolve_device
+from .errors import StylizeError
 from .images import decode_thumbnail, load_image, resize_long_side
 from .losses import content_loss, style_loss, style_targets
 from .modelfile import ModelInfo, load_model, resolve_models
@@ -227,20 +228,23 @@ class _LossMeter:
         same_network = name == trained_with
         content_layer = record.get("content_layer", DEFAULT_CONTENT_LAYER) if same_network else DEFAULT_CONTENT_LAYER
         recorded_layers = record.get("style_layers") or ()
-        recorded = dict(zip(recorded_layers, record.get("style_layer_weights") or [1.0] * len(recorded_layers)))
+        recorded = dict(
+            zip(recorded_layers, record.get("style_layer_weights") or [1.0] * len(recorded_layers), strict=True)
+        )
         layer_weights = recorded if same_network and recorded else DEFAULT_STYLE_LAYERS[name]
         style_layers = tuple(layer_weights)
         network = self._network(name, (content_layer, *style_layers), weights)
         style, style_source = self._style_image(info)
         targets = style_targets(network(style.to(self.device)), style_layers) if style is not None else None
         content_total, style_total = 0.0, 0.0
-        for content, output in zip(contents, outputs):
+        for content, output in zip(contents, outputs, strict=True):
             content_features = network(content.to(self.device))
             output_features = network(output.to(self.device))
             content_total += float(content_loss(output_features[content_layer], content_features[content_layer]))
             if targets is not None:
                 style_total += float(style_loss(output_features, targets, layer_weights))
-        source = f"{name} ({weights.name if weights else 'ImageNet'}), {style_source if targets is not None else 'no style image'}"
+        measured_against = style_source if targets is not None else "no style image"
+        source = f"{name} ({weights.name if weights else 'ImageNet'}), {measured_against}"
         count = len(contents)
         return content_total / count, (style_total / count if targets is not None else None), source
 
@@ -263,7 +267,9 @@ def _report(
         train_eval_gap=mean(
             [mean_abs_difference(batch, run.plain) for run in outputs for batch in run.in_batch.values()]
         ),
-        lattice=mean([lattice_strength(run.plain) - photo for photo, run in zip(content_lattices, outputs)]),
+        lattice=mean(
+            [lattice_strength(run.plain) - photo for photo, run in zip(content_lattices, outputs, strict=True)]
+        ),
         content_loss=losses[0],
         style_loss=losses[1],
         loss_source=losses[2],

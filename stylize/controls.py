@@ -10,8 +10,8 @@ in sRGB, so a half-way blend looks half-way in lightness and colour.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, ImageDraw
 
@@ -62,7 +62,7 @@ def read_metrics(path: Path) -> Run:
         except (ValueError, KeyError, TypeError):
             raise StylizeError(f"line {number} of {path} is not a training metrics record") from None
         steps.append(step)
-        for term, value in zip(TERMS, values):
+        for term, value in zip(TERMS, values, strict=True):
             losses[term].append(value)
     if not steps:
         raise StylizeError(f"{path} holds no training steps")
@@ -152,7 +152,7 @@ def _draw_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], runs: Sequen
         values = run.losses[term]
         window = max(1, len(values) // SMOOTHING_POINTS)
         for series, fill, width in ((values, faint, 1), (moving_median(values, window), colour, 2)):
-            points = [axes.point(step, value) for step, value in zip(run.steps, series)]
+            points = [axes.point(step, value) for step, value in zip(run.steps, series, strict=True)]
             if len(points) == 1:
                 x, y = points[0]
                 draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=fill)

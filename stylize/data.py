@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import signal
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

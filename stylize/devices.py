@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -50,7 +50,9 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     cpu = torch.cpu
-    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(
+        getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
 
 
 def training_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -62,7 +64,7 @@ def training_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None = None) -> ContextManager[object]:
+def autocast(device: torch.device, dtype: torch.dtype | None = None) -> AbstractContextManager[object]:
     """Autocast to ``dtype`` (default: ``compute_dtype("auto", device)``); a no-op for fp32."""
     dtype = dtype or compute_dtype("auto", device)
     if dtype == torch.float32:

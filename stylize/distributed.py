@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -47,7 +47,9 @@ class World:
                 size=int(os.environ.get("WORLD_SIZE", 1)),
             )
         except ValueError:
-            raise StylizeError("RANK, LOCAL_RANK and WORLD_SIZE must be whole numbers (as torchrun sets them)") from None
+            raise StylizeError(
+                "RANK, LOCAL_RANK and WORLD_SIZE must be whole numbers (as torchrun sets them)"
+            ) from None
 
 
 def rank_label() -> str:

@@ -14,9 +14,10 @@ import json
 import logging
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -57,7 +58,7 @@ def _quiet() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        for logger, level in zip(exporter_loggers, levels):
+        for logger, level in zip(exporter_loggers, levels, strict=True):
             logger.setLevel(level)
 
 
@@ -147,9 +148,7 @@ class ExportedNetwork:
     images itself); this pads and crops around them the same way.
     """
 
-    def __init__(
-        self, path: Path, device: torch.device, on_notice: Callable[[str], None] | None = None
-    ):
+    def __init__(self, path: Path, device: torch.device, on_notice: Callable[[str], None] | None = None):
         self.path = Path(path)
         fmt = exported_format(self.path)
         if fmt is None:

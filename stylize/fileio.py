@@ -6,8 +6,9 @@ import contextlib
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -65,8 +66,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise _cannot_write(path, error) from None
     os.close(handle)
     try:
-        os.chmod(temporary, _FILE_MODE)
         yield Path(temporary)
+        os.chmod(temporary, _FILE_MODE)  # after writing: some writers replace the file (safetensors does)
         os.replace(temporary, path)
     except BaseException as error:
         with contextlib.suppress(OSError):

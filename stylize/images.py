@@ -13,9 +13,9 @@ import io
 import os
 import threading
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -203,9 +203,7 @@ def decode_thumbnail(text: str) -> torch.Tensor | None:
 
 def find_images(root: Path) -> list[Path]:
     """Every image file below ``root`` by extension, sorted for a stable order."""
-    return sorted(
-        path for path in Path(root).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-    )
+    return sorted(path for path in Path(root).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[tuple[Path, Path]]:

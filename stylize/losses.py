@@ -13,8 +13,8 @@ differ by orders of magnitude):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 
@@ -94,9 +94,7 @@ class LossTerms:
         return torch.stack([self.content, self.style, self.tv, self.total]).detach()
 
 
-def style_targets(
-    style_features: Mapping[str, torch.Tensor], layers: Sequence[str]
-) -> dict[str, torch.Tensor]:
+def style_targets(style_features: Mapping[str, torch.Tensor], layers: Sequence[str]) -> dict[str, torch.Tensor]:
     """Gram matrices of the style image, computed once before training."""
     return {layer: gram_matrix(style_features[layer]).detach() for layer in layers}
 
@@ -110,8 +108,7 @@ def perceptual_loss(
     weights: LossWeights,
 ) -> LossTerms:
     return LossTerms(
-        content=weights.content
-        * content_loss(output_features[content_layer], input_features[content_layer]),
+        content=weights.content * content_loss(output_features[content_layer], input_features[content_layer]),
         style=weights.style * style_loss(output_features, target_grams, dict(weights.style_layers)),
         tv=weights.tv * total_variation(output.float()),
     )

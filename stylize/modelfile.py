@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -215,7 +216,9 @@ def _read_torch_file(path: Path) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
         )
         return info, state["model"]
     if isinstance(state, dict) and _is_examples_state(state):
-        info = ModelInfo(name=model_name(path), path=path, config=NetConfig(norm="instance", input_scale=255.0, bounded_output=False))
+        info = ModelInfo(
+            name=model_name(path), path=path, config=NetConfig(norm="instance", input_scale=255.0, bounded_output=False)
+        )
         return info, _from_examples(state)
     raise StylizeError(f"{path} is not a stylize model, training checkpoint or fast_neural_style model")
 

@@ -148,9 +148,7 @@ class TransformerNet(nn.Module):
         self.norm2 = _norm(config, 64, "norm2")
         self.conv3 = ReflectConv(64, 128, 3, stride=2)
         self.norm3 = _norm(config, 128, "norm3")
-        self.res = nn.Sequential(
-            *(ResidualBlock(128, config, f"res.{i}") for i in range(RESIDUAL_BLOCKS))
-        )
+        self.res = nn.Sequential(*(ResidualBlock(128, config, f"res.{i}") for i in range(RESIDUAL_BLOCKS)))
         self.up1 = UpsampleConv(128, 64)
         self.norm4 = _norm(config, 64, "norm4")
         self.up2 = UpsampleConv(64, 32)

@@ -8,7 +8,7 @@ deep) are just another registry entry. ``groups`` is only read by ``group``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -52,7 +52,7 @@ def sheet_rows(comparison: Comparison) -> list[SheetRow]:
     """The grid's rows, top to bottom: per content image the plain result, then
     (unless ``stylized_only``) each contrast factor and each neighbour batch."""
     rows = []
-    for index, (name, image) in enumerate(zip(comparison.content_names, comparison.contents)):
+    for index, (name, image) in enumerate(zip(comparison.content_names, comparison.contents, strict=True)):
         runs = [outputs[index] for outputs in comparison.outputs]
         rows.append(SheetRow(f"{name}: stylized (eval mode)", image, [run.plain for run in runs]))
         if comparison.settings.stylized_only:

@@ -15,10 +15,11 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, TextIO
 
 import torch
 
@@ -159,7 +160,7 @@ class TrainConfig:
 
     @property
     def loss_weights_terms(self) -> LossWeights:
-        layers = tuple(zip(self.layers_for_style, self.weights_for_style_layers))
+        layers = tuple(zip(self.layers_for_style, self.weights_for_style_layers, strict=True))
         return LossWeights(content=self.content_weight, style=self.style_weight, tv=self.tv_weight, style_layers=layers)
 
     def record(self) -> dict[str, Any]:
@@ -312,9 +313,7 @@ class _StopRequest:
 class _Run:
     """State that changes as training goes: the step, time spent, files skipped."""
 
-    def __init__(
-        self, config: TrainConfig, network: TransformerNet, optimizer: torch.optim.Optimizer, world: World
-    ):
+    def __init__(self, config: TrainConfig, network: TransformerNet, optimizer: torch.optim.Optimizer, world: World):
         self.config = config
         self.network = network
         self.optimizer = optimizer
@@ -434,9 +433,9 @@ def _train(
     style_layers = config.layers_for_style
     if on_notice is not None and config.loss_weights is None and not imagenet_weights_cached(config.loss_network):
         on_notice(f"downloading torchvision's ImageNet {config.loss_network} weights (about 530 MB, once)")
-    loss_network = LossNetwork(
-        config.loss_network, [config.content_layer, *style_layers], config.loss_weights
-    ).to(device, memory_format=fmt)
+    loss_network = LossNetwork(config.loss_network, [config.content_layer, *style_layers], config.loss_weights).to(
+        device, memory_format=fmt
+    )
     if dtype != torch.float32:  # frozen, so cast once instead of at every call
         loss_network.features.to(dtype)
     with torch.no_grad(), autocast(device, dtype):
@@ -469,7 +468,7 @@ def _train(
         *values, stop_flags = rows.tolist()
         now = time.perf_counter()
         speed = (pending[-1][0] - last_report[0]) * run.global_batch / max(now - last_report[1], 1e-9)
-        for (step, _), (content, style_value, tv, total) in zip(pending, values):
+        for (step, _), (content, style_value, tv, total) in zip(pending, values, strict=True):
             if not all(map(math.isfinite, (content, style_value, tv))):
                 raise TrainingDiverged(
                     f"the loss became {total} at step {step}; stopped without saving it. "
@@ -479,8 +478,11 @@ def _train(
             if metrics is not None:
                 metrics.write({**record, "images_per_s": round(speed, 2), "seconds": round(run.seconds, 3)})
             if on_progress is not None:
-                on_progress(StepReport(**record, steps=config.steps, images_per_second=speed,
-                                       unreadable_files=len(run.unreadable)))
+                on_progress(
+                    StepReport(
+                        **record, steps=config.steps, images_per_second=speed, unreadable_files=len(run.unreadable)
+                    )
+                )
         pending.clear()
         last_report = (run.step, now)
         return stop_flags[0] > 0
@@ -491,7 +493,9 @@ def _train(
                 run.unreadable.update(unreadable)
                 images = images.to(device, non_blocking=True, memory_format=fmt)
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(run.step, config.steps, config.lr, config.lr_schedule, config.warmup_steps)
+                    group["lr"] = learning_rate(
+                        run.step, config.steps, config.lr, config.lr_schedule, config.warmup_steps
+                    )
                 with autocast(device, dtype):
                     output = trained(images)
                     with torch.no_grad():

@@ -6,8 +6,8 @@ ImageNet normalization inside so callers pass plain [0, 1] images.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Collection, Sequence
 
 import torch
 from torch import nn
@@ -62,9 +62,7 @@ def relu_indices(features: nn.Sequential) -> dict[str, int]:
 
 def check_loss_network(name: str) -> str:
     if name not in _ARCHITECTURES:
-        raise StylizeError(
-            f"unknown loss network {name!r}; choose one of: {', '.join(loss_network_names())}"
-        )
+        raise StylizeError(f"unknown loss network {name!r}; choose one of: {', '.join(loss_network_names())}")
     return name
 
 
@@ -107,9 +105,7 @@ class LossNetwork(nn.Module):
         indices = relu_indices(features)
         unknown = [layer for layer in layers if layer not in indices]
         if unknown:
-            raise StylizeError(
-                f"{name} has no layer {unknown[0]!r}; its layers are: {', '.join(indices)}"
-            )
+            raise StylizeError(f"{name} has no layer {unknown[0]!r}; its layers are: {', '.join(indices)}")
         self.layers = {indices[layer]: layer for layer in layers}
         depth = max(self.layers) + 1
         self.features = features[:depth]

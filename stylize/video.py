@@ -9,16 +9,17 @@ imageio-ffmpeg's pipe of raw frames to an ffmpeg program cannot do in one pass.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import StylizeError
 from .controls import check_working_size
+from .errors import StylizeError
 from .fileio import atomic_path
 from .images import resize, scaled_size, to_uint8
 from .stylizer import ImageStylizer
@@ -67,7 +68,9 @@ def _av() -> Any:
 def encoder_for(path: Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in ENCODERS:
-        raise StylizeError(f"cannot write video with extension {suffix or '(none)'!r}; use one of: {', '.join(ENCODERS)}")
+        raise StylizeError(
+            f"cannot write video with extension {suffix or '(none)'!r}; use one of: {', '.join(ENCODERS)}"
+        )
     return ENCODERS[suffix]
 
 
@@ -133,7 +136,7 @@ def _tensor_to_frames(images: torch.Tensor, sources: list[Any]) -> Iterator[Any]
     """Video frames of ``images``, each with its source frame's timestamp."""
     av = _av()
     pixels = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
-    for picture, source in zip(pixels, sources):
+    for picture, source in zip(pixels, sources, strict=True):
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
         frame.pts, frame.time_base = source.pts, source.time_base
         yield frame

@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 import stylize.training as training
-
 from stylize.modelfile import save_model
 from stylize.network import NetConfig, TransformerNet
 

@@ -30,6 +30,7 @@ def test_speed_benchmark_writes_medians_ratios_and_differences(tmp_path: Path, m
     assert 0.2 < fp32["peak_rss_gib"] < 64  # GiB of a process that has torch loaded, not bytes or MiB
 
 
+@pytest.mark.slow
 def test_memory_benchmark_measures_each_path_in_its_own_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

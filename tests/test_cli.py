@@ -97,7 +97,8 @@ def test_bundled_models_by_name_and_the_models_listing(cli, tmp_path: Path, monk
     Image.fromarray(photo(20, 20, seed=5)).save(tmp_path / "in.png")
     assert cli("image", tmp_path / "in.png", "--model", "wave", "--out", tmp_path / "o.png").code == 0
     assert _same_pixels(
-        np.asarray(Image.open(tmp_path / "o.png")), _expected(tmp_path / "bundle" / "wave-instance.safetensors", tmp_path / "in.png")
+        np.asarray(Image.open(tmp_path / "o.png")),
+        _expected(tmp_path / "bundle" / "wave-instance.safetensors", tmp_path / "in.png"),
     )
 
 
@@ -105,7 +106,9 @@ def test_without_a_model_the_default_bundled_style_is_used_and_named(cli, tmp_pa
     monkeypatch.setenv("STYLIZE_MODELS", str(tmp_path / "bundle"))
     Image.fromarray(photo(20, 20, seed=6)).save(tmp_path / "in.png")
     result = cli("image", tmp_path / "in.png", "--out", tmp_path / "none.png")
-    assert result.code == 2 and result.error_lines == [f"error: no bundled models in {tmp_path / 'bundle'}: pass --model with a model file"]
+    assert result.code == 2 and result.error_lines == [
+        f"error: no bundled models in {tmp_path / 'bundle'}: pass --model with a model file"
+    ]
     write_model(tmp_path / "bundle" / "aaa-instance.safetensors", seed=1, style="aaa")
     result = cli("image", tmp_path / "in.png", "--out", tmp_path / "first.png")
     assert result.code == 0 and "using the bundled aaa-instance" in result.err
@@ -171,7 +174,11 @@ BAD_INPUTS = [
     ("non-image", "image {tmp}/text.jpg --model {model} --out {tmp}/r.png", "not an image"),
     ("corrupt image", "image {tmp}/cut.png --model {model} --out {tmp}/r.png", "cannot read"),
     ("unknown model", "image {good} --model no-such-style --out {tmp}/r.png", "no model file or bundled model"),
-    ("not a model", "image {good} --model {tmp}/notmodel.safetensors --out {tmp}/r.png", "notmodel.safetensors is not a model file"),
+    (
+        "not a model",
+        "image {good} --model {tmp}/notmodel.safetensors --out {tmp}/r.png",
+        "notmodel.safetensors is not a model file",
+    ),
     ("wrong architecture", "image {good} --model {tmp}/foreign.safetensors --out {tmp}/r.png", "not a stylize model"),
     ("bad max size", "image {good} --model {model} --out {tmp}/r.png --max-size -3", "--max-size must be at least 1"),
     ("bad device", "image {good} --model {model} --out {tmp}/r.png --device tpu", "unknown device 'tpu'"),
@@ -222,7 +229,9 @@ def test_bad_input_is_one_line_exit_2_and_no_output(
 
     torch.save({"in1.weight": Payload()}, tmp_path / "evil.pth")
     honest = model_file.read_bytes()
-    (tmp_path / "lying.safetensors").write_bytes(honest.replace(b'\\"norm\\": \\"instance\\"', b'\\"norm\\":    \\"batch\\"'))
+    (tmp_path / "lying.safetensors").write_bytes(
+        honest.replace(b'\\"norm\\": \\"instance\\"', b'\\"norm\\":    \\"batch\\"')
+    )
     assert (tmp_path / "lying.safetensors").read_bytes() != honest
     before = set(tmp_path.rglob("*"))
 
@@ -235,7 +244,9 @@ def test_bad_input_is_one_line_exit_2_and_no_output(
     assert not (tmp_path / "pwned").exists()  # the pickle payload never ran
 
 
-def test_loss_network_download_failure_is_one_line(cli, tmp_path: Path, style_image: Path, photos: Path, monkeypatch) -> None:
+def test_loss_network_download_failure_is_one_line(
+    cli, tmp_path: Path, style_image: Path, photos: Path, monkeypatch
+) -> None:
     from urllib.error import URLError
 
     import torchvision
@@ -258,7 +269,9 @@ def test_loss_network_download_failure_is_one_line(cli, tmp_path: Path, style_im
     assert progress_bars == [False]  # only the CLI prints: no download bar from the library
 
 
-def test_trained_model_stylizes_through_the_cli(cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
+def test_trained_model_stylizes_through_the_cli(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
     model = tmp_path / "swirls.safetensors"
     assert cli(*train_args(style_image, photos, model, vgg_weights)).code == 0
     result = cli("image", photos / "photo1.png", "--model", model, "--out", tmp_path / "styled.png")
@@ -266,9 +279,14 @@ def test_trained_model_stylizes_through_the_cli(cli, tmp_path: Path, style_image
     assert Image.open(tmp_path / "styled.png").size == Image.open(photos / "photo1.png").size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "entry",
-    [[sys.executable, "-m", "stylize"], [sys.executable, str(ROOT / "cli.py")], [str(Path(sys.executable).parent / "stylize")]],
+    [
+        [sys.executable, "-m", "stylize"],
+        [sys.executable, str(ROOT / "cli.py")],
+        [str(Path(sys.executable).parent / "stylize")],
+    ],
     ids=["python -m stylize", "python cli.py", "console script"],
 )
 def test_every_entry_point_runs_the_same_app(entry: list[str], tmp_path: Path) -> None:
@@ -277,7 +295,9 @@ def test_every_entry_point_runs_the_same_app(entry: list[str], tmp_path: Path) -
     listing = subprocess.run([*entry, "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert listing.returncode == 0
     assert all(name in listing.stdout for name in ("train", "image", "compare", "curves", "models"))
-    bad = subprocess.run([*entry, "image", "nope.png", "--model", "nope"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    bad = subprocess.run(
+        [*entry, "image", "nope.png", "--model", "nope"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")
 
 
@@ -285,7 +305,7 @@ def _odd_but_valid(tmp_path: Path, kind: str) -> tuple[Path, tuple[int, int], bo
     """An unusual image that must work: (path, (height, width) as displayed, has alpha)."""
     pixels = photo(24, 36, seed=11)
     if kind == "16-bit png":
-        Image.fromarray((pixels[..., 0].astype(np.uint16) * 257)).save(path := tmp_path / "deep.png")
+        Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(path := tmp_path / "deep.png")
     elif kind == "cmyk jpeg":
         Image.fromarray(pixels).convert("CMYK").save(path := tmp_path / "print.jpg")
     elif kind == "palette png with transparency":
@@ -317,7 +337,9 @@ ODD_KINDS = ["16-bit png", "cmyk jpeg", "palette png with transparency", "graysc
 
 
 @pytest.mark.parametrize("kind", ODD_KINDS)
-def test_unusual_images_stylize_with_orientation_and_alpha_kept(cli, tmp_path: Path, model_file: Path, kind: str) -> None:
+def test_unusual_images_stylize_with_orientation_and_alpha_kept(
+    cli, tmp_path: Path, model_file: Path, kind: str
+) -> None:
     source, size, has_alpha = _odd_but_valid(tmp_path, kind)
     out = tmp_path / "result.png"
     result = cli("image", source, "--model", model_file, "--out", out, "--device", "cpu")

@@ -146,7 +146,9 @@ def test_sheet_has_the_grid_size_cells_and_labels(pair: Path, contents: list[Pat
     assert (footer < 128).any(axis=2).sum() > 100
 
 
-def test_stylized_only_sheet_is_a_gallery_of_plain_results(cli, tmp_path: Path, pair: Path, contents: list[Path]) -> None:
+def test_stylized_only_sheet_is_a_gallery_of_plain_results(
+    cli, tmp_path: Path, pair: Path, contents: list[Path]
+) -> None:
     full, gallery = tmp_path / "full.png", tmp_path / "gallery.png"
     for out, extra in ((full, ()), (gallery, ("--stylized-only",))):
         result = cli("compare", *contents, "--model", pair, "--out", out, "--size", "32", "--device", "cpu", *extra)
@@ -158,8 +160,10 @@ def test_stylized_only_sheet_is_a_gallery_of_plain_results(cli, tmp_path: Path, 
     layout = SheetLayout.of(comparison, grid)
     sheet = np.asarray(Image.open(gallery))
     assert sheet.shape[:2] == (layout.size[1], layout.size[0]) and layout.size[1] < Image.open(full).size[1]
-    for index, row in enumerate(grid):
-        for column, cell in enumerate([comparison.contents[index], *(runs[index].plain for runs in comparison.outputs)]):
+    for index in range(len(grid)):
+        for column, cell in enumerate(
+            [comparison.contents[index], *(runs[index].plain for runs in comparison.outputs)]
+        ):
             expected = to_uint8(cell)[0].permute(1, 2, 0).numpy()
             top, left = layout.row_top(index), layout.column_left(column)
             assert np.array_equal(sheet[top : top + expected.shape[0], left : left + expected.shape[1]], expected)
@@ -221,8 +225,10 @@ def test_losses_are_measured_as_the_model_was_trained(
     thumbnail = encode_thumbnail(load_image(style_image).rgb)
     moved = write_model(tmp_path / "moved.safetensors", training={**record, "style_image": "/gone.png"},
                         style_thumbnail=thumbnail)  # fmt: skip
-    assert compare(contents, [moved], CompareSettings(size=32, device="cpu")).reports[0].loss_source.endswith(
-        "style thumbnail"
+    assert (
+        compare(contents, [moved], CompareSettings(size=32, device="cpu"))
+        .reports[0]
+        .loss_source.endswith("style thumbnail")
     )
     lost = write_model(tmp_path / "lost.safetensors", training={**record, "loss_weights": "/gone.pth"})
     missing = compare(contents, [lost], CompareSettings(size=32, device="cpu")).reports[0]
@@ -248,7 +254,13 @@ def test_mean_abs_difference_is_on_the_0_255_scale() -> None:
     ],
 )
 def test_bad_compare_input_is_one_line_and_writes_nothing(
-    cli, tmp_path: Path, pair: Path, contents: list[Path], args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+    cli,
+    tmp_path: Path,
+    pair: Path,
+    contents: list[Path],
+    args: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     empty = tmp_path / "empty"
@@ -258,7 +270,6 @@ def test_bad_compare_input_is_one_line_and_writes_nothing(
     result = cli("compare", *filled, "--device", "cpu")
     assert result.code == 2 and len(result.error_lines) == 1 and message in result.err, result.err
     assert set(tmp_path.rglob("*")) == before
-
 
 
 def test_lattice_strength_finds_a_period_4_grid_and_not_a_smooth_photo() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stylize import StyleControls, Stylizer, StylizeError, load_image
+from stylize import StyleControls, StylizeError, Stylizer, load_image
 from stylize.controls import apply_controls, check_working_size, oklab_to_srgb, srgb_to_oklab
 from stylize.images import resize
 
@@ -134,7 +134,9 @@ def test_bad_strength_on_the_cli_is_one_line_and_writes_nothing(cli, tmp_path: P
 
 def test_a_scale_that_would_exceed_the_pixel_limit_is_refused(monkeypatch) -> None:
     monkeypatch.setenv("STYLIZE_MAX_PIXELS", "10000")
-    with pytest.raises(StylizeError, match=r"^scale 4 would stylize 240x160 = 38,400 pixels, over the limit of 10,000;"):
+    with pytest.raises(
+        StylizeError, match=r"^scale 4 would stylize 240x160 = 38,400 pixels, over the limit of 10,000;"
+    ):
         check_working_size(40, 60, StyleControls(scale=4))
     check_working_size(40, 60, StyleControls(scale=2))
     check_working_size(40, 60, StyleControls(scale=4), max_pixels=38_400)

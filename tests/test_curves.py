@@ -32,7 +32,7 @@ def test_curves_draw_every_run_in_its_colour(cli, tmp_path: Path) -> None:
     figure = np.asarray(Image.open(tmp_path / "curves.png").convert("RGB")).astype(int)
     assert figure.shape[1] == 2 * MARGIN + 3 * PANEL_WIDTH
     for colour in COLOURS[:2]:
-        matches = (np.abs(figure - np.array(colour)).sum(axis=2) < 10)
+        matches = np.abs(figure - np.array(colour)).sum(axis=2) < 10
         columns = np.nonzero(matches.any(axis=0))[0]
         # each run's line crosses all three panels
         assert all(((columns >= MARGIN + i * PANEL_WIDTH) & (columns < MARGIN + (i + 1) * PANEL_WIDTH)).any()

@@ -22,13 +22,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 
 from stylize import StylizeError, TrainConfig, load_model
 from stylize.distributed import World, check_sync_batch_norm, parallel, rank_label, synchronize_batch_norm
 from stylize.network import NetConfig, TransformerNet
 
 from .helpers import photo_tensor, train_args
+
+pytestmark = pytest.mark.slow  # launches processes
 
 STEPS, LR = 2, 1e-3
 # fp32 at a constant rate: in bf16, sums over another split of the batch round differently.
@@ -66,7 +67,9 @@ def assert_same_training(a: Path, b: Path) -> None:
     with torch.no_grad():
         outputs = [load_model(path).network(photo) for path in (a, b)]
     assert (outputs[0] - outputs[1]).abs().max() < 1e-3
-    for one, other in zip(losses(a.with_name(a.stem + ".metrics.jsonl")), losses(b.with_name(b.stem + ".metrics.jsonl"))):
+    for one, other in zip(
+        losses(a.with_name(a.stem + ".metrics.jsonl")), losses(b.with_name(b.stem + ".metrics.jsonl")), strict=True
+    ):
         assert one[0] == other[0] and one[1:] == pytest.approx(other[1:], rel=1e-5)
 
 

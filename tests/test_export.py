@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -19,7 +19,6 @@ from stylize.cli import main
 from stylize.stylizer import ExportedStylizer
 
 from .helpers import photo, photo_tensor, random_network, write_model
-
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +93,9 @@ def test_stylize_image_accepts_the_exported_file(cli, exported: tuple[Path, Path
     Image.fromarray(photo(33, 45, seed=2)).save(tmp_path / "in.png")
     result = cli("image", tmp_path / "in.png", "--model", out, "--out", tmp_path / "x.png", "--strength", "0.8")
     assert result.code == 0 and result.err == "", result.err
-    assert cli("image", tmp_path / "in.png", "--model", model, "--out", tmp_path / "m.png", "--strength", "0.8").code == 0
+    assert (
+        cli("image", tmp_path / "in.png", "--model", model, "--out", tmp_path / "m.png", "--strength", "0.8").code == 0
+    )
     from_export, from_model = (np.asarray(Image.open(tmp_path / name), dtype=int) for name in ("x.png", "m.png"))
     assert from_export.shape == (33, 45, 3) and np.abs(from_export - from_model).max() <= 1
     default_name = cli("image", tmp_path / "in.png", "--model", out, "--out", tmp_path / "folder")
@@ -106,7 +107,9 @@ def test_inference_options_on_an_exported_file_earn_a_note(cli, exported: tuple[
     Image.fromarray(photo(20, 20, seed=3)).save(tmp_path / "in.png")
     result = cli("image", tmp_path / "in.png", "--model", out, "--out", tmp_path / "o.png", "--precision", "bf16")
     assert result.code == 0
-    assert result.error_lines == ["note: --precision, --compile and --tile apply to model files; exported files run as exported"]
+    assert result.error_lines == [
+        "note: --precision, --compile and --tile apply to model files; exported files run as exported"
+    ]
 
 
 def test_export_defaults_to_the_model_name_in_the_current_folder(cli, tmp_path: Path, monkeypatch) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from stylize import stylizer as stylizer_module
@@ -201,7 +201,9 @@ def test_a_failed_compile_falls_back_to_eager_with_a_notice(model_file: Path, mo
     image = photo_tensor(20, 20, seed=7)
     assert _max_difference(stylizer(image), _stylizer(model_file)(image)) < SAME
     stylizer(image)
-    assert notices == ["torch.compile failed (InvalidCxxCompiler: No working C++ compiler found); continuing without it"]
+    assert notices == [
+        "torch.compile failed (InvalidCxxCompiler: No working C++ compiler found); continuing without it"
+    ]
 
 
 def test_auto_tiles_eager_runs_and_large_compiled_ones(model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,8 @@ from stylize import TrainConfig, load_model, train
 
 from .helpers import SMALL_LOSS_ARGS, assert_same_weights, count_steps, train_args
 
+pytestmark = pytest.mark.slow  # launches processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs training in a child process; SLOW_STEP slows every step so that a kill lands

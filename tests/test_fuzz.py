@@ -55,8 +55,11 @@ def test_random_bytes_are_an_image_or_a_stylize_error(header: bytes, body: bytes
 
 
 @FUZZ
-@given(fmt=st.sampled_from(sorted(VALID_IMAGES)), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)),
-                                                                  min_size=1, max_size=6), cut=st.floats(0.05, 1.0))  # fmt: skip
+@given(
+    fmt=st.sampled_from(sorted(VALID_IMAGES)),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=6),
+    cut=st.floats(0.05, 1.0),
+)
 def test_damaged_images_are_an_image_or_a_stylize_error(fmt: str, flips: list[tuple[int, int]], cut: float) -> None:
     data = bytearray(VALID_IMAGES[fmt])
     for position, mask in flips:
@@ -74,8 +77,10 @@ def test_damaged_images_are_an_image_or_a_stylize_error(fmt: str, flips: list[tu
 )
 def test_small_valid_images_of_any_mode_load(mode: str, fmt: str, height: int, width: int, seed: int) -> None:
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    image = Image.fromarray(pixels).convert(mode) if mode not in ("I;16", "I", "F") else Image.fromarray(
-        pixels[..., 0].astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]) * 200
+    image = (
+        Image.fromarray(pixels).convert(mode)
+        if mode not in ("I;16", "I", "F")
+        else Image.fromarray(pixels[..., 0].astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]) * 200)
     )
     buffer = io.BytesIO()
     try:

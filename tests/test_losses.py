@@ -88,7 +88,7 @@ def test_perceptual_loss_applies_weights_and_leaves_inputs_alone() -> None:
     assert terms.tv.item() == pytest.approx(0.5 * total_variation(output).item())
     assert terms.total.item() == pytest.approx((terms.content + terms.style + terms.tv).item())
     assert terms.stacked().shape == (4,)
-    for before, after in zip(copies, (output, out_features["c"], out_features["s"], in_features["c"])):
+    for before, after in zip(copies, (output, out_features["c"], out_features["s"], in_features["c"]), strict=True):
         assert torch.equal(before, after)
 
 

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import stat
 import warnings
 from pathlib import Path
 
@@ -119,7 +121,9 @@ def test_metadata_norm_must_agree_with_the_weights(tmp_path: Path) -> None:
     assert lying != data and len(lying) == len(data)
     (tmp_path / "lying.safetensors").write_bytes(lying)
     assert read_info(tmp_path / "lying.safetensors").config.norm == "batch"
-    with pytest.raises(StylizeError, match="does not hold a batch-norm network: missing norm1[.](num_batches_tracked|running_mean)"):
+    with pytest.raises(
+        StylizeError, match="does not hold a batch-norm network: missing norm1[.](num_batches_tracked|running_mean)"
+    ):
         load_model(tmp_path / "lying.safetensors")
 
 
@@ -132,3 +136,11 @@ def test_bundled_models_are_found_by_name(tmp_path: Path, monkeypatch: pytest.Mo
     assert resolve_model("wave-batch") == tmp_path / "wave-batch.safetensors"
     with pytest.raises(StylizeError, match="no model file or bundled model named 'sky'.*wave-batch, wave-instance"):
         resolve_model("sky")
+
+
+def test_model_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    """mkstemp makes 0600 files and safetensors writes its own; the final file follows the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path = write_model(tmp_path / "m.safetensors")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

@@ -135,8 +135,10 @@ def test_ibn_shallow_layers_ignore_batch_neighbours_deep_ones_do_not() -> None:
     network = TransformerNet(NetConfig(norm="ibn")).train()
     images = _images()
     with torch.no_grad():
-        encoded = [network.norm3(network.conv3(network.norm2(network.conv2(network.norm1(network.conv1(x))))))
-                   for x in (images[:2], images[[0, 3]])]
+        encoded = [
+            network.norm3(network.conv3(network.norm2(network.conv2(network.norm1(network.conv1(x))))))
+            for x in (images[:2], images[[0, 3]])
+        ]
         torch.testing.assert_close(encoded[0][:1], encoded[1][:1], rtol=0, atol=1e-5)
         outputs = network(images[:2])[:1], network(images[[0, 3]])[:1]
     assert (outputs[0] - outputs[1]).abs().mean() > 1e-3

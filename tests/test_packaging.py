@@ -42,7 +42,10 @@ def test_installed_package_lists_and_runs_its_bundled_models(tmp_path: Path) -> 
     photo = ROOT / "assets" / "cat.jpg"
     styled = subprocess.run(
         [sys.executable, "-m", "stylize", "image", str(photo), "--model", "shipped", "--out", str(elsewhere)],
-        cwd=elsewhere, env=env, capture_output=True, text=True,
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert styled.returncode == 0, styled.stderr
     assert (elsewhere / "cat-shipped-instance.jpg").is_file()

@@ -17,7 +17,7 @@ def test_warmup_rises_linearly_to_the_peak() -> None:
 def test_decays_reach_zero_at_the_last_step_and_never_rise(schedule: str) -> None:
     rates = [learning_rate(step, 200, 2e-3, schedule, warmup=20) for step in range(20, 201)]
     assert rates[0] == pytest.approx(2e-3) and rates[-1] == pytest.approx(0.0, abs=1e-12)
-    assert all(later <= earlier for earlier, later in zip(rates, rates[1:]))
+    assert all(later <= earlier for earlier, later in zip(rates, rates[1:], strict=False))
 
 
 def test_cosine_and_linear_halfway_values() -> None:
@@ -31,5 +31,7 @@ def test_constant_stays_at_the_peak_after_warmup() -> None:
 
 
 def test_unknown_schedule_lists_the_valid_ones() -> None:
-    with pytest.raises(StylizeError, match="unknown learning-rate schedule 'step'; choose one of: constant, cosine, linear"):
+    with pytest.raises(
+        StylizeError, match="unknown learning-rate schedule 'step'; choose one of: constant, cosine, linear"
+    ):
         learning_rate(0, 10, 1e-3, "step")

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 import stylize.training as training
 from stylize import StylizeError, TrainConfig, TrainingInterrupted, load_model, train
+from stylize.devices import training_dtype
 from stylize.images import decode_thumbnail
 from stylize.losses import LossTerms, LossWeights
-from stylize.devices import training_dtype
 from stylize.network import NetConfig, TransformerNet
 from stylize.training import CPU_RECIPE, GPU_RECIPE
 
@@ -53,8 +53,9 @@ def test_train_through_the_cli_writes_model_metrics_and_checkpoints(
 def test_training_actually_lowers_the_loss(tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
     config = TrainConfig(
         style_image=style_image, data=photos, out=tmp_path / "m.safetensors", steps=30, batch_size=2,
-        image_size=32, style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"), content_layer="relu2_2",
-        device="cpu", workers=0, checkpoint_every=0, lr=3e-3, lr_schedule="constant", warmup_steps=0,
+        image_size=32, style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
+        content_layer="relu2_2", device="cpu", workers=0, checkpoint_every=0, lr=3e-3, lr_schedule="constant",
+        warmup_steps=0,
     )  # fmt: skip
     totals: list[float] = []
     train(config, on_progress=lambda report: totals.append(report.total))
@@ -80,7 +81,9 @@ def test_no_training_images_is_one_clear_error(cli, tmp_path: Path, style_image:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no photos here")
     result = cli(*train_args(style_image, tmp_path / "empty", tmp_path / "m.safetensors", vgg_weights))
-    assert result.code == 2 and result.error_lines == [f"error: no images (jpg, png, webp, bmp, tif) in {tmp_path / 'empty'} or its sub-folders"]
+    assert result.code == 2 and result.error_lines == [
+        f"error: no images (jpg, png, webp, bmp, tif) in {tmp_path / 'empty'} or its sub-folders"
+    ]
     assert not (tmp_path / "m.safetensors").exists()
 
 
@@ -92,7 +95,11 @@ def test_resumed_run_ends_with_the_same_weights_bit_for_bit(
     assert cli(*train_args(style_image, photos, straight, vgg_weights, "--norm", norm)).code == 0
 
     resumed = tmp_path / "resumed.safetensors"
-    first = cli(*train_args(style_image, photos, resumed, vgg_weights, "--norm", norm, "--steps", "2", "--checkpoint-every", "2"))
+    first = cli(
+        *train_args(
+            style_image, photos, resumed, vgg_weights, "--norm", norm, "--steps", "2", "--checkpoint-every", "2"
+        )
+    )
     assert first.code == 0, first.err
     # Resume in worker processes this time: the data order must not depend on them.
     steps_run = count_steps(monkeypatch)
@@ -124,7 +131,9 @@ def test_resume_continues_from_the_checkpoint_weights_not_from_scratch(
     assert gap.mean() > 0.04  # the perturbation carried through the two remaining steps
 
 
-def test_resume_refuses_different_settings(cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
+def test_resume_refuses_different_settings(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
     out = tmp_path / "m.safetensors"
     assert cli(*train_args(style_image, photos, out, vgg_weights, "--steps", "2", "--checkpoint-every", "2")).code == 0
     result = cli(*train_args(style_image, photos, out, vgg_weights, "--resume", tmp_path / "m.ckpt", "--lr", "0.5"))
@@ -224,7 +233,9 @@ def test_one_command_trains_every_norm_under_identical_settings(
     assert thumbnail is not None and thumbnail.shape == (1, 3, 48, 48)
 
     # Continuing the folder extends every run exactly as one longer run would.
-    longer = cli(*train_args(style_image, photos, tmp_path / "direct", vgg_weights), "--norm", "instance", "--norm", "batch")
+    longer = cli(
+        *train_args(style_image, photos, tmp_path / "direct", vgg_weights), "--norm", "instance", "--norm", "batch"
+    )
     assert longer.code == 0, longer.err
     resumed = cli(*args, "--norm", "instance", "--norm", "batch", "--steps", "4", "--resume", str(folder))
     assert resumed.code == 0, resumed.err
@@ -272,13 +283,15 @@ def _init_run(
 ) -> TrainConfig:
     config = TrainConfig(
         style_image=style_image, data=photos, out=tmp_path / "tuned.safetensors", steps=4, batch_size=2,
-        image_size=32, style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"), content_layer="relu2_2",
-        device="cpu", workers=0, checkpoint_every=2, init=str(init) if init else None,
+        image_size=32, style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
+        content_layer="relu2_2", device="cpu", workers=0, checkpoint_every=2, init=str(init) if init else None,
     )  # fmt: skip
     return dataclasses.replace(config, **changes)
 
 
-def test_init_starts_from_the_trained_weights(tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
+def test_init_starts_from_the_trained_weights(
+    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
     start = write_model(tmp_path / "start.safetensors", seed=5)
     losses: list[float] = []
     config = _init_run(tmp_path, style_image, photos, vgg_weights, start, steps=1, lr=1e-9, warmup_steps=0)
@@ -299,11 +312,22 @@ def test_init_starts_from_the_trained_weights(tmp_path: Path, style_image: Path,
     ("start_norm", "changes", "message"),
     [
         ("batch", {}, "is a batch-norm network; this run trains a instance-norm one"),
-        ("group", {"norm": "group", "groups": 4}, r"group-norm \(8 groups\) network; this run trains a group-norm \(4 groups\)"),
+        (
+            "group",
+            {"norm": "group", "groups": 4},
+            r"group-norm \(8 groups\) network; this run trains a group-norm \(4 groups\)",
+        ),
     ],
 )
 def test_init_refuses_a_different_network(
-    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, start_norm: str, changes: dict, message: str
+    cli,
+    tmp_path: Path,
+    style_image: Path,
+    photos: Path,
+    vgg_weights: Path,
+    start_norm: str,
+    changes: dict,
+    message: str,
 ) -> None:
     start = write_model(tmp_path / "start.safetensors", norm=start_norm)
     config = _init_run(tmp_path, style_image, photos, vgg_weights, start, **changes)
@@ -313,7 +337,11 @@ def test_init_refuses_a_different_network(
     args = train_args(style_image, photos, config.out, vgg_weights, "--init", str(start),
                       *(f"--{key}={value}" for key, value in changes.items()))  # fmt: skip
     result = cli(*args)
-    assert result.code == 2 and len(result.error_lines) == 1 and result.error_lines[0].startswith("error: the model to start from")
+    assert (
+        result.code == 2
+        and len(result.error_lines) == 1
+        and result.error_lines[0].startswith("error: the model to start from")
+    )
 
 
 def test_init_refuses_an_unknown_model(cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
@@ -321,7 +349,9 @@ def test_init_refuses_an_unknown_model(cli, tmp_path: Path, style_image: Path, p
     assert result.code == 2 and "no model file or bundled model named 'no-such-style'" in result.err
 
 
-def test_resumed_init_run_matches_the_straight_one(tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
+def test_resumed_init_run_matches_the_straight_one(
+    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
     start = write_model(tmp_path / "start.safetensors", seed=5)
     straight = _init_run(tmp_path, style_image, photos, vgg_weights, start, out=tmp_path / "straight.safetensors")
     train(straight)
@@ -336,8 +366,13 @@ def test_resumed_init_run_matches_the_straight_one(tmp_path: Path, style_image: 
 
 @pytest.mark.parametrize(("precision", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_precision_sets_the_dtype_of_the_training_math(
-    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, monkeypatch: pytest.MonkeyPatch,
-    precision: str, dtype: torch.dtype,
+    tmp_path: Path,
+    style_image: Path,
+    photos: Path,
+    vgg_weights: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    precision: str,
+    dtype: torch.dtype,
 ) -> None:
     seen: list[torch.dtype] = []
     real = training.perceptual_loss
@@ -367,7 +402,10 @@ def test_unset_settings_come_from_the_device_recipe(tmp_path: Path) -> None:
     config = TrainConfig(style_image=tmp_path, data=tmp_path, out=tmp_path / "m.safetensors", image_size=64)
     on_cpu = config.for_device(torch.device("cpu"))
     assert (on_cpu.steps, on_cpu.image_size, on_cpu.style_size, on_cpu.workers) == (
-        CPU_RECIPE.steps, 64, CPU_RECIPE.style_size, CPU_RECIPE.workers
+        CPU_RECIPE.steps,
+        64,
+        CPU_RECIPE.style_size,
+        CPU_RECIPE.workers,
     )
     on_gpu = config.for_device(torch.device("cuda"))
     assert (on_gpu.steps, on_gpu.image_size, on_gpu.style_size) == (GPU_RECIPE.steps, 64, GPU_RECIPE.style_size)
@@ -391,15 +429,23 @@ def test_style_layer_weights_reach_the_loss_and_the_model_file(
     assert result.code == 0, result.err
     assert seen == [(("relu1_2", 4.0), ("relu2_2", 1.0))]
     training_record = load_model(out).info.training
-    assert training_record["style_layers"] == ["relu1_2", "relu2_2"] and training_record["style_layer_weights"] == [4.0, 1.0]
+    assert training_record["style_layers"] == ["relu1_2", "relu2_2"] and training_record["style_layer_weights"] == [
+        4.0,
+        1.0,
+    ]
     bad = cli(*args, "--style-layers", "relu1_2:lots")
-    assert bad.code == 2 and bad.error_lines == ["error: --style-layers 'relu1_2:lots': a weight is not a number (write LAYER:WEIGHT)"]
+    assert bad.code == 2 and bad.error_lines == [
+        "error: --style-layers 'relu1_2:lots': a weight is not a number (write LAYER:WEIGHT)"
+    ]
 
 
 def test_default_style_layers_weigh_the_palette_layer_a_quarter_and_given_layers_alike() -> None:
     default = TrainConfig(style_image=Path("s.jpg"), data=Path("d"), out=Path("m.safetensors"), loss_network="vgg16_bn")
     assert default.loss_weights_terms.style_layers == (
-        ("relu1_2", 0.25), ("relu2_2", 1.0), ("relu3_3", 1.0), ("relu4_3", 1.0),
+        ("relu1_2", 0.25),
+        ("relu2_2", 1.0),
+        ("relu3_3", 1.0),
+        ("relu4_3", 1.0),
     )
     given = dataclasses.replace(default, style_layers=("relu1_2", "relu3_3"))
     assert given.loss_weights_terms.style_layers == (("relu1_2", 1.0), ("relu3_3", 1.0))
@@ -422,4 +468,6 @@ def test_a_checkpoint_from_before_schedules_and_bounded_output_is_not_resumed_si
     torch.save(checkpoint, path)
     refused = cli(*train_args(style_image, photos, out, vgg_weights, "--resume", path,
                               "--lr-schedule", "constant", "--warmup-steps", "0"))  # fmt: skip
-    assert refused.code == 2 and refused.error_lines == [f"error: {path} holds a network of an older stylize (unbounded output); start a new run"]
+    assert refused.code == 2 and refused.error_lines == [
+        f"error: {path} holds a network of an older stylize (unbounded output); start a new run"
+    ]

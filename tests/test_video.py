@@ -36,7 +36,7 @@ def make_video(
             pixels[10:30, 5 + 3 * index : 25 + 3 * index] = 220
             container.mux(video.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
         if audio is not None:
-            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE * FRAMES // FPS) / SAMPLE_RATE))
+            tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE * FRAMES // FPS) / SAMPLE_RATE)
             for start in range(0, len(tone), 1024):
                 frame = av.AudioFrame.from_ndarray(tone[None, start : start + 1024].astype(np.float32), format="fltp",
                                                    layout="mono")  # fmt: skip
@@ -150,11 +150,14 @@ def test_default_output_name_and_controls(cli, clip: Path, model_file: Path, tmp
     ("make", "args", "message"),
     [
         (lambda tmp: tmp / "missing.mp4", [], "error: no such file: {tmp}/missing.mp4"),
-        (lambda tmp: (tmp / "text.mp4").write_text("hello") and tmp / "text.mp4", [], "error: cannot read {tmp}/text.mp4: not a video"),
+        (lambda tmp: (tmp / "text.mp4").write_text("hello") and tmp / "text.mp4", [],
+         "error: cannot read {tmp}/text.mp4: not a video"),
         (lambda tmp: make_video(tmp / "v.mp4", sound=False), ["--out", "{tmp}/out.gif"],
          "error: cannot write video with extension '.gif'; use one of: .mp4, .mov, .mkv, .webm"),
-        (lambda tmp: make_video(tmp / "v.mp4", sound=False), ["--quality", "60"], "error: --quality must be between 0 and 51, not 60"),
-        (lambda tmp: make_video(tmp / "v.mp4", sound=False), ["--out", "{tmp}/v.mp4"], "error: refusing to overwrite the input {tmp}/v.mp4"),
+        (lambda tmp: make_video(tmp / "v.mp4", sound=False), ["--quality", "60"],
+         "error: --quality must be between 0 and 51, not 60"),
+        (lambda tmp: make_video(tmp / "v.mp4", sound=False), ["--out", "{tmp}/v.mp4"],
+         "error: refusing to overwrite the input {tmp}/v.mp4"),
     ],
 )  # fmt: skip
 def test_bad_video_requests_are_one_line_and_write_nothing(
