@@ -20,12 +20,15 @@ from stylize.fastpath import (
     optimize_for_inference,
     set_tile,
 )
+from stylize.images import load_image
 from stylize.modelfile import load_model
 from stylize.network import SPACE_TO_DEPTH, BlockConv, ReflectConv, UpsampleConv
 from stylize.norms import BatchInstanceNorm2d
 from stylize.stylizer import InferenceSettings, Stylizer
 
 from .helpers import ALL_NORMS, photo, photo_tensor, random_network, write_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CPU = torch.device("cpu")
 # fp32 sums in a different order: far below one level of 255.
@@ -173,6 +176,15 @@ def test_bf16_is_as_close_to_fp32_as_plain_bf16_autocast(model_file: Path) -> No
     error, plain_error = (bf16 - fp32).abs().mean().item(), (plain_bf16 - fp32).abs().mean().item()
     assert error < 3 / 255
     assert error < 1.5 * plain_error
+
+
+def test_bf16_on_a_bundled_model_is_within_the_documented_bound() -> None:
+    """The README's figure for trained models: mean under 0.4 levels of 255, no pixel over 10."""
+    photo = load_image(ROOT / "assets" / "astronaut.jpg").rgb
+    model = ROOT / "models" / "starry-night-instance.safetensors"
+    levels = {precision: (_stylizer(model, precision=precision)(photo) * 255).round() for precision in ("fp32", "bf16")}
+    difference = (levels["fp32"] - levels["bf16"]).abs()
+    assert 0 < difference.mean() < 0.4 and difference.max() <= 10
 
 
 def test_auto_precision_is_fp32_on_cpu(model_file: Path) -> None:
