@@ -28,7 +28,15 @@ from .errors import StylizeError
 from .exported import EXPORT_FORMATS, SUFFIXES, check_format, export_model
 from .fileio import check_writable
 from .images import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, output_format
-from .modelfile import DEFAULT_STYLE, ModelInfo, bundled_models, default_model_name, load_model, models_dir
+from .modelfile import (
+    DEFAULT_STYLE,
+    ModelInfo,
+    bundled_models,
+    default_model_name,
+    load_model,
+    model_name,
+    models_dir,
+)
 from .norms import norm_names
 from .schedule import LR_SCHEDULES
 from .sheet import write_sheet
@@ -517,14 +525,16 @@ def models() -> None:
     if not found:
         typer.echo(f"no bundled models in {models_dir()}")
         return
-    table = Table("name", "norm", "style", "image size", "steps")
+    table = Table("name", "norm", "style", "image size", "steps", "started from")
     for info in found:
+        init = info.training.get("init")
         table.add_row(
             info.name,
             info.config.norm,
             info.style,
             str(info.training.get("image_size", "")),
             str(info.training.get("steps_done", "")),
+            model_name(Path(init)) if init else "scratch",
         )
     _print_table(table)
 

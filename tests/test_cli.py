@@ -91,9 +91,11 @@ def test_bundled_models_by_name_and_the_models_listing(cli, tmp_path: Path, monk
     monkeypatch.setenv("STYLIZE_MODELS", str(tmp_path / "bundle"))
     assert "no bundled models" in cli("models").out
     write_model(tmp_path / "bundle" / "wave-instance.safetensors", style="great-wave")
-    write_model(tmp_path / "bundle" / "wave-batch.safetensors", norm="batch", style="great-wave")
-    listing = cli("models").out
-    assert "wave-instance" in listing and "wave-batch" in listing and "great-wave" in listing and "batch" in listing
+    tuned = {"image_size": 32, "steps_done": 5, "init": "somewhere/starry-night-batch.safetensors"}
+    write_model(tmp_path / "bundle" / "wave-batch.safetensors", norm="batch", style="great-wave", training=tuned)
+    rows = {line.split()[1]: line for line in cli("models").out.splitlines() if "wave-" in line}
+    assert rows.keys() == {"wave-instance", "wave-batch"} and all("great-wave" in row for row in rows.values())
+    assert "scratch" in rows["wave-instance"] and "starry-night-batch" in rows["wave-batch"]
     Image.fromarray(photo(20, 20, seed=5)).save(tmp_path / "in.png")
     assert cli("image", tmp_path / "in.png", "--model", "wave", "--out", tmp_path / "o.png").code == 0
     assert _same_pixels(
