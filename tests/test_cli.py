@@ -16,6 +16,7 @@ from stylize import Stylizer, load_image, load_model
 from stylize.modelfile import DEFAULT_STYLE
 
 from .helpers import photo, train_args, write_model
+from .reference_fast_neural_style import randomized, stylize_like_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -385,3 +386,15 @@ def test_a_read_only_output_folder_is_one_clear_error(
         locked.chmod(0o755)
     assert result.code == 2 and result.error_lines == [f"error: cannot write {locked / 'r.png'}: Permission denied"]
     assert list(locked.iterdir()) == []
+
+
+def test_a_pytorch_examples_model_stylizes_through_the_cli(cli, tmp_path: Path) -> None:
+    reference = randomized()
+    torch.save(reference.state_dict(), tmp_path / "udnie.model")  # pytorch/examples' own suffix
+    Image.fromarray(photo(30, 44, seed=11)).save(tmp_path / "in.png")
+    result = cli("image", tmp_path / "in.png", "--model", tmp_path / "udnie.model", "--out", tmp_path / "out.png")
+    assert result.code == 0, result.err
+    pixels = torch.from_numpy(np.array(Image.open(tmp_path / "in.png"))).permute(2, 0, 1)[None].float() / 255
+    expected = stylize_like_examples(reference, pixels)[0, :, :30, :44].permute(1, 2, 0).numpy()  # theirs pads to 4
+    written = np.asarray(Image.open(tmp_path / "out.png")).astype(int)
+    assert written.shape == expected.shape and np.abs(written - expected.astype(int)).max() <= 1

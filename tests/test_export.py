@@ -18,7 +18,7 @@ from stylize import ExportedNetwork, StyleControls, Stylizer, load_image, load_m
 from stylize.cli import main
 from stylize.stylizer import ExportedStylizer
 
-from .helpers import photo, photo_tensor, random_network, write_model
+from .helpers import ALL_NORMS, photo, photo_tensor, random_network, write_model
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +183,18 @@ def test_missing_onnx_exporter_says_which_extra_to_install(cli, model_file: Path
     assert result.code == 2
     assert result.error_lines == ["error: exporting to ONNX needs the onnx extra: pip install 'stylize[onnx]'"]
     assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.glob(".m.onnx*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ALL_NORMS)
+def test_every_norm_exports_to_onnx_and_matches(tmp_path: Path, norm: str) -> None:
+    import onnxruntime
+
+    model = write_model(tmp_path / f"{norm}.safetensors", norm=norm, seed=5)
+    assert main(["export", str(model), "--out", str(tmp_path / f"{norm}.onnx")]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / f"{norm}.onnx"), providers=["CPUExecutionProvider"])
+    images = photo_tensor(36, 52, seed=6)
+    (output,) = session.run(None, {"image": images.numpy()})
+    with torch.no_grad():
+        reference = load_model(model).network(images).clamp(0, 1)
+    assert np.abs(output - reference.numpy()).max() < 1e-4

@@ -6,10 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from stylize import StylizeError, load_image, save_image
-from stylize.images import expand_inputs, find_images, resize_long_side
+from stylize.images import expand_inputs, find_images, max_pixels_setting, resize_long_side
+
+from .helpers import photo
 
 
 def test_rgb_becomes_nchw_float_in_unit_range(tmp_path: Path) -> None:
@@ -138,3 +140,30 @@ def test_input_expansion_handles_files_folders_and_globs(photos: Path) -> None:
     assert sorted(rel.name for _, rel in from_glob) == ["photo1.png", "photo5.png"]
     with pytest.raises(StylizeError, match="no files match"):
         expand_inputs([str(photos / "*.gif")])
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".tiff"])
+def test_alpha_is_kept_in_webp_and_tiff(tmp_path: Path, suffix: str) -> None:
+    rgba = np.dstack([photo(6, 8, seed=3), np.tile(np.linspace(0, 255, 8, dtype=np.uint8), (6, 1))])
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    image = load_image(tmp_path / "a.png")
+    save_image(tmp_path / f"out{suffix}", image.rgb, image.alpha)
+    written = np.asarray(Image.open(tmp_path / f"out{suffix}"))
+    assert written.shape == (6, 8, 4) and np.array_equal(written[..., 3], rgba[..., 3])
+
+
+def test_the_default_pixel_limit_refuses_from_the_header_without_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STYLIZE_MAX_PIXELS", raising=False)
+    assert max_pixels_setting() == 150_000_000
+    Image.new("L", (15_000, 10_001)).save(tmp_path / "huge.png")  # 150,015,000 pixels of black: a small file
+    decoded: list[object] = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or real_load(self))
+    with pytest.raises(StylizeError, match="over the limit of 150,000,000"):
+        load_image(tmp_path / "huge.png")
+    assert decoded == []
+    Image.new("L", (3, 2)).save(tmp_path / "small.png")
+    load_image(tmp_path / "small.png")
+    assert len(decoded) >= 1  # the spy does see decoding

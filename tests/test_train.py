@@ -131,6 +131,14 @@ def test_resume_continues_from_the_checkpoint_weights_not_from_scratch(
     assert gap.mean() > 0.04  # the perturbation carried through the two remaining steps
 
 
+def test_only_the_last_three_checkpoints_are_kept(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    out = tmp_path / "m.safetensors"
+    assert cli(*train_args(style_image, photos, out, vgg_weights, "--steps", "10", "--checkpoint-every", "2")).code == 0
+    assert sorted(p.name for p in (tmp_path / "m.ckpt").iterdir()) == [f"step-{s:08d}.pt" for s in (6, 8, 10)]
+
+
 def test_resume_refuses_different_settings(
     cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
 ) -> None:
@@ -171,8 +179,9 @@ def test_ctrl_c_checkpoints_and_the_run_resumes_exactly(
     assert_same_weights(out, tmp_path / "straight.safetensors")
 
 
-def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(
-    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_a_nan_or_infinite_loss_stops_and_keeps_the_last_good_checkpoint(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, monkeypatch: pytest.MonkeyPatch, bad: float
 ) -> None:
     real = training.perceptual_loss
     calls = {"n": 0}
@@ -180,14 +189,14 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     def poisoned(*args, **kwargs) -> LossTerms:
         calls["n"] += 1
         terms = real(*args, **kwargs)
-        return LossTerms(terms.content, terms.style * float("nan") if calls["n"] == 3 else terms.style, terms.tv)
+        return LossTerms(terms.content, terms.style * bad if calls["n"] == 3 else terms.style, terms.tv)
 
     monkeypatch.setattr(training, "perceptual_loss", poisoned)
     out = tmp_path / "m.safetensors"
     result = cli(*train_args(style_image, photos, out, vgg_weights, "--checkpoint-every", "2"))
     assert result.code == 1
     errors = [line for line in result.error_lines if line.startswith("error:")]
-    assert len(errors) == 1 and "nan at step 3" in errors[0]
+    assert len(errors) == 1 and f"{bad} at step 3" in errors[0]
     assert "Traceback" not in result.err
     good = tmp_path / "m.ckpt" / "step-00000002.pt"
     assert str(good) in result.err and [p.name for p in good.parent.iterdir()] == [good.name]
