@@ -179,6 +179,30 @@ def test_ctrl_c_checkpoints_and_the_run_resumes_exactly(
     assert_same_weights(out, tmp_path / "straight.safetensors")
 
 
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(
+    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    config = TrainConfig(
+        style_image=style_image, data=photos, out=tmp_path / "run.safetensors", steps=4, batch_size=2,
+        image_size=32, style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
+        content_layer="relu2_2", device="cpu", workers=0, checkpoint_every=0,
+    )  # fmt: skip
+    steps_seen: list[int] = []
+
+    def press_ctrl_c_twice(report: training.StepReport) -> None:
+        steps_seen.append(report.step)
+        if report.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    handler_before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, on_progress=press_ctrl_c_twice)
+    assert steps_seen == [1, 2]  # no further step, and no checkpoint of the interrupted one
+    assert not (tmp_path / "run.ckpt").exists() and not config.out.exists()
+    assert signal.getsignal(signal.SIGINT) is handler_before
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_a_nan_or_infinite_loss_stops_and_keeps_the_last_good_checkpoint(
     cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, monkeypatch: pytest.MonkeyPatch, bad: float
