@@ -69,7 +69,7 @@ class InferenceSettings:
 
 class ImageStylizer(ABC):
     """Tensors, images and files in, stylized out, on top of one raw function
-    (``__call__``); the controls apply here, so every kind of model has them."""
+    (``run``); the controls apply here, so every kind of model has them."""
 
     controls: StyleControls
 
@@ -78,12 +78,12 @@ class ImageStylizer(ABC):
     def name(self) -> str: ...
 
     @abstractmethod
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """NCHW in [0, 1] -> NCHW in [0, 1], same size, on the input's device."""
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        """The network alone: NCHW in [0, 1] -> NCHW in [0, 1], same size, on the input's device."""
 
-    def stylize_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """``__call__`` under the controls (colour, strength, scale)."""
-        return apply_controls(self, images, self.controls)
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """``run`` under the controls (colour, strength, scale)."""
+        return apply_controls(self.run, images, self.controls)
 
     def stylize(self, image: LoadedImage, max_size: int | None = None, max_pixels: int | None = None) -> LoadedImage:
         """Stylize, shrinking first when ``max_size`` asks; alpha follows the pixels.
@@ -94,7 +94,7 @@ class ImageStylizer(ABC):
             if alpha is not None and alpha.shape[-2:] != rgb.shape[-2:]:
                 alpha = F.interpolate(alpha, size=rgb.shape[-2:], mode="bilinear", antialias=True)
         check_working_size(*rgb.shape[-2:], self.controls, max_pixels)
-        return LoadedImage(rgb=self.stylize_tensor(rgb), alpha=alpha)
+        return LoadedImage(rgb=self(rgb), alpha=alpha)
 
     def stylize_pil(self, image: Image.Image, max_size: int | None = None) -> Image.Image:
         result = self.stylize(image_to_tensor(image), max_size)
@@ -146,7 +146,7 @@ class Stylizer(ImageStylizer):
         return self.model.info.name
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def run(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, memory_format=memory_format(self.device))
         tile = self.settings.tile_for(*x.shape[-2:], compiled=self._compiled is not None)
         with autocast(self.device, self.dtype):
@@ -183,7 +183,7 @@ class ExportedStylizer(ImageStylizer):
     def name(self) -> str:
         return self.network.info.name
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def run(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(images)
 
 

@@ -191,7 +191,7 @@ def stylize_video(
                     # batch shape, so a compiled network is not compiled a second time.
                     missing = settings.batch_size - len(frames) if done else 0
                     filled = torch.cat([images, images[-1:].expand(missing, -1, -1, -1)]) if missing else images
-                    stylized = stylizer.stylize_tensor(filled)[: len(frames)]
+                    stylized = stylizer(filled)[: len(frames)]
                     for frame in _tensor_to_frames(stylized, frames):
                         writer.mux(output.encode(frame))
                     done += len(frames)

@@ -153,3 +153,14 @@ def test_the_scale_limit_follows_max_pixels_on_the_cli(cli, tmp_path: Path, mode
         "error: scale 4 would stylize 240x160 = 38,400 pixels, over the limit of 10,000; use a smaller scale or image"
     ]
     assert not (tmp_path / "refused.png").exists()
+
+
+def test_calling_a_stylizer_applies_its_controls(model_file: Path) -> None:
+    photos = photo_tensor(24, 32, seed=12)
+    plain = Stylizer.load(model_file, "cpu")
+    grey = Stylizer.load(model_file, "cpu", controls=StyleControls(preserve_color=True))
+    untouched = Stylizer.load(model_file, "cpu", controls=StyleControls(strength=0))
+    assert torch.equal(untouched(photos), photos)
+    assert torch.equal(plain(photos), plain.run(photos)) and not torch.allclose(grey(photos), plain(photos))
+    colour = srgb_to_oklab(grey(photos))[:, 1:]  # preserve_color keeps the photo's a, b (up to gamut clipping)
+    assert (colour - srgb_to_oklab(photos)[:, 1:]).abs().median() < 1e-3
