@@ -6,8 +6,6 @@ The typed API the CLI is built on::
     Stylizer.load("starry-night").stylize_file(Path("photo.jpg"), Path("out.jpg"))
 """
 
-__version__ = "0.1.0"
-
 from .compare import CompareSettings, Comparison, compare
 from .controls import StyleControls
 from .curves import write_curves
@@ -21,6 +19,7 @@ from .norms import create_norm, norm_names, register_norm
 from .sheet import write_sheet
 from .stylizer import ImageStylizer, InferenceSettings, Stylizer, load_any_model, make_stylizer
 from .training import StepReport, TrainConfig, TrainResult, train
+from .version import VERSION
 from .vgg import LossNetwork
 from .video import VideoSettings, stylize_video
 
@@ -66,3 +65,5 @@ __all__ = [
     "write_curves",
     "write_sheet",
 ]
+
+__version__ = VERSION

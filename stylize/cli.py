@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import __version__
 from .compare import CompareSettings
 from .compare import compare as run_comparison
 from .controls import MAX_SCALE, StyleControls
@@ -50,6 +49,7 @@ from .stylizer import (
     plan_outputs,
 )
 from .training import CPU_RECIPE, GPU_RECIPE, StepReport, TrainConfig, plan_norm_runs, train_norms
+from .version import VERSION
 from .vgg import DEFAULT_CONTENT_LAYER, loss_network_names
 from .video import ENCODERS, VideoSettings, count_frames, default_video_output, encoder_for, stylize_video
 
@@ -115,7 +115,7 @@ def _notice(note: str) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"stylize {__version__}")
+        typer.echo(f"stylize {VERSION}")
         raise typer.Exit()
 
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from . import __version__
 from .errors import StylizeError
 from .fastpath import optimize_for_inference, set_tile
 from .fileio import atomic_path
 from .modelfile import StyleModel, model_name
 from .network import MIN_SIZE, pad_to_min_size
+from .version import VERSION
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -68,7 +68,7 @@ def _metadata(model: StyleModel) -> dict[str, str]:
         "name": model.info.name,
         "style": model.info.style,
         "network": json.dumps(model.info.config.to_dict()),
-        "stylize": __version__,
+        "stylize": VERSION,
     }
 
 

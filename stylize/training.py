@@ -23,7 +23,6 @@ from typing import Any, TextIO
 
 import torch
 
-from . import __version__
 from .data import crop_loader, training_files
 from .devices import autocast, check_precision, memory_format, resolve_device, training_dtype
 from .distributed import (
@@ -44,6 +43,7 @@ from .modelfile import MODEL_SUFFIX, load_model, model_name, resolve_model, save
 from .network import MIN_SIZE, NetConfig, TransformerNet
 from .norms import DEFAULT_GROUPS, check_groups, check_norm
 from .schedule import check_lr_schedule, learning_rate
+from .version import VERSION
 from .vgg import DEFAULT_CONTENT_LAYER, DEFAULT_STYLE_LAYERS, LossNetwork, check_loss_network, imagenet_weights_cached
 
 CHECKPOINTS_KEPT = 3
@@ -575,7 +575,7 @@ def _save_trained_model(config: TrainConfig, run: _Run, thumbnail: str, device: 
         "unreadable_files": len(run.unreadable),
         "loss_weights_sha256": _sha256(config.loss_weights) if config.loss_weights else None,
         "torch": torch.__version__,
-        "stylize": __version__,
+        "stylize": VERSION,
     }
     run.network.eval()
     save_model(config.out, run.network, style=config.style_image.stem, training=training, style_thumbnail=thumbnail)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -398,3 +399,8 @@ def test_a_pytorch_examples_model_stylizes_through_the_cli(cli, tmp_path: Path) 
     expected = stylize_like_examples(reference, pixels)[0, :, :30, :44].permute(1, 2, 0).numpy()  # theirs pads to 4
     written = np.asarray(Image.open(tmp_path / "out.png")).astype(int)
     assert written.shape == expected.shape and np.abs(written - expected.astype(int)).max() <= 1
+
+
+def test_version_comes_from_the_package_metadata(cli) -> None:
+    result = cli("--version")
+    assert result.code == 0 and result.out.strip() == f"stylize {importlib.metadata.version('stylize')}"
