@@ -106,7 +106,9 @@ def _load_model_bytes(data: bytes, suffix: str) -> None:
         path = Path(folder) / f"model{suffix}"
         path.write_bytes(data)
         try:
-            model = load_model(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # nothing but the model or the error reaches the user
+                model = load_model(path)
         except StylizeError:
             return
         assert model.network is not None
