@@ -26,6 +26,7 @@ import torch.distributed as dist
 from stylize import StylizeError, TrainConfig, load_model
 from stylize.distributed import World, check_sync_batch_norm, parallel, rank_label, synchronize_batch_norm
 from stylize.network import NetConfig, TransformerNet
+from stylize.training import checkpoint_dir, find_checkpoint
 
 from .helpers import photo_tensor, train_args
 
@@ -50,8 +51,7 @@ def losses(metrics: Path) -> list[tuple[float, ...]]:
 
 def final_weights(model: Path) -> dict[str, torch.Tensor]:
     """The float32 weights of the run's last checkpoint (model files hold float16)."""
-    last = sorted(model.with_suffix(".ckpt").iterdir())[-1]
-    return torch.load(last, weights_only=True)["model"]
+    return torch.load(find_checkpoint(checkpoint_dir(model)), weights_only=True)["model"]
 
 
 def assert_same_training(a: Path, b: Path) -> None:
