@@ -18,9 +18,9 @@ from rich.table import Table
 
 from stylize.fileio import atomic_path
 from stylize.images import load_image, resize_long_side
-from stylize.modelfile import ModelInfo, StyleModel, load_model
-from stylize.network import NetConfig, TransformerNet
-from stylize.stylizer import InferenceSettings, Stylizer
+from stylize.inference.stylizer import InferenceSettings, Stylizer
+from stylize.model.files import ModelInfo, StyleModel, load_model
+from stylize.model.network import NetConfig, TransformerNet
 
 # Wide enough for every column when the output goes to a file.
 console = Console(width=None if sys.stdout.isatty() else 220)

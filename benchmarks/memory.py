@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from stylize.devices import resolve_device
-from stylize.stylizer import InferenceSettings
+from stylize.inference.stylizer import InferenceSettings
 
 from .common import (
     bench_image,

@@ -22,8 +22,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stylize.devices import compute_dtype, resolve_device
-from stylize.network import TransformerNet
-from stylize.stylizer import InferenceSettings
+from stylize.inference.stylizer import InferenceSettings
+from stylize.model.network import TransformerNet
 
 from .common import (
     bench_image,

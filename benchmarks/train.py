@@ -1,6 +1,6 @@
 """Training speed: pytorch/examples' training loop against each of stylize's changes.
 
-    python -m benchmarks.train --loss-weights VGG16_FILE [--data PHOTOS] [--sizes 128,256]
+    python -m benchmarks.train --loss-network-weights VGG16_FILE [--data PHOTOS] [--sizes 128,256]
 
 Every row trains the same network on the same photos (batch 4, VGG16 loss to
 relu4_3: content at relu2_2, style at relu1_2..relu4_3) in this one process and
@@ -25,13 +25,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stylize.data import crop_loader, training_files
 from stylize.devices import resolve_device
 from stylize.images import load_image, resize_long_side
-from stylize.losses import LossWeights, perceptual_loss, style_targets
-from stylize.network import NetConfig, TransformerNet
-from stylize.training import TrainConfig, metrics_path, train
-from stylize.vgg import LossNetwork
+from stylize.model.network import NetConfig, TransformerNet
+from stylize.training.config import TrainConfig, metrics_log_path
+from stylize.training.data import crop_loader, training_files
+from stylize.training.loop import train
+from stylize.training.losses import LossWeights, perceptual_loss, style_targets
+from stylize.training.vgg import LossNetwork
 from tests.reference_fast_neural_style import ExamplesTransformerNet
 
 from .common import machine, show, write_json
@@ -133,12 +134,12 @@ def _product(files_dir: Path, style_file: Path, weights: Path, size: int, steps:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "bench.safetensors"
         config = TrainConfig(
-            style_image=style_file, data=files_dir, out=out, loss_network="vgg16", loss_weights=weights,
+            style_image=style_file, data=files_dir, out=out, loss_network="vgg16", loss_network_weights=weights,
             content_layer=CONTENT_LAYER, style_layers=STYLE_LAYERS, steps=warmup + steps, image_size=size,
             device="cpu", checkpoint_every=0,
         )  # fmt: skip
         train(config)
-        seconds = [line["seconds"] for line in map(json.loads, metrics_path(out).read_text().splitlines())]
+        seconds = [line["seconds"] for line in map(json.loads, metrics_log_path(out).read_text().splitlines())]
     return steps * BATCH / (seconds[warmup + steps - 1] - seconds[warmup - 1])
 
 
@@ -166,7 +167,7 @@ def measure(variant: Variant, data: Path, style_file: Path, weights: Path, size:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--loss-weights", type=Path, required=True, help="VGG16 state dict (torchvision keys)")
+    parser.add_argument("--loss-network-weights", type=Path, required=True, help="VGG16 state dict (torchvision keys)")
     parser.add_argument("--data", type=Path, help="folder of photos (default: 16 synthetic ones)")
     parser.add_argument("--style", type=Path, help="style image (default: synthetic stripes)")
     parser.add_argument("--sizes", default="128,256", help="comma-separated crop sides")
@@ -186,7 +187,7 @@ def main() -> None:
             steps = max(3, args.steps * 128 * 128 // (size * size))
             reference = None
             for number, variant in enumerate(variants, 1):
-                rate = measure(variant, data, style, args.loss_weights, size, steps, args.warmup)
+                rate = measure(variant, data, style, args.loss_network_weights, size, steps, args.warmup)
                 reference = reference or rate
                 rows.append({"size": size, "number": number, "config": variant.name, "steps": steps,
                              "images_per_s": rate, "speedup": rate / reference})  # fmt: skip
@@ -217,7 +218,7 @@ def main() -> None:
                 "content_layer": CONTENT_LAYER,
                 "style_layers": STYLE_LAYERS,
                 "data": "given folder" if args.data else "synthetic",
-                "loss_weights": args.loss_weights.name,
+                "loss_network_weights": args.loss_network_weights.name,
             },  # fmt: skip
             "results": rows,
         },

@@ -2,68 +2,53 @@
 
 The typed API the CLI is built on::
 
-    from stylize import Stylizer, TrainConfig, train
-    Stylizer.load("starry-night").stylize_file(Path("photo.jpg"), Path("out.jpg"))
+    from stylize import load_stylizer
+    load_stylizer("starry-night").stylize_file(Path("photo.jpg"), Path("out.jpg"))
+
+The stages, each a sub-package importing only the ones before it: ``model``
+(the network and its files), ``training``, ``inference``, ``report``, ``cli``.
+Names are imported on first use, so ``import stylize`` stays as cheap as
+``import torch`` and torchvision loads only for training and comparing.
 """
 
-from .compare import CompareSettings, Comparison, compare
-from .controls import StyleControls
-from .curves import write_curves
-from .errors import StylizeError, TrainingDiverged, TrainingInterrupted
-from .exported import ExportedNetwork, export_model
-from .images import LoadedImage, load_image, save_image
-from .losses import LossWeights, gram_matrix, perceptual_loss, total_variation
-from .modelfile import ModelInfo, StyleModel, bundled_models, load_model, save_model
-from .network import NetConfig, TransformerNet
-from .norms import create_norm, norm_names, register_norm
-from .sheet import write_sheet
-from .stylizer import ImageStylizer, InferenceSettings, Stylizer, load_any_model, make_stylizer
-from .training import StepReport, TrainConfig, TrainResult, train
-from .version import VERSION
-from .vgg import LossNetwork
-from .video import VideoSettings, stylize_video
+from __future__ import annotations
 
-__all__ = [
-    "CompareSettings",
-    "Comparison",
-    "ExportedNetwork",
-    "ImageStylizer",
-    "InferenceSettings",
-    "LoadedImage",
-    "LossNetwork",
-    "LossWeights",
-    "ModelInfo",
-    "NetConfig",
-    "StepReport",
-    "StyleControls",
-    "StyleModel",
-    "StylizeError",
-    "Stylizer",
-    "TrainConfig",
-    "TrainResult",
-    "TrainingDiverged",
-    "TrainingInterrupted",
-    "TransformerNet",
-    "VideoSettings",
-    "bundled_models",
-    "compare",
-    "create_norm",
-    "export_model",
-    "gram_matrix",
-    "load_any_model",
-    "load_image",
-    "load_model",
-    "make_stylizer",
-    "norm_names",
-    "perceptual_loss",
-    "register_norm",
-    "save_image",
-    "save_model",
-    "stylize_video",
-    "total_variation",
-    "train",
-    "write_curves",
-    "write_sheet",
-]
+import importlib
+from typing import Any
 
+from stylize.version import VERSION
+
+_MODULES = {
+    "stylize.errors": ("StylizeError", "TrainingDiverged", "TrainingInterrupted"),
+    "stylize.images": ("LoadedImage", "load_image", "save_image"),
+    "stylize.model.files": ("ModelInfo", "StyleModel", "bundled_models", "load_model", "save_model"),
+    "stylize.model.network": ("NetConfig", "TransformerNet"),
+    "stylize.model.norms": ("create_norm", "norm_names", "register_norm"),
+    "stylize.training.config": ("TrainConfig",),
+    "stylize.training.loop": ("StepReport", "TrainResult", "train"),
+    "stylize.training.losses": ("LossWeights", "gram_matrix", "perceptual_loss", "total_variation"),
+    "stylize.training.vgg": ("LossNetwork",),
+    "stylize.inference.controls": ("StyleControls",),
+    "stylize.inference.exported": ("ExportedNetwork", "export_model"),
+    "stylize.inference.stylizer": ("ImageStylizer", "InferenceSettings", "Stylizer", "load_stylizer"),
+    "stylize.inference.video": ("VideoSettings", "stylize_video"),
+    "stylize.report.compare": ("CompareSettings", "Comparison", "compare"),
+    "stylize.report.curves": ("write_curves",),
+    "stylize.report.sheet": ("write_sheet",),
+}
+_HOME = {name: module for module, names in _MODULES.items() for name in names}
+
+__all__ = sorted(_HOME)
 __version__ = VERSION
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'stylize' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -7,9 +7,10 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from .errors import StylizeError
+from stylize.errors import InvalidSetting, StylizeError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEFAULT_DEVICE = "auto"  # CUDA when present
 
 
 def resolve_device(name: str) -> torch.device:
@@ -21,13 +22,14 @@ def resolve_device(name: str) -> torch.device:
         raise StylizeError(f"unknown device {name!r}; choose one of: auto, cpu, cuda, cuda:N")
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise StylizeError("CUDA was requested but no CUDA GPU is available; use --device cpu")
+            raise InvalidSetting("device", "is cuda but no CUDA GPU is available; use cpu")
         if index and int(index) >= torch.cuda.device_count():
             raise StylizeError(f"no GPU {name}: this machine has {torch.cuda.device_count()}")
     return torch.device(name)
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_PRECISION = "auto"  # bf16 where it is native and fast, see compute_dtype and training_dtype
 
 
 def check_precision(precision: str) -> str:

@@ -1,5 +1,7 @@
 """The exceptions the CLI turns into one line on stderr and an exit code."""
 
+from pathlib import Path
+
 
 class StylizeError(Exception):
     """A problem the user can fix: bad input, missing file, wrong settings."""
@@ -14,6 +16,20 @@ class TrainingDiverged(StylizeError):
 
 
 class TrainingInterrupted(StylizeError):
-    """Ctrl-C: a checkpoint was saved and the run can be resumed."""
+    """Ctrl-C: a checkpoint was saved and the run can be resumed from ``resume_from``."""
 
     exit_code = 130
+
+    def __init__(self, message: str, resume_from: Path):
+        super().__init__(message)
+        self.resume_from = resume_from
+
+
+class InvalidSetting(StylizeError):
+    """A setting out of range, named as in the API (``batch_size``); the CLI
+    names the option instead (``--batch-size``)."""
+
+    def __init__(self, setting: str, problem: str):
+        super().__init__(f"{setting} {problem}")
+        self.setting = setting
+        self.problem = problem

@@ -6,13 +6,13 @@ import contextlib
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import StylizeError
+from stylize.errors import StylizeError
 
 
 def _file_mode() -> int:
@@ -86,3 +86,22 @@ def load_torch_file(path: Path, what: str) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # refused pickles, zip, EOF and unpickling errors all mean "not that"
         raise StylizeError(f"{path} is not {what} ({type(error).__name__})") from None
+
+
+def refuse_overwriting(source: Path, destination: Path) -> None:
+    """Results never replace the file they were made from."""
+    if Path(destination).resolve() == Path(source).resolve():
+        raise StylizeError(f"refusing to overwrite the input {source}")
+
+
+def format_for_extension(path: Path, formats: Mapping[str, str], kind: str) -> str:
+    """The format ``path``'s extension names in ``formats`` (extension -> format,
+    most common first), or one line listing what ``kind`` files can be."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in formats:
+        shown = ", ".join(list(formats)[:_EXTENSIONS_SHOWN]) + (", ..." if len(formats) > _EXTENSIONS_SHOWN else "")
+        raise StylizeError(f"cannot write {kind} with extension {suffix or '(none)'!r}; use one of: {shown}")
+    return formats[suffix]
+
+
+_EXTENSIONS_SHOWN = 6

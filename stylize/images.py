@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .errors import StylizeError
-from .fileio import atomic_path
+from stylize.errors import StylizeError
+from stylize.fileio import atomic_path, format_for_extension
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
@@ -95,7 +95,7 @@ def _decode(path: Path, limit: int) -> Image.Image:
         if width * height > limit:
             raise StylizeError(
                 f"{path} is {width}x{height} = {width * height:,} pixels, over the limit of {limit:,} "
-                f"(a decompression bomb?); raise it with {MAX_PIXELS_VARIABLE} or `stylize image --max-pixels`"
+                f"(a decompression bomb?); raise the limit with {MAX_PIXELS_VARIABLE} or the max_pixels setting"
             )
         if image.format == "PNG":
             # Decoding ignores the checksums of PNG chunks; a corrupt file should
@@ -141,11 +141,13 @@ def tensor_to_image(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> Ima
 
 
 def output_format(path: Path) -> str:
-    formats = Image.registered_extensions()
-    suffix = Path(path).suffix.lower()
-    if suffix not in formats or formats[suffix] not in Image.SAVE:
-        raise StylizeError(f"cannot write images with extension {suffix or '(none)'!r}: {path}")
-    return formats[suffix]
+    """The Pillow format that ``path``'s extension names."""
+    writable = {suffix: fmt for suffix, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    common_first = {suffix: writable[suffix] for suffix in _COMMON_SUFFIXES if suffix in writable}
+    return format_for_extension(path, {**common_first, **writable}, "images")
+
+
+_COMMON_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tiff", ".bmp")
 
 
 def save_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> None:
@@ -175,6 +177,12 @@ def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def resize_long_side(images: torch.Tensor, long_side: int) -> torch.Tensor:
     height, width = images.shape[-2:]
     return resize(images, scaled_size(height, width, long_side / max(height, width))).clamp(0, 1)
+
+
+def shrink_to_fit(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Shrink (never enlarge) into a width x height box, keeping the aspect ratio."""
+    h, w = images.shape[-2:]
+    return resize(images, scaled_size(h, w, min(width / w, height / h, 1.0))).clamp(0, 1)
 
 
 THUMBNAIL_SIZE = 256

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import stylize.training as training
-from stylize.modelfile import save_model
-from stylize.network import NetConfig, TransformerNet
+import stylize.training.loop as training
+from stylize.model.files import save_model
+from stylize.model.network import NetConfig, TransformerNet
 
 ALL_NORMS = ["instance", "batch", "layer", "group", "none", "ibn", "batch-instance"]
 SMALL_LOSS_ARGS = ["--loss-network", "vgg16", "--style-layers", "relu1_2,relu2_2", "--content-layer", "relu2_2"]

@@ -51,8 +51,8 @@ def test_train_benchmark_times_every_path_against_the_reference(
 ) -> None:
     out = tmp_path / "train.json"
     monkeypatch.setattr(train, "STYLE_LAYERS", ("relu1_2", "relu2_2"))  # the small test VGG ends at relu2_2
-    _run(train, monkeypatch, "--loss-weights", str(vgg_weights), "--sizes", "32", "--steps", "1", "--warmup", "1",
-         "--out", str(out))  # fmt: skip
+    _run(train, monkeypatch, "--loss-network-weights", str(vgg_weights), "--sizes", "32", "--steps", "1",
+         "--warmup", "1", "--out", str(out))  # fmt: skip
     rows = json.loads(out.read_text())["results"]
     assert [row["config"] for row in rows] == [variant.name for variant in train.PATHS]
     assert rows[0]["speedup"] == 1.0 and all(row["images_per_s"] > 0 for row in rows)

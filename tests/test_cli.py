@@ -13,8 +13,8 @@ import torch
 from PIL import Image, ImageOps
 from safetensors.torch import save_file
 
-from stylize import Stylizer, load_image, load_model
-from stylize.modelfile import DEFAULT_STYLE
+from stylize import load_image, load_model, load_stylizer
+from stylize.model.files import DEFAULT_STYLE
 
 from .helpers import photo, train_args, write_model
 from .reference_fast_neural_style import randomized, stylize_like_examples
@@ -51,7 +51,7 @@ def test_stylize_one_image_to_a_file_keeps_its_size(cli, tmp_path: Path, model_f
 
 def test_the_api_stylizes_pil_images_like_files(tmp_path: Path, model_file: Path) -> None:
     Image.fromarray(photo(26, 33, seed=8)).save(tmp_path / "in.png")
-    styled = Stylizer.load(model_file, "cpu").stylize_pil(Image.open(tmp_path / "in.png"))
+    styled = load_stylizer(model_file, "cpu").stylize_pil(Image.open(tmp_path / "in.png"))
     assert styled.size == (33, 26) and styled.mode == "RGB"
     assert _same_pixels(np.asarray(styled), _expected(model_file, tmp_path / "in.png"))
 
@@ -199,7 +199,7 @@ BAD_INPUTS = [
     ("unwritable model", TRAIN.replace("{tmp}/m.safetensors", "{tmp}/afile/m.safetensors"), "is a file, not a folder"),
     ("missing checkpoint", TRAIN + " --resume {tmp}/none.pt", "checkpoint not found"),
     ("garbage checkpoint", TRAIN + " --resume {tmp}/text.jpg", "not a training checkpoint"),
-    ("missing loss weights", TRAIN + " --loss-weights {tmp}/none.pth", "loss weights file not found"),
+    ("missing loss weights", TRAIN + " --loss-weights {tmp}/none.pth", "loss network weights file not found"),
     ("image as loss weights", TRAIN + " --loss-weights {good}", "not a PyTorch weights file"),
 ]
 
@@ -267,8 +267,8 @@ def test_loss_network_download_failure_is_one_line(
     assert result.code == 2
     assert result.error_lines == [
         "note: downloading torchvision's ImageNet vgg16 weights (about 530 MB, once)",
-        "error: cannot download the ImageNet weights for vgg16 (<urlopen error Name or service not known>); "
-        "offline, pass --loss-weights FILE with a torchvision-format VGG state dict",
+        "error: --loss-network-weights is needed offline: cannot download the ImageNet weights for vgg16 "
+        "(<urlopen error Name or service not known>); give a torchvision-format VGG state dict file",
     ]
     assert progress_bars == [False]  # only the CLI prints: no download bar from the library
 

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from stylize import load_model, save_model
-from stylize.compare import (
+from stylize.images import encode_thumbnail, load_image, to_uint8
+from stylize.model.network import NetConfig, TransformerNet
+from stylize.report.compare import (
     CONTRAST_FACTORS,
     NEIGHBOURS,
     CompareSettings,
@@ -19,9 +21,7 @@ from stylize.compare import (
     lattice_strength,
     mean_abs_difference,
 )
-from stylize.images import encode_thumbnail, load_image, to_uint8
-from stylize.network import NetConfig, TransformerNet
-from stylize.sheet import SheetLayout, render_sheet, sheet_rows
+from stylize.report.sheet import SheetLayout, render_sheet, sheet_rows
 
 from .helpers import photo, photo_tensor, write_model
 
@@ -109,7 +109,7 @@ def test_comparing_never_changes_batch_norm_running_statistics(
         loaded.append(load_model(*args, **kwargs))
         return loaded[-1]
 
-    monkeypatch.setattr(importlib.import_module("stylize.compare"), "load_model", keep)
+    monkeypatch.setattr(importlib.import_module("stylize.report.compare"), "load_model", keep)
     compare(contents, [pair / "swirls-batch.safetensors"], CompareSettings(size=32, device="cpu"))
     (used,) = loaded  # the model object compare ran in train mode among neighbours
     fresh = load_model(pair / "swirls-batch.safetensors").network.state_dict()
@@ -232,8 +232,8 @@ def test_losses_are_measured_as_the_model_was_trained(
     )
     lost = write_model(tmp_path / "lost.safetensors", training={**record, "loss_weights": "/gone.pth"})
     missing = compare(contents, [lost], CompareSettings(size=32, device="cpu")).reports[0]
-    assert missing.content_loss is None and "/gone.pth not found (pass --loss-weights)" in missing.loss_source
-    given = CompareSettings(size=32, device="cpu", loss_weights=vgg_weights)
+    assert missing.content_loss is None and missing.loss_source == "no loss network: /gone.pth not found"
+    given = CompareSettings(size=32, device="cpu", loss_network_weights=vgg_weights)
     assert compare(contents, [lost], given).reports[0].content_loss == pytest.approx(report.content_loss)
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stylize import StyleControls, StylizeError, Stylizer, load_image
-from stylize.controls import apply_controls, check_working_size, oklab_to_srgb, srgb_to_oklab
+from stylize import StyleControls, StylizeError, load_image, load_stylizer
 from stylize.images import resize
+from stylize.inference.controls import apply_controls, check_working_size, oklab_to_srgb, srgb_to_oklab
 
 from .helpers import photo, photo_tensor
 
@@ -100,9 +100,9 @@ def test_downscaled_stylization_gets_the_photos_fine_detail_back() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"strength": -0.1}, "--strength must be between 0 and 1"),
-        ({"strength": 1.5}, "--strength must be between 0 and 1"),
-        ({"scale": 0.0}, "--scale must be above 0"),
+        ({"strength": -0.1}, "strength must be between 0 and 1"),
+        ({"strength": 1.5}, "strength must be between 0 and 1"),
+        ({"scale": 0.0}, "scale must be above 0"),
         ({"scale": 4.5}, "and at most 4"),
     ],
 )
@@ -117,7 +117,7 @@ def test_the_cli_applies_every_control(cli, tmp_path: Path, model_file: Path) ->
     options = ["--preserve-color", "--strength", "0.7", "--scale", "0.5"]
     result = cli("image", tmp_path / "in.png", "--model", model_file, "--out", tmp_path / "o.png", *options)
     assert result.code == 0, result.err
-    expected = Stylizer.load(model_file, "cpu", controls=controls)
+    expected = load_stylizer(model_file, "cpu", controls=controls)
     pixels = expected.stylize(load_image(tmp_path / "in.png")).rgb[0].mul(255).round().byte().permute(1, 2, 0)
     written = np.asarray(Image.open(tmp_path / "o.png"))
     assert np.array_equal(written, pixels.numpy())
@@ -157,9 +157,9 @@ def test_the_scale_limit_follows_max_pixels_on_the_cli(cli, tmp_path: Path, mode
 
 def test_calling_a_stylizer_applies_its_controls(model_file: Path) -> None:
     photos = photo_tensor(24, 32, seed=12)
-    plain = Stylizer.load(model_file, "cpu")
-    grey = Stylizer.load(model_file, "cpu", controls=StyleControls(preserve_color=True))
-    untouched = Stylizer.load(model_file, "cpu", controls=StyleControls(strength=0))
+    plain = load_stylizer(model_file, "cpu")
+    grey = load_stylizer(model_file, "cpu", controls=StyleControls(preserve_color=True))
+    untouched = load_stylizer(model_file, "cpu", controls=StyleControls(strength=0))
     assert torch.equal(untouched(photos), photos)
     assert torch.equal(plain(photos), plain.run(photos)) and not torch.allclose(grey(photos), plain(photos))
     colour = srgb_to_oklab(grey(photos))[:, 1:]  # preserve_color keeps the photo's a, b (up to gamut clipping)

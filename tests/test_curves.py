@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylize.curves import COLOURS, MARGIN, PANEL_WIDTH, log_ticks, moving_median, nice_ticks, read_metrics
+from stylize.report.curves import COLOURS, MARGIN, PANEL_WIDTH, log_ticks, moving_median, nice_ticks, read_metrics
 
 
 def _write_metrics(path: Path, steps: int, start: float, decay: float) -> Path:

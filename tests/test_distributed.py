@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 
 from stylize import StylizeError, TrainConfig, load_model
-from stylize.distributed import World, check_sync_batch_norm, parallel, rank_label, synchronize_batch_norm
-from stylize.network import NetConfig, TransformerNet
-from stylize.training import checkpoint_dir, find_checkpoint
+from stylize.model.checkpoints import checkpoint_dir, find_checkpoint
+from stylize.model.network import NetConfig, TransformerNet
+from stylize.training.distributed import World, check_sync_batch_norm, parallel, rank_label, synchronize_batch_norm
 
 from .helpers import photo_tensor, train_args
 
@@ -144,9 +144,9 @@ def test_several_processes_train_through_distributed_data_parallel(one_process_g
 @pytest.mark.parametrize(
     ("norm", "message"),
     [
-        ("instance", "--sync-bn synchronizes batch-norm statistics; --norm instance has no batch-norm layers"),
-        ("batch", "--sync-bn needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on the CPU"),
-        ("ibn", "--sync-bn needs CUDA GPUs"),
+        ("instance", "sync_bn synchronizes batch-norm statistics; the instance norm has no batch-norm layers"),
+        ("batch", "sync_bn needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on the CPU"),
+        ("ibn", "sync_bn needs CUDA GPUs"),
     ],
 )
 def test_sync_bn_is_refused_where_it_cannot_work(norm: str, message: str) -> None:

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stylize import ExportedNetwork, StyleControls, Stylizer, load_image, load_model, save_model
+from stylize import ExportedNetwork, StyleControls, load_image, load_model, load_stylizer, save_model
 from stylize.cli import main
-from stylize.stylizer import ExportedStylizer
+from stylize.inference.stylizer import ExportedStylizer
 
 from .helpers import ALL_NORMS, photo, photo_tensor, random_network, write_model
 
@@ -108,7 +108,7 @@ def test_inference_options_on_an_exported_file_earn_a_note(cli, exported: tuple[
     result = cli("image", tmp_path / "in.png", "--model", out, "--out", tmp_path / "o.png", "--precision", "bf16")
     assert result.code == 0
     assert result.error_lines == [
-        "note: --precision, --compile and --tile apply to model files; exported files run as exported"
+        "note: precision, compile and tile settings apply to model files; exported files run as exported"
     ]
 
 
@@ -118,7 +118,7 @@ def test_export_defaults_to_the_model_name_in_the_current_folder(cli, tmp_path: 
     result = cli("export", model, "--format", "torchscript")
     assert result.code == 0 and result.out.strip() == "wrote waves.pt (torchscript)"
     images = photo_tensor(24, 24, seed=4)
-    reference = Stylizer.load(model, "cpu")(images)
+    reference = load_stylizer(model, "cpu")(images)
     assert (ExportedNetwork(tmp_path / "waves.pt", torch.device("cpu"))(images) - reference).abs().max() < 1e-4
 
 
@@ -173,7 +173,7 @@ def test_controls_work_the_same_on_exported_files(exported: tuple[Path, Path], t
     controls = StyleControls(preserve_color=True, scale=0.5)
     image = load_image(tmp_path / "in.png")
     a = ExportedStylizer(ExportedNetwork(out, torch.device("cpu")), controls).stylize(image).rgb
-    b = Stylizer.load(model, "cpu", controls=controls).stylize(image).rgb
+    b = load_stylizer(model, "cpu", controls=controls).stylize(image).rgb
     assert (a - b).abs().max() < 1e-4
 
 

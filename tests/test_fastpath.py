@@ -1,4 +1,4 @@
-"""The inference form of the network (stylize.fastpath) and the settings that pick it."""
+"""The inference form of the network (stylize.model.fastpath) and the settings that pick it."""
 
 from __future__ import annotations
 
@@ -11,20 +11,20 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from stylize import stylizer as stylizer_module
+import stylize.inference.stylizer as stylizer_module
 from stylize.errors import StylizeError
-from stylize.fastpath import (
+from stylize.images import load_image
+from stylize.inference.stylizer import InferenceSettings, Stylizer
+from stylize.model.fastpath import (
     BandedConv,
     SpaceToDepthConv,
     SubpixelConv,
     optimize_for_inference,
     set_tile,
 )
-from stylize.images import load_image
-from stylize.modelfile import load_model
-from stylize.network import SPACE_TO_DEPTH, BlockConv, ReflectConv, UpsampleConv
-from stylize.norms import BatchInstanceNorm2d
-from stylize.stylizer import InferenceSettings, Stylizer
+from stylize.model.files import load_model
+from stylize.model.network import SPACE_TO_DEPTH, BlockConv, ReflectConv, UpsampleConv
+from stylize.model.norms import BatchInstanceNorm2d
 
 from .helpers import ALL_NORMS, photo, photo_tensor, random_network, write_model
 
@@ -247,7 +247,7 @@ def test_compile_pays_off_only_for_many_images() -> None:
     ("settings", "message"),
     [
         ({"precision": "fp16"}, "unknown precision 'fp16'; choose one of: auto, fp32, bf16"),
-        ({"tile": -1}, "--tile must be 0 (off) or a number of rows"),
+        ({"tile": -1}, "tile must be 0 (off) or a number of rows"),
     ],
 )
 def test_bad_settings_are_one_clear_error(settings: dict[str, object], message: str) -> None:

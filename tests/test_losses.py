@@ -9,7 +9,7 @@ import torchvision
 from torchvision.models.vgg import cfgs, make_layers
 
 from stylize import StylizeError
-from stylize.losses import (
+from stylize.training.losses import (
     LossWeights,
     content_loss,
     gram_matrix,
@@ -18,7 +18,7 @@ from stylize.losses import (
     style_targets,
     total_variation,
 )
-from stylize.vgg import LossNetwork, relu_indices
+from stylize.training.vgg import LossNetwork, relu_indices
 
 SHARED_VGG = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg16_bn_features.pth"
 
@@ -154,7 +154,7 @@ def test_failed_download_says_to_pass_loss_weights(monkeypatch: pytest.MonkeyPat
         raise URLError("Name or service not known")
 
     monkeypatch.setattr(torchvision.models.VGG16_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
-    with pytest.raises(StylizeError, match="pass --loss-weights FILE") as raised:
+    with pytest.raises(StylizeError, match="loss_network_weights is needed offline") as raised:
         LossNetwork("vgg16", ["relu2_2"])
     assert "\n" not in str(raised.value)
 

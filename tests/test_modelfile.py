@@ -13,8 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from stylize import StylizeError, bundled_models, load_model, save_model
 from stylize.images import to_uint8
-from stylize.modelfile import read_info, resolve_model
-from stylize.network import NetConfig, TransformerNet
+from stylize.model.checkpoints import Checkpoint, write_checkpoint
+from stylize.model.files import read_info, resolve_model
+from stylize.model.network import NetConfig, TransformerNet
 
 from .helpers import ALL_NORMS, write_model
 from .reference_fast_neural_style import randomized, stylize_like_examples
@@ -69,9 +70,9 @@ def test_pytorch_examples_models_reproduce_their_pixels(tmp_path: Path, with_sta
 
 def test_training_checkpoints_load_as_models(tmp_path: Path) -> None:
     network = TransformerNet(NetConfig(norm="batch")).eval()
-    checkpoint = {"model": network.state_dict(), "net_config": network.config.to_dict(), "style": "x"}
-    torch.save(checkpoint, tmp_path / "step-00000010.pt")
-    model = load_model(tmp_path / "step-00000010.pt")
+    optimizer = torch.optim.Adam(network.parameters())
+    checkpoint = Checkpoint(network.state_dict(), optimizer.state_dict(), 10, 4, {}, network.config, style="x")
+    model = load_model(write_checkpoint(tmp_path, checkpoint))
     assert model.info.config.norm == "batch" and model.info.style == "x"
 
 

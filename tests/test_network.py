@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from stylize import StylizeError, create_norm, norm_names, register_norm
-from stylize.network import NORM_SITES, NetConfig, TransformerNet
-from stylize.norms import _REGISTRY, IBN_INSTANCE_SITES, BatchInstanceNorm2d
+from stylize.model.network import NORM_SITES, NetConfig, TransformerNet
+from stylize.model.norms import _REGISTRY, IBN_INSTANCE_SITES, BatchInstanceNorm2d
 
 from .helpers import ALL_NORMS
 
@@ -152,7 +152,7 @@ def test_layer_and_group_norms_normalize_groups_of_channels(norm: str, layer_typ
 
 def test_group_count_must_divide_every_layer() -> None:
     assert TransformerNet(NetConfig(norm="group")).norm1.num_groups == 8  # default
-    with pytest.raises(StylizeError, match="--groups must divide 32.*1, 2, 4, 8, 16, 32"):
+    with pytest.raises(StylizeError, match="groups must divide 32.*1, 2, 4, 8, 16, 32"):
         NetConfig(norm="group", groups=3)
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from stylize import StylizeError
-from stylize.schedule import learning_rate
+from stylize.training.schedule import learning_rate
 
 
 def test_warmup_rises_linearly_to_the_peak() -> None:

@@ -12,13 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import stylize.training as training
+import stylize.model.checkpoints as checkpoints
+import stylize.training.loop as training
 from stylize import StylizeError, TrainConfig, TrainingInterrupted, load_model, train
 from stylize.devices import training_dtype
 from stylize.images import decode_thumbnail
-from stylize.losses import LossTerms, LossWeights
-from stylize.network import NetConfig, TransformerNet
-from stylize.training import CPU_RECIPE, GPU_RECIPE
+from stylize.model.network import NetConfig, TransformerNet
+from stylize.training.config import CPU_RECIPE, GPU_RECIPE
+from stylize.training.losses import LossTerms, LossWeights
 
 from .helpers import assert_same_weights, count_steps, train_args, write_model
 
@@ -53,7 +54,7 @@ def test_train_through_the_cli_writes_model_metrics_and_checkpoints(
 def test_training_actually_lowers_the_loss(tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:
     config = TrainConfig(
         style_image=style_image, data=photos, out=tmp_path / "m.safetensors", steps=30, batch_size=2,
-        image_size=32, style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
+        image_size=32, style_size=32, loss_network_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
         content_layer="relu2_2", device="cpu", workers=0, checkpoint_every=0, lr=3e-3, lr_schedule="constant",
         warmup_steps=0,
     )  # fmt: skip
@@ -155,8 +156,8 @@ def test_ctrl_c_checkpoints_and_the_run_resumes_exactly(
     def config(out: Path, resume: Path | None = None) -> TrainConfig:
         return TrainConfig(
             style_image=style_image, data=photos, out=out, steps=4, batch_size=2, image_size=32,
-            style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"), content_layer="relu2_2",
-            device="cpu", workers=0, checkpoint_every=0, resume=resume,
+            style_size=32, loss_network_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
+            content_layer="relu2_2", device="cpu", workers=0, checkpoint_every=0, resume=resume,
         )  # fmt: skip
 
     def press_ctrl_c(report: training.StepReport) -> None:
@@ -167,7 +168,7 @@ def test_ctrl_c_checkpoints_and_the_run_resumes_exactly(
     handler_before = signal.getsignal(signal.SIGINT)  # default, or ignored under a background shell
     with pytest.raises(TrainingInterrupted, match="interrupted at step 2/4") as interrupted:
         train(config(out), on_progress=press_ctrl_c)
-    assert "--resume" in str(interrupted.value)
+    assert interrupted.value.resume_from == tmp_path / "run.ckpt" / "step-00000002.pt"
     assert [p.name for p in (tmp_path / "run.ckpt").iterdir()] == ["step-00000002.pt"]
     assert not out.exists()
     assert signal.getsignal(signal.SIGINT) is handler_before
@@ -184,7 +185,7 @@ def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(
 ) -> None:
     config = TrainConfig(
         style_image=style_image, data=photos, out=tmp_path / "run.safetensors", steps=4, batch_size=2,
-        image_size=32, style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
+        image_size=32, style_size=32, loss_network_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
         content_layer="relu2_2", device="cpu", workers=0, checkpoint_every=0,
     )  # fmt: skip
     steps_seen: list[int] = []
@@ -231,11 +232,11 @@ def test_a_nan_or_infinite_loss_stops_and_keeps_the_last_good_checkpoint(
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("steps", 0, "--steps must be at least 1"),
-        ("batch_size", -1, "--batch-size must be at least 1"),
-        ("image_size", 4, "--image-size must be at least 16"),
-        ("style_weight", -1.0, "--style-weight must not be negative"),
-        ("lr", 0.0, "--lr must be positive"),
+        ("steps", 0, "steps must be at least 1"),
+        ("batch_size", -1, "batch_size must be at least 1"),
+        ("image_size", 4, "image_size must be at least 16"),
+        ("style_weight", -1.0, "style_weight must not be negative"),
+        ("lr", 0.0, "lr must be positive"),
         ("norm", "layer-ish", "unknown norm"),
         ("loss_network", "resnet", "unknown loss network"),
         ("lr_schedule", "step", "unknown learning-rate schedule 'step'"),
@@ -289,7 +290,7 @@ def test_same_seed_gives_every_norm_the_same_initial_convolutions() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--norm", "instance", "--norm", "batch"], "training 2 norms writes one model each: give --out a folder"),
+        (["--norm", "instance", "--norm", "batch"], "--out must be a folder to train 2 norms (one model each)"),
         (["--norm", "batch", "--norm", "batch"], "--norm batch is given twice"),
         (["--norm", "instance", "--norm", "blob"], "unknown norm 'blob'"),
         (["--norm", "group", "--groups", "5"], "--groups must divide 32"),
@@ -308,7 +309,7 @@ def test_resuming_several_norms_takes_the_out_folder(
 ) -> None:
     args = train_args(style_image, photos, tmp_path / "pair", vgg_weights)
     result = cli(*args, "--norm", "instance", "--norm", "batch", "--resume", str(tmp_path / "elsewhere"))
-    assert result.code == 2 and "--resume takes the --out folder" in result.err
+    assert result.code == 2 and "--resume must be the out folder" in result.err
 
 
 def _init_run(
@@ -316,7 +317,7 @@ def _init_run(
 ) -> TrainConfig:
     config = TrainConfig(
         style_image=style_image, data=photos, out=tmp_path / "tuned.safetensors", steps=4, batch_size=2,
-        image_size=32, style_size=32, loss_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
+        image_size=32, style_size=32, loss_network_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
         content_layer="relu2_2", device="cpu", workers=0, checkpoint_every=2, init=str(init) if init else None,
     )  # fmt: skip
     return dataclasses.replace(config, **changes)
@@ -366,7 +367,7 @@ def test_init_refuses_a_different_network(
     config = _init_run(tmp_path, style_image, photos, vgg_weights, start, **changes)
     with pytest.raises(StylizeError, match=message):
         train(config)
-    assert not config.out.exists() and not training.checkpoint_dir(config.out).exists()
+    assert not config.out.exists() and not checkpoints.checkpoint_dir(config.out).exists()
     args = train_args(style_image, photos, config.out, vgg_weights, "--init", str(start),
                       *(f"--{key}={value}" for key, value in changes.items()))  # fmt: skip
     result = cli(*args)
@@ -390,7 +391,7 @@ def test_resumed_init_run_matches_the_straight_one(
     train(straight)
     first = _init_run(tmp_path, style_image, photos, vgg_weights, start, steps=2)
     train(first)
-    checkpoint = training.checkpoint_dir(first.out)
+    checkpoint = checkpoints.checkpoint_dir(first.out)
     # The resumed run continues from the checkpoint, not from the starting model.
     train(dataclasses.replace(first, steps=4, resume=checkpoint))
     assert_same_weights(straight.out, first.out)
@@ -474,15 +475,15 @@ def test_style_layer_weights_reach_the_loss_and_the_model_file(
 
 def test_default_style_layers_weigh_the_palette_layer_a_quarter_and_given_layers_alike() -> None:
     default = TrainConfig(style_image=Path("s.jpg"), data=Path("d"), out=Path("m.safetensors"), loss_network="vgg16_bn")
-    assert default.loss_weights_terms.style_layers == (
+    assert default.term_weights.style_layers == (
         ("relu1_2", 0.25),
         ("relu2_2", 1.0),
         ("relu3_3", 1.0),
         ("relu4_3", 1.0),
     )
     given = dataclasses.replace(default, style_layers=("relu1_2", "relu3_3"))
-    assert given.loss_weights_terms.style_layers == (("relu1_2", 1.0), ("relu3_3", 1.0))
-    assert given.record()["style_layer_weights"] == [1.0, 1.0]
+    assert given.term_weights.style_layers == (("relu1_2", 1.0), ("relu3_3", 1.0))
+    assert given.to_dict()["style_layer_weights"] == [1.0, 1.0]
 
 
 def test_a_checkpoint_from_before_schedules_and_bounded_output_is_not_resumed_silently(
@@ -496,7 +497,7 @@ def test_a_checkpoint_from_before_schedules_and_bounded_output_is_not_resumed_si
         del checkpoint["config"][key]
     torch.save(checkpoint, path)
     refused = cli(*train_args(style_image, photos, out, vgg_weights, "--resume", path))
-    assert refused.code == 2 and "lr-schedule='constant', not 'cosine'" in refused.err
+    assert refused.code == 2 and "lr_schedule='constant', not 'cosine'" in refused.err
     del checkpoint["net_config"]["bounded_output"]
     torch.save(checkpoint, path)
     refused = cli(*train_args(style_image, photos, out, vgg_weights, "--resume", path,

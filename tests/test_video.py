@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from stylize import Stylizer
+from stylize import load_stylizer
 
 FRAMES, FPS, SAMPLE_RATE = 10, 12, 8000
 
@@ -95,7 +95,7 @@ def test_video_is_stylized_frame_by_frame_with_rate_times_and_sound_kept(
     assert styled.shape == source.shape and rate == FPS and times == source_times
     assert audio_streams(out) == audio_streams(clip) and audio_streams(out)[0][:2] == ("aac", SAMPLE_RATE)
     assert audio_packets(out) == audio_packets(clip) and len(audio_packets(clip)) > 5
-    expected = Stylizer.load(model_file, "cpu")(source)
+    expected = load_stylizer(model_file, "cpu")(source)
     # 4:2:0 video keeps colour at half resolution: compare full-resolution lightness.
     assert (luma(styled) - luma(expected)).abs().mean() * 255 < 2, "the frames are the model's"
     assert (luma(styled) - luma(source)).abs().mean() * 255 > 10, "and not the source's"
@@ -122,8 +122,8 @@ def test_no_audio_max_size_and_odd_sides(cli, model_file: Path, tmp_path: Path) 
     assert decode(tmp_path / "s.webm")[0].shape == (FRAMES, 3, 14, 20)
     refused = cli("video", odd, "--model", model_file, "--out", tmp_path / "a.webm")
     assert refused.code == 2 and refused.error_lines == [
-        f"error: cannot copy the sound into {tmp_path / 'a.webm'} ('webm' format does not support 'aac' codec); "
-        "--no-audio leaves it out, or write .mkv"
+        f"error: --audio cannot be copied into {tmp_path / 'a.webm'} ('webm' format does not support 'aac' codec): "
+        "turn it off, or write .mkv"
     ]
     assert not (tmp_path / "a.webm").exists() and not list(tmp_path.glob(".a.webm*"))
 

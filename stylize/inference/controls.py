@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import StylizeError
-from .images import max_pixels_setting, resize, scaled_size
+from stylize.errors import InvalidSetting, StylizeError
+from stylize.images import max_pixels_setting, resize, scaled_size
 
 MAX_SCALE = 4.0
 
@@ -63,9 +63,9 @@ class StyleControls:
 
     def __post_init__(self) -> None:
         if not 0 <= self.strength <= 1:
-            raise StylizeError(f"--strength must be between 0 and 1, not {self.strength}")
+            raise InvalidSetting("strength", f"must be between 0 and 1, not {self.strength}")
         if not 0 < self.scale <= MAX_SCALE:
-            raise StylizeError(f"--scale must be above 0 and at most {MAX_SCALE:g}, not {self.scale}")
+            raise InvalidSetting("scale", f"must be above 0 and at most {MAX_SCALE:g}, not {self.scale}")
 
     @property
     def is_plain(self) -> bool:

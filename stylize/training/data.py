@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .errors import StylizeError
-from .images import find_images, load_image
+from stylize.errors import StylizeError
+from stylize.images import find_images, load_image
 
 # Crops cover this fraction of the photo's area (then resized to image_size),
 # with aspect ratios between 3:4 and 4:3, as in torchvision's RandomResizedCrop.

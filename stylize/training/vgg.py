@@ -1,28 +1,30 @@
 """The frozen VGG that the perceptual loss looks through.
 
 Built from torchvision, truncated after the deepest layer the loss uses, with
-ImageNet normalization inside so callers pass plain [0, 1] images.
+ImageNet normalization inside so callers pass plain [0, 1] images. torchvision
+is imported only when a loss network is built: it costs more than a second of
+start-up, which commands that never build one should not pay.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from torchvision import models
-from torchvision.models.vgg import cfgs, make_layers
 
-from .errors import StylizeError
-from .fileio import load_torch_file
+from stylize.errors import InvalidSetting, StylizeError
+from stylize.fileio import load_torch_file
 
-# name -> (torchvision layer config, batch norm, ImageNet weights); only the
-# feature stack is ever built: the classifier would be 120M unused parameters.
-_ARCHITECTURES: dict[str, tuple[str, bool, models.WeightsEnum]] = {
-    "vgg16": ("D", False, models.VGG16_Weights.IMAGENET1K_V1),
-    "vgg19": ("E", False, models.VGG19_Weights.IMAGENET1K_V1),
-    "vgg16_bn": ("D", True, models.VGG16_BN_Weights.IMAGENET1K_V1),
+# name -> (torchvision layer config, batch norm, torchvision's ImageNet weights
+# enum); only the feature stack is ever built: the classifier would be 120M
+# unused parameters.
+_ARCHITECTURES: dict[str, tuple[str, bool, str]] = {
+    "vgg16": ("D", False, "VGG16_Weights"),
+    "vgg19": ("E", False, "VGG19_Weights"),
+    "vgg16_bn": ("D", True, "VGG16_BN_Weights"),
 }
 
 # Style at the last ReLU of blocks 1-4, as Johnson et al.; content one block
@@ -38,6 +40,17 @@ DEFAULT_STYLE_LAYERS: dict[str, dict[str, float]] = {
     "vgg16_bn": {"relu1_2": 0.25, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0},
     "vgg19": {"relu1_2": 0.25, "relu2_2": 1.0, "relu3_4": 1.0, "relu4_4": 1.0},
 }
+
+
+def style_layer_weights(
+    loss_network: str, layers: Sequence[str] = (), weights: Sequence[float] = ()
+) -> dict[str, float]:
+    """Each style layer's weight: ``layers`` with their ``weights`` (none given:
+    every layer weighs 1), or without ``layers`` the loss network's defaults."""
+    if not layers:
+        return dict(DEFAULT_STYLE_LAYERS[check_loss_network(loss_network)])
+    return dict(zip(layers, weights or [1.0] * len(layers), strict=True))
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,27 +79,34 @@ def check_loss_network(name: str) -> str:
     return name
 
 
+def _imagenet_weights(name: str) -> Any:
+    from torchvision import models
+
+    return getattr(models, _ARCHITECTURES[check_loss_network(name)][2]).IMAGENET1K_V1
+
+
 def imagenet_weights_cached(name: str) -> bool:
     """Whether torchvision already downloaded ``name``'s ImageNet weights, so
     building the loss network needs no network access."""
-    url = _ARCHITECTURES[check_loss_network(name)][2].url
+    url = _imagenet_weights(name).url
     return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
 
 
-def _download_state_dict(name: str, weights: models.WeightsEnum) -> dict[str, torch.Tensor]:
+def _download_state_dict(name: str) -> dict[str, torch.Tensor]:
     try:
-        return weights.get_state_dict(progress=False)  # the library never prints; the CLI says it downloads
+        return _imagenet_weights(name).get_state_dict(progress=False)  # the library never prints
     except OSError as error:  # URLError and socket errors are OSErrors
-        raise StylizeError(
-            f"cannot download the ImageNet weights for {name} ({error}); "
-            "offline, pass --loss-weights FILE with a torchvision-format VGG state dict"
+        raise InvalidSetting(
+            "loss_network_weights",
+            f"is needed offline: cannot download the ImageNet weights for {name} ({error}); "
+            "give a torchvision-format VGG state dict file",
         ) from None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a torchvision-format state dict without ever unpickling code."""
     if not path.is_file():
-        raise StylizeError(f"loss weights file not found: {path}")
+        raise StylizeError(f"loss network weights file not found: {path}")
     state = load_torch_file(path, "a PyTorch weights file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -100,7 +120,9 @@ class LossNetwork(nn.Module):
 
     def __init__(self, name: str, layers: Sequence[str], weights_file: Path | None = None):
         super().__init__()
-        config, batch_norm, imagenet_weights = _ARCHITECTURES[check_loss_network(name)]
+        from torchvision.models.vgg import cfgs, make_layers
+
+        config, batch_norm, _ = _ARCHITECTURES[check_loss_network(name)]
         features = make_layers(cfgs[config], batch_norm=batch_norm)
         indices = relu_indices(features)
         unknown = [layer for layer in layers if layer not in indices]
@@ -111,7 +133,7 @@ class LossNetwork(nn.Module):
         self.features = features[:depth]
 
         if weights_file is None:
-            state = _download_state_dict(name, imagenet_weights)
+            state = _download_state_dict(name)
         else:
             state = read_state_dict(weights_file)
         self._load_features(state, depth, source=str(weights_file or name))

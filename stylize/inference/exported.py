@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from .errors import StylizeError
-from .fastpath import optimize_for_inference, set_tile
-from .fileio import atomic_path
-from .modelfile import StyleModel, model_name
-from .network import MIN_SIZE, pad_to_min_size
-from .version import VERSION
+from stylize.errors import StylizeError
+from stylize.fileio import atomic_path
+from stylize.model.fastpath import optimize_for_inference, set_tile
+from stylize.model.files import StyleModel
+from stylize.model.network import MIN_SIZE, pad_to_min_size
+from stylize.version import VERSION
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -160,7 +160,7 @@ class ExportedNetwork:
         if metadata.get("format") != EXPORT_TAG:
             raise StylizeError(f"{path} is a {fmt} file but not one written by `stylize export`")
         self.info = ExportInfo(
-            name=metadata.get("name") or model_name(self.path),
+            name=metadata.get("name") or self.path.stem,
             style=metadata.get("style", ""),
             format=fmt,
             runs_on=runs_on,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import StylizeError
+from stylize.errors import InvalidSetting, StylizeError
 
 NormConstructor = Callable[[int, str, int], nn.Module]
 
@@ -50,7 +50,7 @@ def check_norm(name: str) -> str:
 def check_groups(groups: int) -> int:
     if groups < 1 or CHANNEL_QUANTUM % groups:
         valid = ", ".join(str(g) for g in range(1, CHANNEL_QUANTUM + 1) if CHANNEL_QUANTUM % g == 0)
-        raise StylizeError(f"--groups must divide {CHANNEL_QUANTUM} (every layer's channel count): one of {valid}")
+        raise InvalidSetting("groups", f"must divide {CHANNEL_QUANTUM} (every layer's channel count): one of {valid}")
     return groups
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import StylizeError
+from stylize.errors import StylizeError
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 

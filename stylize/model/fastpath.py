@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .convforms import space_to_depth_conv, space_to_depth_kernels, subpixel_conv, subpixel_kernels
-from .network import NORMALIZED_CONVS, SPACE_TO_DEPTH, ReflectConv, TransformerNet, UpsampleConv
+from stylize.model.convforms import space_to_depth_conv, space_to_depth_kernels, subpixel_conv, subpixel_kernels
+from stylize.model.network import NORMALIZED_CONVS, SPACE_TO_DEPTH, ReflectConv, TransformerNet, UpsampleConv
 
 # A band's rows are given in image rows; a layer working at 1/scale resolution
 # takes tile // scale of its own rows per band.

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .controls import check_working_size
-from .errors import StylizeError
-from .fileio import atomic_path
-from .images import resize, scaled_size, to_uint8
-from .stylizer import ImageStylizer
+from stylize.errors import InvalidSetting, StylizeError
+from stylize.fileio import atomic_path, format_for_extension, refuse_overwriting
+from stylize.images import resize, scaled_size, to_uint8
+from stylize.inference.controls import check_working_size
+from stylize.inference.stylizer import ImageStylizer
 
 VIDEO_EXTRA = "pip install 'stylize[video]'"
 # Encoders by output extension; x264 and VP9 want even sides in 4:2:0.
@@ -39,11 +39,11 @@ class VideoSettings:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise StylizeError("--batch-size must be at least 1")
+            raise InvalidSetting("batch_size", "must be at least 1")
         if not 0 <= self.quality <= 51:
-            raise StylizeError(f"--quality must be between 0 and 51, not {self.quality}")
+            raise InvalidSetting("quality", f"must be between 0 and 51, not {self.quality}")
         if self.max_size is not None and self.max_size < 2:
-            raise StylizeError("--max-size must be at least 2")
+            raise InvalidSetting("max_size", "must be at least 2")
 
 
 @dataclass(frozen=True)
@@ -66,18 +66,7 @@ def _av() -> Any:
 
 
 def encoder_for(path: Path) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix not in ENCODERS:
-        raise StylizeError(
-            f"cannot write video with extension {suffix or '(none)'!r}; use one of: {', '.join(ENCODERS)}"
-        )
-    return ENCODERS[suffix]
-
-
-def default_video_output(source: Path, model_name: str) -> Path:
-    """``NAME-MODEL.EXT`` in the current folder, EXT the source's if writable, else .mp4."""
-    suffix = Path(source).suffix.lower()
-    return Path(f"{Path(source).stem}-{model_name}{suffix if suffix in ENCODERS else '.mp4'}")
+    return format_for_extension(path, ENCODERS, "video")
 
 
 def _open_input(path: Path) -> Any:
@@ -146,8 +135,8 @@ def _copy_stream(writer: Any, stream: Any, destination: Path) -> Any:
     try:
         return writer.add_stream_from_template(stream)
     except ValueError as error:  # the container cannot hold that codec
-        raise StylizeError(
-            f"cannot copy the sound into {destination} ({error}); --no-audio leaves it out, or write .mkv"
+        raise InvalidSetting(
+            "audio", f"cannot be copied into {destination} ({error}): turn it off, or write .mkv"
         ) from None
 
 
@@ -163,8 +152,7 @@ def stylize_video(
     ``on_progress(frames done, frames in all or None)`` hears after each batch."""
     av = _av()
     encoder = encoder_for(destination)
-    if Path(destination).resolve() == Path(source).resolve():
-        raise StylizeError(f"refusing to overwrite the input {source}")
+    refuse_overwriting(source, destination)
     started = time.perf_counter()
     with _open_input(source) as reader, atomic_path(destination) as temporary:
         video = reader.streams.video[0]
@@ -216,7 +204,7 @@ def stylize_video(
                 if on_progress is not None and done != total:
                     on_progress(done, done)  # the count was an estimate
         except av.FFmpegError as error:
-            hint = "; --no-audio leaves the sound out" if sounds else ""
+            hint = "; leaving the sound out may help" if sounds else ""
             raise StylizeError(f"cannot stylize {source} into {destination}: {error}{hint}") from None
     return VideoResult(
         path=Path(destination),

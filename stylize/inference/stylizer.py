@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,22 +12,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .controls import PLAIN, StyleControls, apply_controls, check_working_size
-from .devices import autocast, check_precision, compute_dtype, memory_format, resolve_device
-from .errors import StylizeError
-from .exported import ExportedNetwork, exported_format
-from .fastpath import optimize_for_inference, set_tile
-from .images import (
-    LoadedImage,
-    expand_inputs,
-    image_to_tensor,
-    load_image,
-    output_format,
-    resize_long_side,
-    save_image,
-    tensor_to_image,
+from stylize.devices import (
+    DEFAULT_DEVICE,
+    DEFAULT_PRECISION,
+    autocast,
+    check_precision,
+    compute_dtype,
+    memory_format,
+    resolve_device,
 )
-from .modelfile import StyleModel, load_model
+from stylize.errors import InvalidSetting
+from stylize.fileio import refuse_overwriting
+from stylize.images import LoadedImage, image_to_tensor, load_image, resize_long_side, save_image, tensor_to_image
+from stylize.inference.controls import PLAIN, StyleControls, apply_controls, check_working_size
+from stylize.inference.exported import ExportedNetwork, exported_format
+from stylize.model.fastpath import optimize_for_inference, set_tile
+from stylize.model.files import StyleModel, load_model
 
 # torch.compile costs 10-25 s once on a 2-core CPU (a few s with inductor's cache warm)
 # and then saves ~0.4 s per 1024x768 image (BENCHMARKS.md).
@@ -43,7 +43,7 @@ AUTO_TILE_PIXELS = 4_000_000
 class InferenceSettings:
     """How a model runs; the defaults pick the fastest way to the same output."""
 
-    precision: str = "auto"  # see devices.compute_dtype
+    precision: str = DEFAULT_PRECISION  # see devices.compute_dtype
     # None (auto): compile when told, via for_images, of enough images to pay for it.
     compile: bool | None = None
     # Band height in image rows; 0: never. None (auto): AUTO_TILE_ROWS, except
@@ -53,7 +53,7 @@ class InferenceSettings:
     def __post_init__(self) -> None:
         check_precision(self.precision)
         if self.tile is not None and self.tile < 0:
-            raise StylizeError("--tile must be 0 (off) or a number of rows")
+            raise InvalidSetting("tile", "must be 0 (off) or a number of rows")
 
     def for_images(self, count: int) -> InferenceSettings:
         """Settle ``compile=None`` for a job of ``count`` images."""
@@ -103,6 +103,7 @@ class ImageStylizer(ABC):
     def stylize_file(
         self, source: Path, destination: Path, max_size: int | None = None, max_pixels: int | None = None
     ) -> None:
+        refuse_overwriting(source, destination)
         result = self.stylize(load_image(source, max_pixels), max_size, max_pixels)
         save_image(destination, result.rgb, result.alpha)
 
@@ -129,17 +130,6 @@ class Stylizer(ImageStylizer):
         if memory_format(device) == torch.channels_last:
             self.network.to(memory_format=torch.channels_last)
         self._compiled = torch.compile(self.network) if settings.compile else None
-
-    @classmethod
-    def load(
-        cls,
-        name_or_path: str | Path,
-        device: str = "auto",
-        settings: InferenceSettings = InferenceSettings(),
-        controls: StyleControls = PLAIN,
-    ) -> Stylizer:
-        resolved = resolve_device(device)
-        return cls(load_model(name_or_path, resolved), resolved, settings, controls=controls)
 
     @property
     def name(self) -> str:
@@ -187,55 +177,24 @@ class ExportedStylizer(ImageStylizer):
         return self.network(images)
 
 
-def load_any_model(
-    model: str | Path, device: torch.device, on_notice: Callable[[str], None] | None = None
-) -> StyleModel | ExportedNetwork:
-    """A model file or bundled model, or a file from ``stylize export``."""
-    if exported_format(Path(model)) is not None:
-        return ExportedNetwork(Path(model), device, on_notice)
-    return load_model(model, device)
-
-
-def make_stylizer(
-    model: StyleModel | ExportedNetwork,
-    device: torch.device,
+def load_stylizer(
+    model: str | Path,
+    device: str | torch.device = DEFAULT_DEVICE,
     settings: InferenceSettings = InferenceSettings(),
     controls: StyleControls = PLAIN,
     images: int = 1,
     on_notice: Callable[[str], None] | None = None,
 ) -> ImageStylizer:
-    """``model`` ready to stylize a job of ``images`` images.
+    """The one way to get a stylizer: from a bundled model's name, a model
+    file, a training checkpoint, or a file from ``export_model``, for a job of
+    ``images`` images (which settles whether compiling pays).
 
     Exported files run as they were exported (fp32, whole maps, their own
     runtime); ``settings`` other than the defaults earn a notice there.
     """
-    if isinstance(model, ExportedNetwork):
-        if settings != InferenceSettings() and on_notice is not None:
-            on_notice("--precision, --compile and --tile apply to model files; exported files run as exported")
-        return ExportedStylizer(model, controls)
-    return Stylizer(model, device, settings.for_images(images), on_notice, controls)
-
-
-def plan_outputs(inputs: Sequence[str], out: Path | None, model_name: str) -> list[tuple[Path, Path]]:
-    """Pair every input image with where its result goes.
-
-    One input may go to a file (``--out result.png``); otherwise results go into
-    a folder (``--out`` or the current one) as ``NAME-MODEL.EXT``, keeping the
-    sub-folders of folder inputs.
-    """
-    found = expand_inputs(inputs)
-    if out is not None and out.suffix and not out.is_dir():
-        if len(found) > 1:
-            raise StylizeError(f"{len(found)} inputs need --out to be a folder, not the file {out}")
-        output_format(out)
-        pairs = [(found[0][0], out)]
-    else:
-        folder = out if out is not None else Path(".")
-        pairs = [
-            (source, folder / relative.parent / f"{relative.stem}-{model_name}{relative.suffix}")
-            for source, relative in found
-        ]
-    for source, destination in pairs:
-        if destination.resolve() == source.resolve():
-            raise StylizeError(f"refusing to overwrite the input {source}")
-    return pairs
+    resolved = resolve_device(device) if isinstance(device, str) else device
+    if exported_format(Path(model)) is None:
+        return Stylizer(load_model(model, resolved), resolved, settings.for_images(images), on_notice, controls)
+    if settings != InferenceSettings() and on_notice is not None:
+        on_notice("precision, compile and tile settings apply to model files; exported files run as exported")
+    return ExportedStylizer(ExportedNetwork(Path(model), resolved, on_notice), controls)

@@ -13,45 +13,37 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .compare import CompareSettings
-from .compare import compare as run_comparison
-from .controls import MAX_SCALE, StyleControls
-from .curves import write_curves
-from .devices import DEVICE_CHOICES, resolve_device
-from .distributed import rank_label
-from .errors import StylizeError
-from .exported import EXPORT_FORMATS, SUFFIXES, check_format, export_model
-from .fileio import check_writable
-from .images import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, output_format
-from .modelfile import (
-    DEFAULT_STYLE,
-    ModelInfo,
-    bundled_models,
-    default_model_name,
-    load_model,
-    model_name,
-    models_dir,
-)
-from .norms import norm_names
-from .schedule import LR_SCHEDULES
-from .sheet import write_sheet
-from .stylizer import (
+from stylize.cli.display import ProgressBars, notice, print_table, stderr
+from stylize.cli.outputs import default_video_output, plan_outputs
+from stylize.devices import DEFAULT_DEVICE, DEVICE_CHOICES
+from stylize.errors import InvalidSetting, StylizeError, TrainingInterrupted
+from stylize.fileio import check_writable
+from stylize.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, expand_inputs, output_format
+from stylize.inference.controls import MAX_SCALE, StyleControls
+from stylize.inference.exported import EXPORT_FORMATS, SUFFIXES, check_format, export_model
+from stylize.inference.stylizer import (
     AUTO_TILE_PIXELS,
     AUTO_TILE_ROWS,
     COMPILE_MIN_IMAGES,
+    ImageStylizer,
     InferenceSettings,
-    load_any_model,
-    make_stylizer,
-    plan_outputs,
+    load_stylizer,
 )
-from .training import CPU_RECIPE, GPU_RECIPE, StepReport, TrainConfig, plan_norm_runs, train_norms
-from .version import VERSION
-from .vgg import DEFAULT_CONTENT_LAYER, loss_network_names
-from .video import ENCODERS, VideoSettings, count_frames, default_video_output, encoder_for, stylize_video
+from stylize.inference.video import ENCODERS, VideoSettings, count_frames, encoder_for, stylize_video
+from stylize.model.files import DEFAULT_STYLE, ModelInfo, bundled_models, default_model_name, load_model, models_dir
+from stylize.model.norms import norm_names
+from stylize.report.compare import CompareSettings
+from stylize.report.compare import compare as run_comparison
+from stylize.report.curves import write_curves
+from stylize.report.sheet import write_sheet
+from stylize.training.config import CPU_RECIPE, GPU_RECIPE, TrainConfig, plan_norm_runs
+from stylize.training.distributed import rank_label
+from stylize.training.loop import StepReport, train_norms
+from stylize.training.schedule import LR_SCHEDULES
+from stylize.training.vgg import DEFAULT_CONTENT_LAYER, loss_network_names
+from stylize.version import VERSION
 
 app = typer.Typer(
     name="stylize",
@@ -60,36 +52,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-stdout = Console()
-stderr = Console(stderr=True)
-# Tables piped to a file or another program are not cut to 80 columns.
-PIPED_WIDTH = 160
-
-
-def _print_table(table: Table, console: Console = stdout) -> None:
-    (console if console.is_terminal else Console(width=PIPED_WIDTH, stderr=console.stderr)).print(table)
-
-
 # Typer bundles its own copy of click in new releases and uses click in old ones;
 # its BadParameter derives from whichever ClickException is in use.
 _UsageProblem = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException")
 
 DEVICE_HELP = f"where to run: {', '.join(DEVICE_CHOICES)} or cuda:N"
-
-
-def _progress(disable: bool = False, transient: bool = False) -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=stderr,
-        disable=disable,
-        transient=transient,
-    )
 
 
 def _by_device(setting: str) -> str:
@@ -107,10 +74,6 @@ def _style_layers(option: str | None) -> dict[str, tuple]:
     except ValueError:
         raise StylizeError(f"--style-layers {option!r}: a weight is not a number (write LAYER:WEIGHT)") from None
     return {"style_layers": layers, "style_layer_weights": weights}
-
-
-def _notice(note: str) -> None:
-    typer.echo(f"note: {note}", err=True)
 
 
 def _version(value: bool) -> None:
@@ -185,9 +148,13 @@ def train(
     loss_network: Annotated[
         str, typer.Option(help=f"VGG for the loss: {', '.join(loss_network_names())}.")
     ] = TrainConfig.loss_network,
-    loss_weights: Annotated[
+    loss_network_weights: Annotated[
         Path | None,
-        typer.Option(help="Torchvision-format VGG state dict; default: download torchvision's ImageNet weights."),
+        typer.Option(
+            "--loss-network-weights",
+            "--loss-weights",
+            help="Torchvision-format VGG state dict; default: download torchvision's ImageNet weights.",
+        ),
     ] = None,
     content_layer: Annotated[str, typer.Option(help="VGG layer of the content loss.")] = DEFAULT_CONTENT_LAYER,
     style_layers: Annotated[
@@ -236,7 +203,7 @@ def train(
         precision=precision,
         init=init,
         loss_network=loss_network,
-        loss_weights=loss_weights,
+        loss_network_weights=loss_network_weights,
         content_layer=content_layer,
         **_style_layers(style_layers),
         seed=seed,
@@ -248,22 +215,17 @@ def train(
         command=shlex.join(["stylize", *(context.obj or [])]),
     )
     runs = plan_norm_runs(config, norm)
-    progress = _progress()
-    tasks = {run.out: progress.add_task(f"training {run.norm}", total=steps, status="") for run in runs}
+    with ProgressBars() as bars:
+        tasks = {run.out: bars.add(f"training {run.norm}", total=steps) for run in runs}
 
-    def show(run: TrainConfig, report: StepReport) -> None:
-        progress.start()  # once training runs, so that setup errors stay one line
-        status = (
-            f"content {report.content:.3g}  style {report.style:.3g}  tv {report.tv:.3g}"
-            f"  {report.images_per_second:.1f} img/s"
-        )
-        progress.update(tasks[run.out], completed=report.step, total=report.steps, status=status)
+        def show(run: TrainConfig, report: StepReport) -> None:
+            status = (
+                f"content {report.content:.3g}  style {report.style:.3g}  tv {report.tv:.3g}"
+                f"  {report.images_per_second:.1f} img/s"
+            )
+            bars.update(tasks[run.out], completed=report.step, total=report.steps, status=status)
 
-    try:
-        results = train_norms(runs, on_progress=show, on_notice=_notice)
-    finally:
-        if progress.live.is_started:
-            progress.stop()
+        results = train_norms(runs, on_progress=show, on_notice=notice)
     written = [result for result in results if result.wrote_files]
     for result in written:
         typer.echo(f"wrote {result.model} ({result.steps} steps, {result.seconds:.0f} s); metrics: {result.metrics}")
@@ -272,12 +234,17 @@ def train(
         typer.echo(f"skipped {skipped} unreadable training images", err=True)
 
 
-def _model_or_default(model: str | None) -> str:
-    if model is not None:
-        return model
-    name = default_model_name()
-    _notice(f"no --model given: using the bundled {name} ('stylize models' lists the others)")
-    return name
+def _load_stylizer(
+    model: str | None, device: str, settings: InferenceSettings, controls: StyleControls, images: int
+) -> ImageStylizer:
+    """The stylizer image and video use: ``--model``, or the bundled default."""
+    if model is None:
+        try:
+            model = default_model_name()
+        except StylizeError as error:
+            raise StylizeError(f"{error}: pass --model with a model file") from None
+        notice(f"no --model given: using the bundled {model} ('stylize models' lists the others)")
+    return load_stylizer(model, device, settings, controls, images, on_notice=notice)
 
 
 # Options that image and video share.
@@ -338,8 +305,8 @@ def image(
             f"{DEFAULT_MAX_PIXELS:,}."
         ),  # fmt: skip
     ] = None,
-    device: DeviceOption = "auto",
-    precision: PrecisionOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
+    precision: PrecisionOption = InferenceSettings.precision,
     use_compile: CompileOption = None,
     tile: TileOption = None,
     preserve_color: PreserveColorOption = False,
@@ -351,31 +318,30 @@ def image(
         raise StylizeError("--max-size must be at least 1")
     if max_pixels is not None and max_pixels < 1:
         raise StylizeError("--max-pixels must be at least 1")
+    found = expand_inputs(inputs)
     settings = InferenceSettings(precision=precision, compile=use_compile, tile=tile)
     controls = StyleControls(preserve_color=preserve_color, strength=strength, scale=scale)
-    resolved = resolve_device(device)
-    loaded = load_any_model(_model_or_default(model), resolved, _notice)
-    pairs = plan_outputs(inputs, out, loaded.info.name)
-    stylizer = make_stylizer(loaded, resolved, settings, controls, images=len(pairs), on_notice=_notice)
+    stylizer = _load_stylizer(model, device, settings, controls, images=len(found))
+    pairs = plan_outputs(found, out, stylizer.name)
     if len(pairs) == 1:
         stylizer.stylize_file(*pairs[0], max_size, max_pixels)
         typer.echo(f"wrote {pairs[0][1]}")
         return
     failures: list[tuple[Path, str]] = []
-    with _progress() as progress:
-        task = progress.add_task("stylizing", total=len(pairs), status="")
+    with ProgressBars() as bars:
+        task = bars.add("stylizing", total=len(pairs))
         for source, destination in pairs:
             try:
                 stylizer.stylize_file(source, destination, max_size, max_pixels)
             except StylizeError as error:
                 failures.append((source, str(error).replace(str(source), source.name)))
-            progress.update(task, advance=1, status=source.name)
+            bars.update(task, advance=1, status=source.name)
     typer.echo(f"wrote {len(pairs) - len(failures)} of {len(pairs)} images")
     if failures:
         table = Table("file", "problem", title=f"{len(failures)} of {len(pairs)} images failed", title_justify="left")
         for source, problem in failures:
             table.add_row(str(source), problem)
-        _print_table(table, stderr)
+        print_table(table, stderr)
         raise typer.Exit(2)
 
 
@@ -395,8 +361,8 @@ def video(
     audio: Annotated[
         bool, typer.Option("--audio/--no-audio", help="Copy the sound (as it is, not re-encoded).")
     ] = True,
-    device: DeviceOption = "auto",
-    precision: PrecisionOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
+    precision: PrecisionOption = InferenceSettings.precision,
     use_compile: CompileOption = None,
     tile: TileOption = None,
     preserve_color: PreserveColorOption = False,
@@ -405,29 +371,20 @@ def video(
 ) -> None:
     """Stylize a video frame by frame, in batches, keeping its frame rate and sound."""
     video_settings = VideoSettings(batch_size=batch_size, quality=quality, max_size=max_size, audio=audio)
+    frames = count_frames(source)
     settings = InferenceSettings(precision=precision, compile=use_compile, tile=tile)
     controls = StyleControls(preserve_color=preserve_color, strength=strength, scale=scale)
-    frames = count_frames(source)
-    resolved = resolve_device(device)
-    loaded = load_any_model(_model_or_default(model), resolved, _notice)
-    destination = out if out is not None else default_video_output(source, loaded.info.name)
+    stylizer = _load_stylizer(model, device, settings, controls, images=frames or COMPILE_MIN_IMAGES)
+    destination = out if out is not None else default_video_output(source, stylizer.name)
     encoder_for(destination)
     check_writable(destination)
-    stylizer = make_stylizer(
-        loaded, resolved, settings, controls, images=frames or COMPILE_MIN_IMAGES, on_notice=_notice
-    )
-    progress = _progress()
-    task = progress.add_task("stylizing", total=frames, status=source.name)
+    with ProgressBars() as bars:
+        task = bars.add("stylizing", total=frames, status=source.name)
 
-    def show(done: int, total: int | None) -> None:
-        progress.start()  # once frames come out, so that setup errors stay one line
-        progress.update(task, completed=done, total=total)
+        def show(done: int, total: int | None) -> None:
+            bars.update(task, completed=done, total=total)
 
-    try:
         result = stylize_video(source, destination, stylizer, video_settings, on_progress=show)
-    finally:
-        if progress.live.is_started:
-            progress.stop()
     sound = f", {result.audio_streams} audio stream(s) copied" if result.audio_streams else ""
     typer.echo(
         f"wrote {result.path} ({result.frames} frames, {result.width}x{result.height} at {float(result.rate):.3g} fps"
@@ -438,7 +395,7 @@ def video(
 @app.command()
 def export(
     model: Annotated[str, typer.Argument(help="A bundled model's name or a model file.")],
-    fmt: Annotated[str, typer.Option("--format", help=f"{' or '.join(EXPORT_FORMATS)}.")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", help=f"{' or '.join(EXPORT_FORMATS)}.")] = EXPORT_FORMATS[0],
     out: Annotated[
         Path | None, typer.Option(help="File to write; default: MODEL.onnx or MODEL.pt in the current folder.")
     ] = None,
@@ -471,10 +428,15 @@ def compare(
     loss_network: Annotated[
         str | None, typer.Option(help="VGG for the loss numbers; default: the one each model trained with.")
     ] = None,
-    loss_weights: Annotated[
-        Path | None, typer.Option(help="VGG state dict for the loss numbers; default: each model's training one.")
+    loss_network_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--loss-network-weights",
+            "--loss-weights",
+            help="VGG state dict for the loss numbers; default: each model's training one.",
+        ),
     ] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = CompareSettings.device,
     stylized_only: Annotated[
         bool,
         typer.Option("--stylized-only", help="Show one row per photo, the plain result (a gallery); same numbers."),
@@ -482,29 +444,29 @@ def compare(
 ) -> None:
     """Compare models (instance vs batch norm, ...) side by side: a sheet and its numbers."""
     settings = CompareSettings(
-        size=size, device=device, loss_network=loss_network, loss_weights=loss_weights, stylized_only=stylized_only
+        size=size,
+        device=device,
+        loss_network=loss_network,
+        loss_network_weights=loss_network_weights,
+        stylized_only=stylized_only,
     )
     output_format(out)
     check_writable(out)
-    progress = _progress(transient=True)
-    task = progress.add_task("comparing", total=None, status="")
+    with ProgressBars(transient=True) as bars:
+        task = bars.add("comparing")
 
-    def show(index: int, count: int, info: ModelInfo) -> None:
-        progress.start()  # once inputs are read, so that their errors stay one line
-        progress.update(task, total=count, completed=index, status=info.name)
+        def show(index: int, count: int, info: ModelInfo) -> None:
+            bars.update(task, total=count, completed=index, status=info.name)
 
-    try:
         comparison = run_comparison(contents, model, settings, on_model=show)
-    finally:
-        progress.stop()
     numbers = write_sheet(comparison, out)
     table = Table("model", "norm", "Δ contrast", "Δ batch", "Δ train/eval", "lattice", "content loss", "style loss",
                   title="output change (Δ): mean |difference|, 0..255")  # fmt: skip
     for report in comparison.reports:
         table.add_row(report.info.name, report.info.config.norm, *report.shown())
-    _print_table(table)
+    print_table(table)
     for note in dict.fromkeys(report.loss_source for report in comparison.reports if report.content_loss is None):
-        typer.echo(f"losses: {note}", err=True)
+        typer.echo(f"losses: {note} (pass --loss-network-weights)", err=True)
     typer.echo(f"wrote {out} and {numbers}")
 
 
@@ -534,9 +496,18 @@ def models() -> None:
             info.style,
             str(info.training.get("image_size", "")),
             str(info.training.get("steps_done", "")),
-            model_name(Path(init)) if init else "scratch",
+            Path(init).stem if init else "scratch",
         )
-    _print_table(table)
+    print_table(table)
+
+
+def _in_cli_terms(error: StylizeError) -> str:
+    """The library names settings as the API does; here they are options."""
+    if isinstance(error, InvalidSetting):
+        return f"--{error.setting.replace('_', '-')} {error.problem}"
+    if isinstance(error, TrainingInterrupted):
+        return f"{error}. Continue with the same command plus --resume {error.resume_from}"
+    return str(error)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -547,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # obj: the command line as given, which training keeps in the model file.
         result = command.main(args=args, prog_name="stylize", standalone_mode=False, obj=args)
     except StylizeError as error:
-        typer.echo(f"error: {rank_label()}{error}", err=True)
+        typer.echo(f"error: {rank_label()}{_in_cli_terms(error)}", err=True)
         return error.exit_code
     except _UsageProblem as error:
         typer.echo(f"error: {error.format_message()}", err=True)

@@ -18,19 +18,19 @@ from typing import Any
 
 import torch
 
-from .devices import autocast, memory_format, resolve_device
-from .errors import StylizeError
-from .images import decode_thumbnail, load_image, resize_long_side
-from .losses import content_loss, style_loss, style_targets
-from .modelfile import ModelInfo, load_model, resolve_models
-from .network import MIN_SIZE
-from .stylizer import Stylizer
-from .vgg import (
+from stylize.devices import DEFAULT_DEVICE, autocast, memory_format, resolve_device
+from stylize.errors import InvalidSetting
+from stylize.images import decode_thumbnail, load_image, resize_long_side
+from stylize.inference.stylizer import Stylizer
+from stylize.model.files import ModelInfo, load_model, resolve_models
+from stylize.model.network import MIN_SIZE
+from stylize.training.losses import content_loss, style_loss, style_targets
+from stylize.training.vgg import (
     DEFAULT_CONTENT_LAYER,
-    DEFAULT_STYLE_LAYERS,
     LossNetwork,
     check_loss_network,
     imagenet_weights_cached,
+    style_layer_weights,
 )
 
 # Besides x1, the plain stylization. Sensitivity compares x1 with the first.
@@ -86,14 +86,14 @@ def mean_abs_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 @dataclass(frozen=True)
 class CompareSettings:
     size: int = 256  # long side of every content image, px
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     loss_network: str | None = None  # default: each model's training loss network
-    loss_weights: Path | None = None  # default: each model's training weights file
+    loss_network_weights: Path | None = None  # default: each model's training weights file
     stylized_only: bool = False  # the sheet shows only the plain results (a gallery); same numbers
 
     def __post_init__(self) -> None:
         if self.size < MIN_SIZE:
-            raise StylizeError(f"--size must be at least {MIN_SIZE} pixels")
+            raise InvalidSetting("size", f"must be at least {MIN_SIZE} pixels")
         if self.loss_network is not None:
             check_loss_network(self.loss_network)
 
@@ -128,7 +128,7 @@ class ModelReport:
             *("n/a" if value is None else f"{value:.3g}" for value in losses),
         ]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.info.name,
             "path": str(self.info.path),
@@ -152,14 +152,14 @@ class Comparison:
     outputs: list[list[Stylizations]]  # [model][content]
     settings: CompareSettings
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "contents": self.content_names,
             "size": self.settings.size,
             "contrast_factors": [1.0, *CONTRAST_FACTORS],
             "neighbours": {"per_batch": NEIGHBOURS_PER_BATCH, "kinds": list(NEIGHBOURS)},
             "units": "mean absolute difference, 0..255",
-            "models": [report.to_json() for report in self.reports],
+            "models": [report.to_dict() for report in self.reports],
         }
 
 
@@ -219,19 +219,18 @@ class _LossMeter:
         record = info.training
         trained_with = record.get("loss_network", "vgg16")
         name = self.settings.loss_network or trained_with
-        recorded_weights = Path(record["loss_weights"]) if record.get("loss_weights") else None
-        weights = self.settings.loss_weights or (recorded_weights if name == trained_with else None)
-        if weights is not None and not weights.is_file():
-            return None, None, f"no loss network: {weights} not found (pass --loss-weights)"
-        if weights is None and not imagenet_weights_cached(name):
-            return None, None, f"no loss network: {name}'s ImageNet weights are not downloaded (pass --loss-weights)"
+        recorded_file = record.get("loss_network_weights", record.get("loss_weights"))  # the old name
         same_network = name == trained_with
-        content_layer = record.get("content_layer", DEFAULT_CONTENT_LAYER) if same_network else DEFAULT_CONTENT_LAYER
-        recorded_layers = record.get("style_layers") or ()
-        recorded = dict(
-            zip(recorded_layers, record.get("style_layer_weights") or [1.0] * len(recorded_layers), strict=True)
+        weights = self.settings.loss_network_weights or (
+            Path(recorded_file) if recorded_file and same_network else None
         )
-        layer_weights = recorded if same_network and recorded else DEFAULT_STYLE_LAYERS[name]
+        if weights is not None and not weights.is_file():
+            return None, None, f"no loss network: {weights} not found"
+        if weights is None and not imagenet_weights_cached(name):
+            return None, None, f"no loss network: {name}'s ImageNet weights are not downloaded"
+        content_layer = record.get("content_layer", DEFAULT_CONTENT_LAYER) if same_network else DEFAULT_CONTENT_LAYER
+        recorded_layers = (record.get("style_layers") or (), record.get("style_layer_weights") or ())
+        layer_weights = style_layer_weights(name, *recorded_layers) if same_network else style_layer_weights(name)
         style_layers = tuple(layer_weights)
         network = self._network(name, (content_layer, *style_layers), weights)
         style, style_source = self._style_image(info)

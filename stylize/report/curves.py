@@ -17,9 +17,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .drawing import BACKGROUND, FAINT_INK, INK, draw_lines, fit, font, line_height
-from .errors import StylizeError
-from .images import output_format, save_pil
+from stylize.errors import StylizeError
+from stylize.images import output_format, save_pil
+from stylize.report.drawing import BACKGROUND, FAINT_INK, INK, draw_lines, fit_text, font, line_height
 
 TERMS = ("content", "style", "total")
 COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
@@ -176,7 +176,7 @@ def render_curves(runs: Sequence[Run]) -> Image.Image:
         y = legend_top + (index // 3) * line_height(text)
         draw.line([(x, y + TEXT_SIZE / 2 + 1), (x + 24, y + TEXT_SIZE / 2 + 1)], fill=COLOURS[index % len(COLOURS)],
                   width=3)  # fmt: skip
-        draw_lines(draw, (x + 30, y), [fit(run.name, text, column_width - 40)], text)
+        draw_lines(draw, (x + 30, y), [fit_text(run.name, text, column_width - 40)], text)
     return figure
 
 

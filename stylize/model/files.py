@@ -1,4 +1,4 @@
-"""Model files: stylize's own safetensors files, and pytorch/examples checkpoints.
+"""Model files: stylize's own safetensors files, training checkpoints, and pytorch/examples models.
 
 A stylize model file is safetensors with JSON metadata carrying the network
 config (so any command rebuilds the same network) and how it was trained.
@@ -18,10 +18,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import StylizeError
-from .fileio import atomic_path, load_torch_file
-from .network import NetConfig, TransformerNet
-from .norms import norm_names
+from stylize.errors import StylizeError
+from stylize.fileio import atomic_path, load_torch_file
+from stylize.model.checkpoints import Checkpoint, is_checkpoint_state
+from stylize.model.network import NetConfig, TransformerNet
+from stylize.model.norms import norm_names
 
 FORMAT = "stylize"
 FORMAT_VERSION = 1
@@ -75,7 +76,7 @@ def default_model_name() -> str:
     """``DEFAULT_STYLE`` if bundled, else the first bundled model by name."""
     names = [info.name for info in bundled_models()]
     if not names:
-        raise StylizeError(f"no bundled models in {models_dir()}: pass --model with a model file")
+        raise StylizeError(f"no bundled models in {models_dir()}")
     has_default = DEFAULT_STYLE in names or f"{DEFAULT_STYLE}-{DEFAULT_NORM}" in names
     return DEFAULT_STYLE if has_default else names[0]
 
@@ -157,18 +158,13 @@ def _stylize_info(path: Path, metadata: dict[str, str] | None) -> ModelInfo:
     except (KeyError, ValueError, TypeError) as error:
         raise StylizeError(f"{path} has broken metadata ({error})") from None
     return ModelInfo(
-        name=model_name(path),
+        name=path.stem,
         path=path,
         config=config,
         style=metadata.get("style", ""),
         training=training,
         style_thumbnail=metadata.get("style_thumbnail", ""),
     )
-
-
-def model_name(path: Path) -> str:
-    """``starry-night.safetensors`` -> ``starry-night``."""
-    return path.name.removesuffix(MODEL_SUFFIX) if path.name.endswith(MODEL_SUFFIX) else path.stem
 
 
 def read_info(path: Path) -> ModelInfo:
@@ -207,17 +203,14 @@ def _from_examples(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _read_torch_file(path: Path) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
     state = load_torch_file(path, "a model file")
-    if isinstance(state, dict) and "model" in state and "net_config" in state:  # a training checkpoint
-        info = ModelInfo(
-            name=model_name(path),
-            path=path,
-            config=NetConfig.from_dict(state["net_config"]),
-            style=state.get("style", ""),
-        )
-        return info, state["model"]
+    if is_checkpoint_state(state):
+        checkpoint = Checkpoint.from_state(state)
+        return ModelInfo(
+            name=path.stem, path=path, config=checkpoint.net_config, style=checkpoint.style
+        ), checkpoint.weights
     if isinstance(state, dict) and _is_examples_state(state):
         info = ModelInfo(
-            name=model_name(path), path=path, config=NetConfig(norm="instance", input_scale=255.0, bounded_output=False)
+            name=path.stem, path=path, config=NetConfig(norm="instance", input_scale=255.0, bounded_output=False)
         )
         return info, _from_examples(state)
     raise StylizeError(f"{path} is not a stylize model, training checkpoint or fast_neural_style model")

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .convforms import space_to_depth_conv, space_to_depth_kernels, subpixel_conv, subpixel_kernels
-from .norms import DEFAULT_GROUPS, check_groups, check_norm, create_norm
+from stylize.model.convforms import space_to_depth_conv, space_to_depth_kernels, subpixel_conv, subpixel_kernels
+from stylize.model.norms import DEFAULT_GROUPS, check_groups, check_norm, create_norm
 
 # Space-to-depth factor of conv_out: 4x4 blocks turn 32 channels into 512.
 SPACE_TO_DEPTH = 4

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import StylizeError
+from stylize.errors import InvalidSetting, StylizeError
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,9 @@ def process_device(device: torch.device, world: World) -> torch.device:
     if device.type != "cuda" or not world.is_distributed:
         return device
     if device.index is not None:
-        raise StylizeError("under torchrun give --device cuda (or auto): each process takes GPU number LOCAL_RANK")
+        raise InvalidSetting(
+            "device", "must be cuda (or auto) under torchrun: each process takes GPU number LOCAL_RANK"
+        )
     if world.local_rank >= torch.cuda.device_count():
         raise StylizeError(
             f"process {world.rank} wants GPU {world.local_rank} but this machine has {torch.cuda.device_count()}; "
@@ -97,9 +99,9 @@ def has_batch_norm(network: nn.Module) -> bool:
 
 def check_sync_batch_norm(network: nn.Module, device: torch.device, norm: str) -> None:
     if not has_batch_norm(network):
-        raise StylizeError(f"--sync-bn synchronizes batch-norm statistics; --norm {norm} has no batch-norm layers")
+        raise InvalidSetting("sync_bn", f"synchronizes batch-norm statistics; the {norm} norm has no batch-norm layers")
     if device.type != "cuda":
-        raise StylizeError("--sync-bn needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on the CPU")
+        raise InvalidSetting("sync_bn", "needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on the CPU")
 
 
 def parallel(network: nn.Module, world: World, device: torch.device, sync_batch_norm: bool) -> nn.Module:

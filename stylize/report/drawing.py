@@ -40,7 +40,7 @@ def wrap(text: str, face: Font, width: int) -> list[str]:
     return lines
 
 
-def fit(text: str, face: Font, width: int) -> str:
+def fit_text(text: str, face: Font, width: int) -> str:
     """``text``, cut short with an ellipsis where it is wider than ``width`` pixels."""
     if face.getlength(text) <= width:
         return text

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .compare import CONTRAST_FACTORS, NEIGHBOURS, NEIGHBOURS_PER_BATCH, Comparison, adjust_contrast
-from .drawing import BACKGROUND, FAINT_INK, draw_lines, fit, font, line_height, wrap
-from .fileio import atomic_path
-from .images import decode_thumbnail, output_format, resize_long_side, save_pil, tensor_to_image
+from stylize.fileio import atomic_path
+from stylize.images import decode_thumbnail, output_format, resize_long_side, save_pil, shrink_to_fit, tensor_to_image
+from stylize.report.compare import CONTRAST_FACTORS, NEIGHBOURS, NEIGHBOURS_PER_BATCH, Comparison, adjust_contrast
+from stylize.report.drawing import BACKGROUND, FAINT_INK, draw_lines, fit_text, font, line_height, wrap
 
 MARGIN = 16
 GAP = 6
@@ -128,16 +127,6 @@ def _paste(sheet: Image.Image, image: torch.Tensor, xy: tuple[int, int]) -> None
     sheet.paste(tensor_to_image(image), xy)
 
 
-def _fit(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Shrink (never enlarge) to fit the box, keeping the aspect ratio."""
-    h, w = image.shape[-2:]
-    scale = min(width / w, height / h, 1.0)
-    if scale == 1.0:
-        return image
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return F.interpolate(image, size=size, mode="bilinear", antialias=True).clamp(0, 1)
-
-
 def _with_inset(image: torch.Tensor, inset: torch.Tensor) -> torch.Tensor:
     """The image with a small copy of ``inset`` in its bottom-right corner, framed."""
     h, w = image.shape[-2:]
@@ -169,12 +158,12 @@ def render_sheet(comparison: Comparison) -> Image.Image:
         left = layout.column_left(column)
         thumbnail = decode_thumbnail(report.info.style_thumbnail)
         if thumbnail is not None:
-            _paste(sheet, _fit(thumbnail, layout.cell_width, layout.thumbnail_height), (left, header_top))
+            _paste(sheet, shrink_to_fit(thumbnail, layout.cell_width, layout.thumbnail_height), (left, header_top))
         else:
             draw_lines(draw, (left, header_top), wrap("(no style image in the model file)", text, layout.cell_width),
                        text, FAINT_INK)  # fmt: skip
         lines = [f"{report.info.config.norm} norm", f"style: {report.info.style or '?'}", report.info.name]
-        draw_lines(draw, (left, text_top), [fit(line, text, layout.cell_width) for line in lines], text)
+        draw_lines(draw, (left, text_top), [fit_text(line, text, layout.cell_width) for line in lines], text)
 
     for index, row in enumerate(grid):
         top = layout.row_top(index)
@@ -189,7 +178,8 @@ def render_sheet(comparison: Comparison) -> Image.Image:
     return sheet
 
 
-def metrics_path(sheet: Path) -> Path:
+def numbers_path(sheet: Path) -> Path:
+    """Where a sheet's numbers go: beside it, as JSON."""
     return sheet.with_suffix(".json")
 
 
@@ -197,7 +187,7 @@ def write_sheet(comparison: Comparison, out: Path) -> Path:
     """Write the sheet image and its numbers as JSON beside it; returns the JSON's path."""
     output_format(out)
     save_pil(out, render_sheet(comparison))
-    numbers = metrics_path(out)
+    numbers = numbers_path(out)
     with atomic_path(numbers) as temporary:
-        temporary.write_text(json.dumps(comparison.to_json(), indent=2) + "\n")
+        temporary.write_text(json.dumps(comparison.to_dict(), indent=2) + "\n")
     return numbers

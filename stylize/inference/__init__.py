@@ -1,0 +1,1 @@
+"""Stylizing with a model: images, video, exported files, and the style controls."""

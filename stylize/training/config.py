@@ -1,0 +1,221 @@
+"""A training run's settings: the device recipes, ``TrainConfig``, what a resume
+may change, and the plan for training one model per norm."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stylize.devices import DEFAULT_DEVICE, DEFAULT_PRECISION, check_precision
+from stylize.errors import InvalidSetting, StylizeError
+from stylize.model.checkpoints import Checkpoint, checkpoint_dir, checkpoint_files
+from stylize.model.files import MODEL_SUFFIX
+from stylize.model.network import MIN_SIZE, NetConfig
+from stylize.model.norms import DEFAULT_GROUPS, check_groups, check_norm
+from stylize.training.losses import LossWeights
+from stylize.training.schedule import check_lr_schedule
+from stylize.training.vgg import DEFAULT_CONTENT_LAYER, check_loss_network, style_layer_weights
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The defaults of the settings that depend on the device."""
+
+    steps: int
+    image_size: int
+    style_size: int
+    workers: int
+
+
+# A CPU has a few cores and no time to spare: small crops, few steps, and one
+# loader process, which keeps decoding off the cores doing the math without
+# taking a core of its own (measured in benchmarks/train.py).
+CPU_RECIPE = Recipe(steps=2_000, image_size=128, style_size=256, workers=1)
+# Johnson et al.'s scale: 256 px crops, 40k images.
+GPU_RECIPE = Recipe(steps=10_000, image_size=256, style_size=512, workers=4)
+
+
+def recipe_for(device: torch.device) -> Recipe:
+    return CPU_RECIPE if device.type == "cpu" else GPU_RECIPE
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A run's settings; ``None`` means the recipe's value for the device it runs on."""
+
+    style_image: Path
+    data: Path
+    out: Path
+    norm: str = "instance"
+    groups: int = DEFAULT_GROUPS
+    steps: int | None = None
+    batch_size: int = 4
+    image_size: int | None = None
+    style_size: int | None = None
+    content_weight: float = LossWeights.content
+    style_weight: float = LossWeights.style
+    tv_weight: float = LossWeights.tv
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 100
+    precision: str = DEFAULT_PRECISION
+    loss_network: str = "vgg16"
+    # A torchvision-format state dict of the loss network; None: ImageNet weights, downloaded.
+    loss_network_weights: Path | None = None
+    content_layer: str = DEFAULT_CONTENT_LAYER
+    style_layers: tuple[str, ...] = ()  # empty: the loss network's default layers and weights
+    # One per style layer, or empty: every layer given weighs 1.
+    style_layer_weights: tuple[float, ...] = ()
+    # A trained model (bundled name or file) to start from instead of random weights.
+    init: str | None = None
+    seed: int = 42
+    device: str = DEFAULT_DEVICE
+    workers: int | None = None
+    checkpoint_every: int = 250
+    resume: Path | None = None
+    # With several processes: batch norm statistics over all their batches.
+    sync_bn: bool = False
+    # The command line that started the run, kept in the model file.
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
+        check_norm(self.norm)
+        check_groups(self.groups)
+        check_loss_network(self.loss_network)
+        check_lr_schedule(self.lr_schedule)
+        check_precision(self.precision)
+        if self.style_layer_weights and len(self.style_layer_weights) != len(self.style_layers):
+            raise InvalidSetting("style_layer_weights", "must give a weight for every style layer, or for none")
+        if any(weight < 0 for weight in self.style_layer_weights):
+            raise InvalidSetting("style_layer_weights", "must not be negative")
+
+    def for_device(self, device: torch.device) -> TrainConfig:
+        """Every ``None`` replaced by the device's recipe."""
+        recipe = recipe_for(device)
+        unset = {key: getattr(recipe, key) for key in dataclasses.asdict(recipe) if getattr(self, key) is None}
+        return dataclasses.replace(self, **unset)
+
+    @property
+    def net_config(self) -> NetConfig:
+        return NetConfig(norm=self.norm, groups=self.groups)
+
+    @property
+    def style_layer_weighting(self) -> dict[str, float]:
+        """Every style layer the loss uses -> its weight."""
+        return style_layer_weights(self.loss_network, self.style_layers, self.style_layer_weights)
+
+    @property
+    def term_weights(self) -> LossWeights:
+        return LossWeights(
+            content=self.content_weight,
+            style=self.style_weight,
+            tv=self.tv_weight,
+            style_layers=tuple(self.style_layer_weighting.items()),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (absolute paths), as stored in checkpoints and models."""
+        values = dataclasses.asdict(self)
+        for key, value in values.items():
+            if isinstance(value, Path):
+                values[key] = str(value.resolve())
+        values["style_layers"] = list(self.style_layer_weighting)
+        values["style_layer_weights"] = list(self.style_layer_weighting.values())
+        return values
+
+    def check_resumable(self, checkpoint: Checkpoint, source: Path, processes: int = 1) -> None:
+        """Refuse a checkpoint of a different run: only ``RUN_SETTINGS`` may change."""
+        if checkpoint.global_batch != self.batch_size * processes:
+            raise StylizeError(
+                f"{source} was trained with {checkpoint.global_batch} photos per step, not "
+                f"{self.batch_size} x {processes} process(es); resume with batch_size x processes = "
+                f"{checkpoint.global_batch}"
+            )
+        saved = _saved_settings(checkpoint.config)
+        for key, value in self.to_dict().items():
+            if key not in RUN_SETTINGS and saved.get(key, value) != value:
+                raise StylizeError(
+                    f"{source} was trained with {key}={saved.get(key)!r}, not {value!r}; "
+                    "resume with the run's original settings"
+                )
+        if checkpoint.net_config != self.net_config:
+            raise StylizeError(f"{source} holds a network of an older stylize (unbounded output); start a new run")
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    for name in ("steps", "batch_size"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise InvalidSetting(name, "must be at least 1")
+    for name in ("image_size", "style_size"):
+        value = getattr(config, name)
+        if value is not None and value < MIN_SIZE:
+            raise InvalidSetting(name, f"must be at least {MIN_SIZE} pixels")
+    for name in ("content_weight", "style_weight", "tv_weight", "workers", "checkpoint_every", "warmup_steps"):
+        value = getattr(config, name)
+        if value is not None and value < 0:
+            raise InvalidSetting(name, "must not be negative")
+    if not config.lr > 0:
+        raise InvalidSetting("lr", "must be positive")
+
+
+# Settings that may change when a run is resumed; all others define the run.
+# The batch may be split differently over processes, as long as each step
+# takes as many photos as before (see ``Checkpoint.global_batch``).
+RUN_SETTINGS = frozenset(
+    {"steps", "out", "device", "workers", "checkpoint_every", "resume", "batch_size", "precision", "command"}
+)
+# What training did before these settings existed (no learning-rate schedule),
+# and settings since renamed.
+_BEFORE_SETTINGS_EXISTED = {"lr_schedule": "constant", "warmup_steps": 0}
+_RENAMED = {"loss_weights": "loss_network_weights"}
+
+
+def _saved_settings(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's or model's recorded settings in today's names and defaults."""
+    renamed = {_RENAMED.get(key, key): value for key, value in recorded.items()}
+    return {**_BEFORE_SETTINGS_EXISTED, **renamed}
+
+
+def metrics_log_path(out: Path) -> Path:
+    """The per-step losses of the run writing the model ``out``."""
+    return out.with_name(f"{out.stem}.metrics.jsonl")
+
+
+def plan_norm_runs(config: TrainConfig, norms: Sequence[str]) -> list[TrainConfig]:
+    """One run per norm, identical in everything else, for a fair comparison.
+
+    Same seed means the same photos in the same order with the same crops and
+    the same initial convolution weights (norm layers draw no random numbers).
+    With several norms, or ``out`` an existing folder, models go to
+    ``out/STYLE-NORM.safetensors``, and ``resume=out`` continues each run from
+    its own checkpoints (a run without any starts from scratch).
+    """
+    if not norms:
+        raise InvalidSetting("norm", "must be given at least once")
+    repeated = sorted({norm for norm in norms if list(norms).count(norm) > 1})
+    if repeated:
+        raise InvalidSetting("norm", f"{repeated[0]} is given twice")
+    for norm in norms:
+        check_norm(norm)
+    folder = config.out
+    if len(norms) == 1 and not folder.is_dir():
+        return [dataclasses.replace(config, norm=norms[0])]
+    if folder.suffix == MODEL_SUFFIX or folder.is_file():
+        raise InvalidSetting("out", f"must be a folder to train {len(norms)} norms (one model each), not {folder}")
+    if config.resume is not None and config.resume.resolve() != folder.resolve():
+        raise InvalidSetting(
+            "resume", f"must be the out folder ({folder}) to resume several norms, not {config.resume}"
+        )
+    runs = []
+    for norm in norms:
+        out = folder / f"{config.style_image.stem}-{norm}{MODEL_SUFFIX}"
+        resume = checkpoint_dir(out) if config.resume is not None and checkpoint_files(checkpoint_dir(out)) else None
+        runs.append(dataclasses.replace(config, norm=norm, out=out, resume=resume))
+    return runs

@@ -1,0 +1,477 @@
+"""The training loop: the network against the VGG perceptual loss of one style image.
+
+A run is fully determined by its ``TrainConfig``: data order and crops are a
+function of (seed, position) (see ``data.py``), so a checkpoint needs only the
+weights, the optimizer state and the step to continue exactly. The loop's jobs
+each have a function: ``_set_up``, ``_step``, ``_Reporter.flush`` (report),
+``_save_checkpoint``, ``_stop``, ``_finish``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn, TextIO
+
+import torch
+
+from stylize.devices import autocast, memory_format, resolve_device, training_dtype
+from stylize.errors import StylizeError, TrainingDiverged, TrainingInterrupted
+from stylize.fileio import atomic_path, check_writable
+from stylize.images import encode_thumbnail, load_image, resize_long_side
+from stylize.model.checkpoints import (
+    Checkpoint,
+    checkpoint_dir,
+    find_checkpoint,
+    latest_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
+from stylize.model.files import load_model, resolve_model, save_model
+from stylize.model.network import NetConfig, TransformerNet
+from stylize.training.config import TrainConfig, metrics_log_path
+from stylize.training.data import crop_loader, training_files
+from stylize.training.distributed import (
+    World,
+    check_sync_batch_norm,
+    mean_over_processes,
+    parallel,
+    process_device,
+    process_group,
+    union_over_processes,
+    wait_for_all,
+)
+from stylize.training.losses import perceptual_loss, style_targets
+from stylize.training.schedule import learning_rate
+from stylize.training.vgg import LossNetwork, imagenet_weights_cached
+from stylize.version import VERSION
+
+# Reading losses back from a GPU waits for it; do that once per this many steps.
+GPU_SYNC_EVERY = 20
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step: int
+    steps: int
+    content: float
+    style: float
+    tv: float
+    total: float
+    images_per_second: float
+    unreadable_files: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: Path
+    metrics: Path
+    steps: int
+    seconds: float
+    unreadable_files: tuple[str, ...]
+    # False in the other processes of a distributed run: only the main one writes.
+    wrote_files: bool = True
+
+
+@dataclass
+class _Run:
+    """A run once set up: what it computes with, and the state that changes as it goes."""
+
+    config: TrainConfig  # every recipe default filled in
+    world: World
+    device: torch.device
+    dtype: torch.dtype
+    network: TransformerNet
+    trained: torch.nn.Module  # the network, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    loss_network: LossNetwork
+    targets: dict[str, torch.Tensor]
+    style_thumbnail: str
+    files: Sequence[Path]
+    step: int = 0
+    seconds_before: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+    unreadable: set[str] = field(default_factory=set)
+    init_sha256: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.world.size
+
+    @property
+    def checkpoints(self) -> Path:
+        return checkpoint_dir(self.config.out)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self.network.load_state_dict(checkpoint.weights)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.step = checkpoint.step
+        self.seconds_before = checkpoint.seconds
+        self.unreadable = set(checkpoint.unreadable_files)
+        self.init_sha256 = checkpoint.init_sha256
+
+
+def train(
+    config: TrainConfig,
+    on_progress: Callable[[StepReport], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train ``config.steps`` steps (continuing ``config.resume`` if given) and
+    write the model to ``config.out``; ``on_progress`` hears about every step,
+    ``on_notice`` about a long wait (the loss network's download).
+
+    Under torchrun every process calls this; they train as one (see distributed).
+    """
+    world = World.from_environment()
+    with process_group(world):
+        if not world.is_main:
+            on_progress = on_notice = None
+        run = _set_up(config, world, on_notice)
+        reporter = _Reporter(run, on_progress)
+        try:
+            _train(run, reporter)
+        finally:
+            reporter.close()
+        return _finish(run)
+
+
+def _train(run: _Run, reporter: _Reporter) -> None:
+    config, world = run.config, run.world
+    loader = crop_loader(
+        run.files,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        start_step=run.step,
+        steps=config.steps,
+        workers=config.workers,
+        pin_memory=run.device.type == "cuda",
+        rank=world.rank,
+        processes=world.size,
+    )
+    with _StopRequest() as stop:
+        for images, unreadable in loader:
+            run.unreadable.update(unreadable)
+            reporter.add(_step(run, images))
+            checkpoint_due = bool(config.checkpoint_every) and (
+                run.step % config.checkpoint_every == 0 or run.step == config.steps
+            )
+            # Processes must meet at the same steps, so they vote on stopping at
+            # their regular reports; a lone process stops at once.
+            lone_stop = stop.requested and not world.is_distributed
+            voted_stop = False
+            if reporter.due or checkpoint_due or lone_stop or run.step == config.steps:
+                voted_stop = reporter.flush(stop.requested)
+            if checkpoint_due:
+                _save_checkpoint(run)
+            if voted_stop or (stop.requested and not world.is_distributed):  # Ctrl-C may come during the report
+                _stop(run)
+
+
+def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] | None) -> _Run:
+    """Check everything that can fail before the first step, then build the run."""
+    device = process_device(resolve_device(config.device), world)
+    config = config.for_device(device)
+    files = training_files(config.data)
+    style = load_image(config.style_image).rgb
+    if config.out.is_dir():
+        raise StylizeError(f"the model path {config.out} is a folder; give a file name such as style.safetensors")
+    if world.is_main:
+        check_writable(config.out)
+    checkpoint = None
+    if config.resume is not None:
+        source = find_checkpoint(config.resume)
+        checkpoint = read_checkpoint(source)
+        config.check_resumable(checkpoint, source, world.size)
+
+    torch.manual_seed(config.seed)
+    network = TransformerNet(config.net_config).to(device, memory_format=memory_format(device)).train()
+    if config.sync_bn and world.is_distributed:
+        check_sync_batch_norm(network, device, config.norm)
+    dtype = training_dtype(config.precision, device)
+    loss_network, targets = _loss_network(config, resize_long_side(style, config.style_size), device, dtype, on_notice)
+    run = _Run(
+        config=config,
+        world=world,
+        device=device,
+        dtype=dtype,
+        network=network,
+        trained=network,
+        optimizer=torch.optim.Adam(network.parameters(), lr=config.lr),
+        loss_network=loss_network,
+        targets=targets,
+        style_thumbnail=encode_thumbnail(style),
+        files=files,
+    )
+    if checkpoint is not None:
+        run.restore(checkpoint)
+    elif config.init is not None:
+        run.init_sha256 = _start_from(network, config)
+    run.trained = parallel(network, world, device, config.sync_bn)  # same parameters: the optimizer still fits
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return run
+
+
+def _loss_network(
+    config: TrainConfig,
+    style: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
+    on_notice: Callable[[str], None] | None,
+) -> tuple[LossNetwork, dict[str, torch.Tensor]]:
+    """The frozen VGG in the training dtype, and the style's Gram matrices, computed once."""
+    layers = tuple(config.style_layer_weighting)
+    if (
+        on_notice is not None
+        and config.loss_network_weights is None
+        and not imagenet_weights_cached(config.loss_network)
+    ):
+        on_notice(f"downloading torchvision's ImageNet {config.loss_network} weights (about 530 MB, once)")
+    network = LossNetwork(config.loss_network, [config.content_layer, *layers], config.loss_network_weights)
+    network = network.to(device, memory_format=memory_format(device))
+    if dtype != torch.float32:  # frozen, so cast once instead of at every call
+        network.features.to(dtype)
+    with torch.no_grad(), autocast(device, dtype):
+        targets = style_targets(network(style.to(device)), layers)
+    return network, targets
+
+
+def _step(run: _Run, images: torch.Tensor) -> torch.Tensor:
+    """One optimizer step; the loss terms, still on the device."""
+    config = run.config
+    images = images.to(run.device, non_blocking=True, memory_format=memory_format(run.device))
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(run.step, config.steps, config.lr, config.lr_schedule, config.warmup_steps)
+    with autocast(run.device, run.dtype):
+        output = run.trained(images)
+        with torch.no_grad():
+            input_features = run.loss_network(images, layers=(config.content_layer,))
+        terms = perceptual_loss(
+            output, run.loss_network(output), input_features, run.targets, config.content_layer, config.term_weights
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    terms.total.backward()
+    run.optimizer.step()
+    run.step += 1
+    return terms.stacked()
+
+
+class _Reporter:
+    """Queues each step's losses on the device and reads them back in one sync
+    per ``flush``: every step on a CPU, every ``GPU_SYNC_EVERY`` on a GPU."""
+
+    def __init__(self, run: _Run, on_progress: Callable[[StepReport], None] | None):
+        self.run = run
+        self.on_progress = on_progress
+        self.every = 1 if run.device.type == "cpu" else GPU_SYNC_EVERY
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.last = (run.step, time.perf_counter())
+        self.log = MetricsLog(metrics_log_path(run.config.out), run.step) if run.world.is_main else None
+
+    def add(self, terms: torch.Tensor) -> None:
+        self.pending.append((self.run.step, terms))
+
+    @property
+    def due(self) -> bool:
+        return len(self.pending) >= self.every
+
+    def flush(self, stop_requested: bool) -> bool:
+        """Log and report the queued steps (averaged over processes), refusing
+        non-finite losses. Each process's stop request rides along in the same
+        sync; the result is whether any process asked to stop."""
+        run = self.run
+        stop_row = torch.full((1, 4), float(stop_requested), device=run.device)
+        rows = torch.cat([torch.stack([terms for _, terms in self.pending]), stop_row])
+        *values, stop_votes = mean_over_processes(rows, run.world).tolist()
+        now = time.perf_counter()
+        speed = (run.step - self.last[0]) * run.global_batch / max(now - self.last[1], 1e-9)
+        for (step, _), terms in zip(self.pending, values, strict=True):
+            self._report(step, terms, speed)
+        self.pending.clear()
+        self.last = (run.step, now)
+        return stop_votes[0] > 0
+
+    def _report(self, step: int, terms: list[float], speed: float) -> None:
+        content, style, tv, total = terms
+        if not all(map(math.isfinite, (content, style, tv))):
+            raise TrainingDiverged(
+                f"the loss became {total} at step {step}; stopped without saving it. "
+                f"Last good checkpoint: {latest_checkpoint(self.run.checkpoints)}. "
+                "Try a lower learning rate or style weight"
+            )
+        record = {"step": step, "content": content, "style": style, "tv": tv, "total": total}
+        if self.log is not None:
+            self.log.write({**record, "images_per_s": round(speed, 2), "seconds": round(self.run.seconds, 3)})
+        if self.on_progress is not None:
+            unreadable = len(self.run.unreadable)
+            steps = self.run.config.steps
+            self.on_progress(StepReport(**record, steps=steps, images_per_second=speed, unreadable_files=unreadable))
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+
+def _save_checkpoint(run: _Run) -> Path:
+    """Every process calls this at the same step; the main one writes."""
+    run.unreadable = union_over_processes(run.unreadable, run.world)
+    if not run.world.is_main:
+        return run.checkpoints
+    checkpoint = Checkpoint(
+        weights=run.network.state_dict(),
+        optimizer=run.optimizer.state_dict(),
+        step=run.step,
+        global_batch=run.global_batch,
+        config=run.config.to_dict(),
+        net_config=run.network.config,
+        style=run.config.style_image.stem,
+        seconds=run.seconds,
+        unreadable_files=tuple(sorted(run.unreadable)),
+        init_sha256=run.init_sha256,
+    )
+    return write_checkpoint(run.checkpoints, checkpoint)
+
+
+def _stop(run: _Run) -> NoReturn:
+    saved = _save_checkpoint(run)
+    raise TrainingInterrupted(f"interrupted at step {run.step}/{run.config.steps}; checkpoint saved: {saved}", saved)
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Write the model (the main process), and wait until it exists for all."""
+    run.unreadable = union_over_processes(run.unreadable, run.world)
+    if run.world.is_main:
+        _save_trained_model(run)
+    wait_for_all(run.world)
+    return TrainResult(
+        model=run.config.out,
+        metrics=metrics_log_path(run.config.out),
+        steps=run.step,
+        seconds=run.seconds,
+        unreadable_files=tuple(sorted(run.unreadable)),
+        wrote_files=run.world.is_main,
+    )
+
+
+def _save_trained_model(run: _Run) -> None:
+    config, device = run.config, run.device
+    training = {
+        **config.to_dict(),
+        "init_sha256": run.init_sha256,
+        "steps_done": run.step,
+        "processes": run.world.size,
+        "images_seen": run.step * run.global_batch,
+        "training_seconds": round(run.seconds, 1),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "unreadable_files": len(run.unreadable),
+        "loss_weights_sha256": _sha256(config.loss_network_weights) if config.loss_network_weights else None,
+        "torch": torch.__version__,
+        "stylize": VERSION,
+    }
+    run.network.eval()
+    save_model(config.out, run.network, config.style_image.stem, training, run.style_thumbnail)
+
+
+def _start_from(network: TransformerNet, config: TrainConfig) -> str:
+    """Copy a trained model's weights into ``network``; the model's sha256."""
+    path = resolve_model(config.init)
+    trained = load_model(path).network
+    if trained.config != network.config:
+        raise StylizeError(
+            f"the model to start from, {path}, is a {_describe(trained.config)} network; "
+            f"this run trains a {_describe(network.config)} one"
+        )
+    network.load_state_dict(trained.state_dict())
+    return _sha256(path)
+
+
+def _describe(config: NetConfig) -> str:
+    groups = f" ({config.groups} groups)" if config.norm == "group" else ""
+    legacy = "" if config.bounded_output and config.input_scale == 1 else " unbounded-output"
+    return f"{config.norm}-norm{groups}{legacy}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class MetricsLog:
+    """Per-step losses as JSON lines; a resumed run drops lines after its checkpoint."""
+
+    def __init__(self, path: Path, keep_until_step: int):
+        self.path = path
+        kept = []
+        if keep_until_step > 0 and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= keep_until_step]
+        with atomic_path(path) as temporary:
+            temporary.write_text("".join(f"{line}\n" for line in kept))
+        self._handle: TextIO = open(path, "a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class _StopRequest:
+    """The first Ctrl-C asks to stop after the current step (and checkpoint);
+    a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def train_norms(
+    runs: Sequence[TrainConfig],
+    on_progress: Callable[[TrainConfig, StepReport], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
+) -> list[TrainResult]:
+    """Train the runs of ``config.plan_norm_runs`` one after another."""
+    results = []
+    for config in runs:
+        report = None if on_progress is None else functools.partial(on_progress, config)
+        try:
+            results.append(train(config, on_progress=report, on_notice=on_notice))
+        except TrainingInterrupted as interrupted:
+            if len(runs) == 1:
+                raise
+            done = f"{len(results)} of {len(runs)} runs done"
+            raise TrainingInterrupted(
+                f"interrupted while training {config.norm} ({done})", resume_from=config.out.parent
+            ) from interrupted
+    return results
