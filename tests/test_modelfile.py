@@ -139,6 +139,14 @@ def test_bundled_models_are_found_by_name(tmp_path: Path, monkeypatch: pytest.Mo
         resolve_model("sky")
 
 
+def test_a_source_checkout_finds_the_repository_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without $STYLIZE_MODELS an editable install reads the top-level models/ folder."""
+    monkeypatch.delenv("STYLIZE_MODELS", raising=False)
+    repository = Path(__file__).resolve().parents[1] / "models"
+    assert {info.path for info in bundled_models()} == set(repository.glob("*.safetensors")) != set()
+    assert resolve_model("starry-night") == repository / "starry-night-instance.safetensors"
+
+
 def test_model_files_get_the_usual_permissions(tmp_path: Path) -> None:
     """mkstemp makes 0600 files and safetensors writes its own; the final file follows the umask."""
     umask = os.umask(0)

@@ -60,7 +60,7 @@ def models_dir() -> Path:
     override = os.environ.get("STYLIZE_MODELS")
     if override:
         return Path(override)
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # stylize/, above this module's stage
     installed = package / "models"
     return installed if installed.is_dir() else package.parent / "models"
 
