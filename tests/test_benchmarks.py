@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from benchmarks import memory, speed, train
+from benchmarks import memory, precision, process, speed, train
+
+from .helpers import photo
 
 
 def _run(module, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
@@ -24,7 +27,7 @@ def test_speed_benchmark_writes_medians_ratios_and_differences(tmp_path: Path, m
     reference, fp32, bf16 = record["results"]
     assert reference["config"].startswith("reference") and reference["speedup"] == 1.0
     assert len(fp32["runs_s"]) == 2 and fp32["speedup"] == pytest.approx(reference["median_s"] / fp32["median_s"])
-    assert fp32["settings"]["precision"] == "auto" and fp32["dtype"] == "torch.float32"
+    assert fp32["settings"]["precision"] == "fp32" and fp32["dtype"] == "torch.float32"
     assert fp32["max_diff_levels"] <= 1 and bf16["dtype"] == "torch.bfloat16"
     assert 0 < fp32["gflop"] < reference["gflop"]  # the fast form does fewer FLOPs
     assert 0.2 < fp32["peak_rss_gib"] < 64  # GiB of a process that has torch loaded, not bytes or MiB
@@ -58,3 +61,39 @@ def test_train_benchmark_times_every_path_against_the_reference(
     assert rows[0]["speedup"] == 1.0 and all(row["images_per_s"] > 0 for row in rows)
     assert all(row["speedup"] == pytest.approx(row["images_per_s"] / rows[0]["images_per_s"]) for row in rows)
     assert {row["steps"] for row in rows} == {16}
+
+
+@pytest.mark.slow
+def test_process_benchmark_times_both_tools_on_the_same_function(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "process.json"
+    monkeypatch.chdir(Path(__file__).parents[1])  # children run `python -m benchmarks...`
+    _run(process, monkeypatch, "--size", "64x48", "--runs", "1", "--out", str(out))
+    record = json.loads(out.read_text())
+    assert set(record["whole_s"]) == {
+        f"{tool}, {suffix}" for tool in ("stylize image", "neural_style.py eval") for suffix in (".jpg", ".png")
+    }
+    assert all(len(runs) == 1 and runs[0] > 0 for runs in record["whole_s"].values())
+    assert all(
+        set(split) == {"imports", "load", "decode", "network", "encode"} for split in record["phases_s"].values()
+    )
+    # stylize rounds where the peer truncates to 8 bits: the same weights give the same picture.
+    assert record["png_outputs_differ_by"]["max_levels"] <= 1.01
+    assert record["startup_s"].keys() == process.startup_commands().keys()
+
+
+def test_precision_benchmark_covers_every_bundled_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STYLIZE_MODELS", raising=False)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(3):
+        Image.fromarray(photo(40, 56, seed=seed)).save(photos / f"p{seed}.png")
+    out = tmp_path / "precision.json"
+    _run(precision, monkeypatch, "--photos", str(photos), "--count", "2", "--size", "48", "--out", str(out))
+    record = json.loads(out.read_text())
+    assert record["photos"] == ["p0.png", "p1.png"] and record["size"] == 48
+    assert set(record["models"]) == {path.stem for path in (Path(__file__).parents[1] / "models").glob("*.safetensors")}
+    for model in record["models"].values():
+        assert len(model["photos"]) == 2
+        assert 0 < model["summary"]["mean"] <= model["summary"]["max"] <= 255  # bf16 really ran, in levels

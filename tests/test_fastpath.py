@@ -187,8 +187,18 @@ def test_bf16_on_a_bundled_model_is_within_the_documented_bound() -> None:
     assert 0 < difference.mean() < 0.4 and difference.max() <= 10
 
 
-def test_auto_precision_is_fp32_on_cpu(model_file: Path) -> None:
-    assert _stylizer(model_file).dtype == torch.float32
+def test_auto_precision_is_bf16_for_instance_norm_where_bf16_is_native(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stylizer_module, "BF16_BY_DEFAULT_NORMS", frozenset({"instance"}))  # the product's
+    batch_norm = write_model(tmp_path / "batch.safetensors", norm="batch")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert _stylizer(model_file).dtype == torch.bfloat16
+    assert _stylizer(batch_norm).dtype == torch.float32  # BN models shift whole areas in bf16
+    assert _stylizer(model_file, precision="fp32").dtype == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert _stylizer(model_file).dtype == torch.float32  # emulated bf16 would be slow
     assert _stylizer(model_file, precision="bf16").dtype == torch.bfloat16
 
 

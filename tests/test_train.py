@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import stylize.model.checkpoints as checkpoints
 import stylize.training.loop as training
 from stylize import StylizeError, TrainConfig, TrainingInterrupted, load_model, train
-from stylize.devices import training_dtype
+from stylize.devices import compute_dtype
 from stylize.images import decode_thumbnail
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.training.config import CPU_RECIPE, GPU_RECIPE
@@ -425,11 +425,11 @@ def test_precision_sets_the_dtype_of_the_training_math(
 def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
-    assert training_dtype("auto", cpu) == torch.bfloat16
+    assert compute_dtype("auto", cpu) == torch.bfloat16
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert training_dtype("auto", cpu) == torch.float32
-    assert training_dtype("bf16", cpu) == torch.bfloat16 and training_dtype("fp32", cpu) == torch.float32
+    assert compute_dtype("auto", cpu) == torch.float32
+    assert compute_dtype("bf16", cpu) == torch.bfloat16 and compute_dtype("fp32", cpu) == torch.float32
 
 
 def test_unset_settings_come_from_the_device_recipe(tmp_path: Path) -> None:

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from stylize.devices import DEFAULT_DEVICE, autocast, memory_format, resolve_device
+from stylize.devices import DEFAULT_DEVICE, memory_format, resolve_device
 from stylize.errors import InvalidSetting
 from stylize.images import decode_thumbnail, load_image, resize_long_side
-from stylize.inference.stylizer import Stylizer
+from stylize.inference.stylizer import InferenceSettings, Stylizer
 from stylize.model.files import ModelInfo, load_model, resolve_models
 from stylize.model.network import MIN_SIZE
 from stylize.training.losses import content_loss, style_loss, style_targets
@@ -36,6 +36,9 @@ from stylize.training.vgg import (
 # Besides x1, the plain stylization. Sensitivity compares x1 with the first.
 CONTRAST_FACTORS = (0.5, 1.5)
 NEIGHBOURS_PER_BATCH = 3
+# The differences measured are a few levels of 255: every model runs in fp32,
+# so that precision never enters them (bf16 is the default for some norms only).
+EXPERIMENT_SETTINGS = InferenceSettings(precision="fp32", compile=False)
 # Neighbours far apart in brightness, made from the image itself so that any
 # content works: the image itself is the same in both batches.
 NEIGHBOURS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -171,8 +174,7 @@ def neighbour_batch(image: torch.Tensor, kind: str) -> torch.Tensor:
 @torch.no_grad()
 def _first_in_train_mode(network: torch.nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The first image's output with ``network`` in train mode."""
-    with autocast(device):
-        output = network.train()(batch.to(device, memory_format=memory_format(device)))
+    output = network.train()(batch.to(device, memory_format=memory_format(device)))
     return output[:1].float().clamp(0, 1).cpu()
 
 
@@ -290,7 +292,7 @@ def compare(
     content_lattices = [lattice_strength(image) for image in images]
     reports, outputs = [], []
     for index, path in enumerate(paths):
-        stylizer = Stylizer(load_model(path, device), device)
+        stylizer = Stylizer(load_model(path, device), device, EXPERIMENT_SETTINGS)
         if on_model is not None:
             on_model(index, len(paths), stylizer.model.info)
         runs = [stylize_variants(stylizer, image) for image in images]

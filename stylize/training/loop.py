@@ -24,7 +24,7 @@ from typing import Any, NoReturn, TextIO
 
 import torch
 
-from stylize.devices import autocast, memory_format, resolve_device, training_dtype
+from stylize.devices import autocast, compute_dtype, memory_format, resolve_device
 from stylize.errors import StylizeError, TrainingDiverged, TrainingInterrupted
 from stylize.fileio import atomic_path, check_writable
 from stylize.images import encode_thumbnail, load_image, resize_long_side
@@ -201,7 +201,7 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
     network = TransformerNet(config.net_config).to(device, memory_format=memory_format(device)).train()
     if config.sync_bn and world.is_distributed:
         check_sync_batch_norm(network, device, config.norm)
-    dtype = training_dtype(config.precision, device)
+    dtype = compute_dtype(config.precision, device)
     loss_network, targets = _loss_network(config, resize_long_side(style, config.style_size), device, dtype, on_notice)
     run = _Run(
         config=config,
