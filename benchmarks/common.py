@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -20,7 +21,7 @@ from stylize.fileio import atomic_path
 from stylize.images import load_image, resize_long_side
 from stylize.inference.stylizer import InferenceSettings, Stylizer
 from stylize.model.files import ModelInfo, StyleModel, load_model
-from stylize.model.network import NetConfig, TransformerNet
+from stylize.model.network import NetConfig, ReflectConv, TransformerNet
 
 # Wide enough for every column when the output goes to a file.
 console = Console(width=None if sys.stdout.isatty() else 220)
@@ -111,6 +112,29 @@ def bench_network(model: str | None) -> TransformerNet:
         return load_model(model, torch.device("cpu")).network.eval()
     torch.manual_seed(0)
     return TransformerNet(NetConfig()).eval()
+
+
+class _PlainUpsampleConv(torch.nn.Module):
+    """Upsample, then convolve: how pytorch/examples computes what ``UpsampleConv`` does."""
+
+    def __init__(self, conv2d: torch.nn.Conv2d):
+        super().__init__()
+        self.conv2d = conv2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        upsampled = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        return self.conv2d(torch.nn.functional.pad(upsampled, (1, 1, 1, 1), mode="reflect"))
+
+
+def examples_form(network: TransformerNet) -> TransformerNet:
+    """A copy computing the same function with the same weights the way
+    pytorch/examples' network does: a 4x upsampled map through a 3x3 conv, and
+    the plain 9x9 output conv, not the cheaper forms of ``convforms``."""
+    plain = copy.deepcopy(network)
+    plain.up1 = _PlainUpsampleConv(plain.up1.conv2d)
+    plain.up2 = _PlainUpsampleConv(plain.up2.conv2d)
+    plain.conv_out.__class__ = ReflectConv  # BlockConv's plain parent: same pad and weights
+    return plain
 
 
 def bench_stylizer(network: TransformerNet, device: torch.device, settings: InferenceSettings) -> Stylizer:

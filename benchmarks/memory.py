@@ -22,6 +22,7 @@ from .common import (
     bench_image,
     bench_network,
     bench_stylizer,
+    examples_form,
     machine,
     peak_memory,
     reset_peak_memory,
@@ -45,7 +46,7 @@ def measure(config: str, model: str | None, device: torch.device, width: int, he
     image = bench_image(None, width, height).to(device)
     tile = CONFIGS[config]
     if tile is None:
-        network = network.to(device)
+        network = examples_form(network).to(device)
 
         def run() -> torch.Tensor:
             with torch.no_grad():

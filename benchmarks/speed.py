@@ -29,6 +29,7 @@ from .common import (
     bench_image,
     bench_network,
     bench_stylizer,
+    examples_form,
     levels,
     machine,
     peak_memory,
@@ -80,7 +81,8 @@ def runner(reference: TransformerNet, config: Config, device: torch.device) -> t
     if config.product is not None:
         stylizer = bench_stylizer(reference, device, config.product)
         return stylizer, stylizer.network
-    network = reference.to(memory_format=torch.channels_last) if config.channels_last else reference
+    plain = examples_form(reference)
+    network = plain.to(memory_format=torch.channels_last) if config.channels_last else plain
     module = torch.compile(network) if config.compile else network
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     grad_mode = torch.inference_mode if config.channels_last else torch.no_grad

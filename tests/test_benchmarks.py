@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from benchmarks import memory, precision, process, speed, train
+from benchmarks import common, memory, precision, process, speed, train
+from stylize.model.network import ReflectConv
 
-from .helpers import photo
+from .helpers import photo, photo_tensor, random_network
 
 
 def _run(module, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
@@ -97,3 +99,13 @@ def test_precision_benchmark_covers_every_bundled_model(tmp_path: Path, monkeypa
     for model in record["models"].values():
         assert len(model["photos"]) == 2
         assert 0 < model["summary"]["mean"] <= model["summary"]["max"] <= 255  # bf16 really ran, in levels
+
+
+def test_the_reference_is_the_same_function_in_pytorch_examples_form() -> None:
+    network = random_network()
+    plain = common.examples_form(network)
+    image = photo_tensor(36, 44, seed=2)
+    with torch.no_grad():
+        assert (plain(image) - network(image)).abs().max() < 1e-4
+    assert type(plain.conv_out) is ReflectConv and type(network.conv_out) is not ReflectConv
+    assert type(plain.up1) is not type(network.up1) and plain.up1.conv2d.weight is not network.up1.conv2d.weight

@@ -257,7 +257,7 @@ PrecisionOption = Annotated[
     str,
     typer.Option(
         help="auto: bf16 for instance-norm models where bf16 is native (CUDA, CPUs with AVX512-BF16 or AMX; "
-        "visually the same, 1.8x faster on such a CPU), else fp32; or fp32 (exact), bf16."
+        "visually the same, about 2x faster on such a CPU), else fp32; or fp32 (exact), bf16."
     ),  # fmt: skip
 ]
 CompileOption = Annotated[
