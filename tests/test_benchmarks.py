@@ -77,11 +77,13 @@ def test_process_benchmark_times_both_tools_on_the_same_function(
         f"{tool}, {suffix}" for tool in ("stylize image", "neural_style.py eval") for suffix in (".jpg", ".png")
     }
     assert all(len(runs) == 1 and runs[0] > 0 for runs in record["whole_s"].values())
-    assert all(
-        set(split) == {"imports", "load", "decode", "network", "encode"} for split in record["phases_s"].values()
-    )
-    # stylize rounds where the peer truncates to 8 bits: the same weights give the same picture.
-    assert record["png_outputs_differ_by"]["max_levels"] <= 1.01
+    assert all(set(split) == set(process.PHASES) for split in record["phases_s"].values())
+    assert process.PHASES == ("imports", "load", "decode", "to tensor", "network", "to pixels", "encode")
+    differences = record["png_outputs_differ_from_peer_by"]
+    # At fp32 stylize rounds where the peer truncates to 8 bits: the same weights give the same picture.
+    assert differences["fp32"]["max_levels"] <= 1.01
+    # The timed default runs bf16 on this CPU: near the peer's picture, not equal to it.
+    assert differences["default"]["mean_levels"] < 1.5
     assert record["startup_s"].keys() == process.startup_commands().keys()
 
 

@@ -167,3 +167,42 @@ def test_the_world_comes_from_torchruns_variables(monkeypatch) -> None:
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name)
     assert World.from_environment() == World() and rank_label() == ""
+
+
+# Rank 1 alone gets an infinite loss at its second step; everything else is stylize's CLI.
+NAN_ON_RANK_1 = """
+import dataclasses, os, sys
+import stylize.training.loop as loop
+real, calls = loop.perceptual_loss, []
+
+def poisoned(*args, **kwargs):
+    terms = real(*args, **kwargs)
+    calls.append(1)
+    if os.environ["RANK"] == "1" and len(calls) == 2:
+        return dataclasses.replace(terms, style=terms.style * float("inf"))
+    return terms
+
+loop.perceptual_loss = poisoned
+from stylize.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_non_finite_loss_on_one_process_stops_every_process(
+    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(NAN_ON_RANK_1)
+    out = tmp_path / "m.safetensors"
+    args = [*train_args(style_image, photos, out, vgg_weights), "--steps", "4", "--batch-size", "2",
+            "--checkpoint-every", "1"]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(script), *args]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    # The losses are averaged over processes before they are checked: both see it, both stop.
+    stopped = [line for line in done.stderr.splitlines() if "the loss became" in line and "at step 2" in line]
+    assert len(stopped) == 2 and any(line.startswith("error: [rank 1] ") for line in stopped), done.stderr
+    assert not out.exists()
+    assert [path.name for path in checkpoint_dir(out).iterdir()] == ["step-00000001.pt"]

@@ -140,6 +140,58 @@ def _copy_stream(writer: Any, stream: Any, destination: Path) -> Any:
         ) from None
 
 
+class _StylizedStream:
+    """The output video stream: batches of decoded frames in, stylized frames encoded."""
+
+    def __init__(self, writer: Any, video: Any, encoder: str, stylizer: ImageStylizer, settings: VideoSettings):
+        self.writer, self.stylizer, self.batch_size = writer, stylizer, settings.batch_size
+        width, height = video.codec_context.width, video.codec_context.height
+        self.shrunk, (self.height, self.width) = frame_sizes(width, height, settings.max_size)
+        check_working_size(self.height, self.width, stylizer.controls)
+        self.output = writer.add_stream(encoder, rate=_rate(video))
+        self.output.width, self.output.height, self.output.pix_fmt = self.width, self.height, PIXEL_FORMAT
+        self.output.time_base = video.time_base
+        self.output.options = {"crf": str(settings.quality), **({"b": "0"} if encoder == "libvpx-vp9" else {})}
+        self.done = 0
+
+    def write(self, frames: list[Any]) -> None:
+        if self.done == 0 and frames[0].rotation:  # phone videos: shown turned, stored level
+            self.output.set_display_rotation(frames[0].rotation)
+        images = resize(_frames_to_tensor(frames), self.shrunk)[..., : self.height, : self.width]
+        # A short last batch is filled up with copies of its last frame: one
+        # batch shape, so a compiled network is not compiled a second time.
+        missing = self.batch_size - len(frames) if self.done else 0
+        filled = torch.cat([images, images[-1:].expand(missing, -1, -1, -1)]) if missing else images
+        stylized = self.stylizer(filled)[: len(frames)]
+        for frame in _tensor_to_frames(stylized, frames):
+            self.writer.mux(self.output.encode(frame))
+        self.done += len(frames)
+
+    def finish(self) -> None:
+        self.writer.mux(self.output.encode(None))  # what the encoder still holds
+
+
+def _frame_batches(
+    reader: Any, video: Any, sounds: list[Any], copies: dict[int, Any], writer: Any, size: int
+) -> Iterator[list[Any]]:
+    """Decoded video frames in batches of ``size``; sound packets go straight to
+    their copies in ``writer`` as they come."""
+    pending: list[Any] = []
+    for packet in reader.demux(video, *sounds):
+        if packet.stream.index in copies:
+            if packet.dts is not None:  # demuxers end each stream with an empty packet
+                packet.stream = copies[packet.stream.index]
+                writer.mux(packet)
+            continue
+        for frame in packet.decode():
+            pending.append(frame)
+            if len(pending) == size:
+                yield pending
+                pending = []
+    if pending:
+        yield pending
+
+
 def stylize_video(
     source: Path,
     destination: Path,
@@ -159,59 +211,26 @@ def stylize_video(
         video.thread_type = "AUTO"
         sounds = list(reader.streams.audio) if settings.audio else []
         total = _frame_count(reader, video)
-        shrunk, (height, width) = frame_sizes(video.codec_context.width, video.codec_context.height, settings.max_size)
-        check_working_size(height, width, stylizer.controls)
-        done = 0
         try:
             with av.open(str(temporary), "w") as writer:
-                output = writer.add_stream(encoder, rate=_rate(video))
-                output.width, output.height, output.pix_fmt = width, height, PIXEL_FORMAT
-                output.time_base = video.time_base
-                output.options = {"crf": str(settings.quality), **({"b": "0"} if encoder == "libvpx-vp9" else {})}
+                stream = _StylizedStream(writer, video, encoder, stylizer, settings)
                 copies = {sound.index: _copy_stream(writer, sound, destination) for sound in sounds}
-
-                def write(frames: list[Any]) -> None:
-                    nonlocal done
-                    if done == 0 and frames[0].rotation:  # phone videos: shown turned, stored level
-                        output.set_display_rotation(frames[0].rotation)
-                    images = resize(_frames_to_tensor(frames), shrunk)[..., :height, :width]
-                    # A short last batch is filled up with copies of its last frame: one
-                    # batch shape, so a compiled network is not compiled a second time.
-                    missing = settings.batch_size - len(frames) if done else 0
-                    filled = torch.cat([images, images[-1:].expand(missing, -1, -1, -1)]) if missing else images
-                    stylized = stylizer(filled)[: len(frames)]
-                    for frame in _tensor_to_frames(stylized, frames):
-                        writer.mux(output.encode(frame))
-                    done += len(frames)
+                for frames in _frame_batches(reader, video, sounds, copies, writer, settings.batch_size):
+                    stream.write(frames)
                     if on_progress is not None:
-                        on_progress(done, total)
-
-                pending: list[Any] = []
-                for packet in reader.demux(video, *sounds):
-                    if packet.stream.index in copies:
-                        if packet.dts is not None:  # demuxers end each stream with an empty packet
-                            packet.stream = copies[packet.stream.index]
-                            writer.mux(packet)
-                        continue
-                    for frame in packet.decode():
-                        pending.append(frame)
-                        if len(pending) == settings.batch_size:
-                            write(pending)
-                            pending = []
-                if pending:
-                    write(pending)
-                writer.mux(output.encode(None))  # what the encoder still holds
-                if on_progress is not None and done != total:
-                    on_progress(done, done)  # the count was an estimate
+                        on_progress(stream.done, total)
+                stream.finish()
         except av.FFmpegError as error:
             hint = "; leaving the sound out may help" if sounds else ""
             raise StylizeError(f"cannot stylize {source} into {destination}: {error}{hint}") from None
+    if on_progress is not None and stream.done != total:
+        on_progress(stream.done, stream.done)  # the count was an estimate
     return VideoResult(
         path=Path(destination),
-        frames=done,
+        frames=stream.done,
         rate=_rate(video),
-        width=width,
-        height=height,
+        width=stream.width,
+        height=stream.height,
         audio_streams=len(sounds),
         seconds=time.perf_counter() - started,
     )
