@@ -15,7 +15,7 @@ import stylize.training.loop as training
 from stylize.model.files import save_model
 from stylize.model.network import NetConfig, TransformerNet
 
-ALL_NORMS = ["instance", "batch", "layer", "group", "none", "ibn", "batch-instance"]
+ALL_NORMS = ["instance", "batch", "layer", "group", "none", "weight", "ibn", "batch-instance"]
 SMALL_LOSS_ARGS = ["--loss-network", "vgg16", "--style-layers", "relu1_2,relu2_2", "--content-layer", "relu2_2"]
 
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from stylize import StylizeError, create_norm, norm_names, register_norm
-from stylize.model.network import NORM_SITES, NetConfig, TransformerNet
-from stylize.model.norms import _REGISTRY, IBN_INSTANCE_SITES, BatchInstanceNorm2d
+from stylize.model.network import NORM_SITES, NORMALIZED_CONVS, NetConfig, TransformerNet
+from stylize.model.norms import _REGISTRY, IBN_INSTANCE_SITES, BatchInstanceNorm2d, WeightNorm
 
 from .helpers import ALL_NORMS
 
@@ -61,8 +62,9 @@ def _images() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_instance_norm_output_does_not_depend_on_batch_neighbours(mode: str) -> None:
-    network = TransformerNet(NetConfig(norm="instance")).train(mode == "train")
+@pytest.mark.parametrize("norm", ["instance", "weight", "layer", "group", "none"])
+def test_per_image_norms_output_does_not_depend_on_batch_neighbours(norm: str, mode: str) -> None:
+    network = TransformerNet(NetConfig(norm=norm)).train(mode == "train")
     images = _images()
     with torch.no_grad():
         alone = network(images[:1])
@@ -93,7 +95,7 @@ def test_instance_norm_keeps_no_running_statistics() -> None:
 def test_unknown_norm_lists_the_valid_ones() -> None:
     with pytest.raises(StylizeError, match="unknown norm 'groupy'; choose one of: instance, batch, layer, group"):
         create_norm("groupy", 8, "norm1")
-    with pytest.raises(StylizeError, match="instance, batch, layer, group, none, ibn, batch-instance"):
+    with pytest.raises(StylizeError, match="instance, batch, layer, group, none, weight, ibn, batch-instance"):
         NetConfig(norm="groupy")
 
 
@@ -186,3 +188,34 @@ def test_batch_instance_gate_ends_are_batch_and_instance_norm(logit: float, expe
     x = torch.randn(4, 8, 6, 6) * 2 + 0.5
     with torch.no_grad():
         torch.testing.assert_close(layer(x), reference.train()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_weight_norm_reparametrizes_every_normalized_convolution_and_nothing_else() -> None:
+    torch.manual_seed(3)
+    network = TransformerNet(NetConfig(norm="weight"))
+    torch.manual_seed(3)
+    plain = TransformerNet(NetConfig(norm="none"))
+    normalized = {path for path, module in network.named_modules() if parametrize.is_parametrized(module, "weight")}
+    assert normalized == {f"{conv}.conv2d" for conv in NORMALIZED_CONVS.values()}
+    assert all(type(network.get_submodule(site)) is WeightNorm for site in NORM_SITES)
+    assert not any("running" in key for key in network.state_dict())
+    for conv_path in NORMALIZED_CONVS.values():
+        conv = network.get_submodule(conv_path).conv2d
+        direction, length = conv.parametrizations.weight.original1, conv.parametrizations.weight.original0
+        assert length.shape == (conv.out_channels, 1, 1, 1)  # one learned length per output filter
+        # It starts as the plain network: g = ||v||, so the weights are the same.
+        torch.testing.assert_close(length.flatten(), direction.flatten(1).norm(dim=1))
+        torch.testing.assert_close(conv.weight, plain.get_submodule(conv_path).conv2d.weight)
+        with torch.no_grad():
+            length.mul_(2)  # the length is the filter's norm, whatever the direction's
+        torch.testing.assert_close(conv.weight.flatten(1).norm(dim=1), length.flatten())
+    images = _images()
+    with torch.no_grad():  # no statistics of any kind: training and evaluation compute one function
+        torch.testing.assert_close(network.train()(images), network.eval()(images), rtol=0, atol=0)
+
+
+def test_weight_norm_learns_length_and_direction() -> None:
+    network = TransformerNet(NetConfig(norm="weight"))
+    network(_images()).square().mean().backward()
+    weight = network.conv2.conv2d.parametrizations.weight
+    assert weight.original0.grad.abs().sum() > 0 and weight.original1.grad.abs().sum() > 0

@@ -88,7 +88,7 @@ def test_no_training_images_is_one_clear_error(cli, tmp_path: Path, style_image:
     assert not (tmp_path / "m.safetensors").exists()
 
 
-@pytest.mark.parametrize("norm", ["instance", "batch"])
+@pytest.mark.parametrize("norm", ["instance", "batch", "weight"])
 def test_resumed_run_ends_with_the_same_weights_bit_for_bit(
     cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, norm: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylize.model.convforms import space_to_depth_conv, space_to_depth_kernels, subpixel_conv, subpixel_kernels
-from stylize.model.norms import DEFAULT_GROUPS, check_groups, check_norm, create_norm
+from stylize.model.norms import DEFAULT_GROUPS, ConvNormalizer, check_groups, check_norm, create_norm
 
 # Space-to-depth factor of conv_out: 4x4 blocks turn 32 channels into 512.
 SPACE_TO_DEPTH = 4
@@ -154,6 +154,10 @@ class TransformerNet(nn.Module):
         self.up2 = UpsampleConv(64, 32)
         self.norm5 = _norm(config, 32, "norm5")
         self.conv_out = BlockConv(32, 3, 9)
+        for site, conv_path in NORMALIZED_CONVS.items():
+            norm = self.get_submodule(site)
+            if isinstance(norm, ConvNormalizer):
+                norm.normalize_conv(self.get_submodule(conv_path).conv2d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]

@@ -4,6 +4,8 @@ Every norm layer of the network is built by ``create_norm(name, channels, site, 
 ``site`` names the layer's place in the network (``norm1``, ``res.3.norm2``, ...;
 see ``network.NORM_SITES``) so that mixed schemes (one norm shallow, another
 deep) are just another registry entry. ``groups`` is only read by ``group``.
+A norm that works on weights instead of activations is a ``ConvNormalizer``:
+the network hands it the convolution before it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
 
 from stylize.errors import InvalidSetting, StylizeError
 
@@ -85,6 +88,29 @@ def group_norm(channels: int, site: str, groups: int) -> nn.Module:
 @register_norm("none")
 def no_norm(channels: int, site: str, groups: int) -> nn.Module:
     return nn.Identity()
+
+
+class ConvNormalizer(nn.Identity):
+    """A norm layer that leaves activations alone and reparametrizes the
+    convolution before it instead (the network calls ``normalize_conv``)."""
+
+    def normalize_conv(self, conv: nn.Conv2d) -> None:
+        raise NotImplementedError
+
+
+class WeightNorm(ConvNormalizer):
+    """Weight normalization (Salimans & Kingma, 2016): each output filter is
+    ``g * v / ||v||``, so its length is learned apart from its direction. No
+    statistics of any image or batch: no per-image contrast normalization,
+    and nothing that differs between training and evaluation."""
+
+    def normalize_conv(self, conv: nn.Conv2d) -> None:
+        weight_norm(conv, "weight", dim=0)
+
+
+@register_norm("weight")
+def weight_norm_site(channels: int, site: str, groups: int) -> nn.Module:
+    return WeightNorm()
 
 
 @register_norm("ibn")
