@@ -1,6 +1,7 @@
 """Training speed: pytorch/examples' training loop against each of stylize's changes.
 
     python -m benchmarks.train --loss-network-weights VGG16_FILE [--data PHOTOS] [--sizes 128,256]
+    python -m benchmarks.train --loss-network-weights VGG16_FILE --norms all   # stylize train per norm
 
 Every row trains the same network on the same photos (batch 4, VGG16 loss to
 relu4_3: content at relu2_2, style at relu1_2..relu4_3) in this one process and
@@ -8,6 +9,7 @@ counts images per second over the timed steps, data loading included. The
 reference is pytorch/examples' fast_neural_style loop: fp32, eager, NCHW, the
 whole VGG run on the content photo, photos decoded in the main process. Rows 2-7
 add one change each; the last row is ``stylize train`` itself with its defaults.
+With ``--norms``, the rows are ``stylize train`` itself, once per norm.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from PIL import Image
 from stylize.devices import resolve_device
 from stylize.images import load_image, resize_long_side
 from stylize.model.network import NetConfig, TransformerNet
+from stylize.model.norms import check_norm, norm_names
 from stylize.training.config import TrainConfig, metrics_log_path
 from stylize.training.data import crop_loader, training_files
 from stylize.training.loop import train
@@ -63,6 +66,7 @@ class Variant:
     workers: int = 0
     compile: bool = False
     product: bool = False  # stylize.train itself, default settings
+    norm: str = "instance"  # the product's --norm
 
 
 REFERENCE = Variant("reference (pytorch/examples: fp32, eager, NCHW, whole VGG on the content)")
@@ -129,14 +133,14 @@ def _timed_loop(
     return steps * BATCH / (time.perf_counter() - start)
 
 
-def _product(files_dir: Path, style_file: Path, weights: Path, size: int, steps: int, warmup: int) -> float:
+def _product(files_dir: Path, style_file: Path, weights: Path, size: int, steps: int, warmup: int, norm: str) -> float:
     """``stylize train`` with its defaults at this crop size; the rate between two of its metric lines."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "bench.safetensors"
         config = TrainConfig(
             style_image=style_file, data=files_dir, out=out, loss_network="vgg16", loss_network_weights=weights,
             content_layer=CONTENT_LAYER, style_layers=STYLE_LAYERS, steps=warmup + steps, image_size=size,
-            device="cpu", checkpoint_every=0,
+            device="cpu", checkpoint_every=0, norm=norm,
         )  # fmt: skip
         train(config)
         seconds = [line["seconds"] for line in map(json.loads, metrics_log_path(out).read_text().splitlines())]
@@ -160,7 +164,7 @@ def _synthetic_style(path: Path) -> Path:
 
 def measure(variant: Variant, data: Path, style_file: Path, weights: Path, size: int, steps: int, warmup: int) -> float:
     if variant.product:
-        return _product(data, style_file, weights, size, steps, warmup)
+        return _product(data, style_file, weights, size, steps, warmup, variant.norm)
     style = resize_long_side(load_image(style_file).rgb, 2 * size)
     return _timed_loop(variant, training_files(data), style, weights, size, steps, warmup)
 
@@ -174,11 +178,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24, help="timed steps per row at 128 px (a quarter at 256 px)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compiling)")
+    parser.add_argument("--norms", help="comma-separated norms, or all: stylize train once per norm instead")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train.json"))
     args = parser.parse_args()
 
     device = resolve_device("cpu")
     variants = (*PATHS, COMPILED) if args.compile else PATHS
+    if args.norms:
+        norms = norm_names() if args.norms == "all" else [check_norm(norm) for norm in args.norms.split(",")]
+        variants = tuple(Variant(f"stylize train --norm {norm}", product=True, norm=norm) for norm in norms)
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as folder:
         data = args.data or _synthetic_photos(Path(folder))

@@ -65,6 +65,21 @@ def test_train_benchmark_times_every_path_against_the_reference(
     assert {row["steps"] for row in rows} == {16}
 
 
+def test_train_benchmark_times_stylize_train_once_per_norm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vgg_weights: Path
+) -> None:
+    out = tmp_path / "train-norms.json"
+    trained: list[str] = []
+    real_train = train.train
+    monkeypatch.setattr(train, "train", lambda config: (trained.append(config.norm), real_train(config))[1])
+    monkeypatch.setattr(train, "STYLE_LAYERS", ("relu1_2", "relu2_2"))
+    _run(train, monkeypatch, "--loss-network-weights", str(vgg_weights), "--sizes", "32", "--steps", "1",
+         "--warmup", "1", "--norms", "weight,batch", "--out", str(out))  # fmt: skip
+    rows = json.loads(out.read_text())["results"]
+    assert [row["config"] for row in rows] == ["stylize train --norm weight", "stylize train --norm batch"]
+    assert trained == ["weight", "batch"] and all(row["images_per_s"] > 0 for row in rows)
+
+
 @pytest.mark.slow
 def test_process_benchmark_times_both_tools_on_the_same_function(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
