@@ -129,6 +129,11 @@ def load_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
     return image_to_tensor(open_image(path, max_pixels))
 
 
+def from_uint8_nhwc(pixels: np.ndarray) -> torch.Tensor:
+    """Decoded 8-bit frames (NHWC, as video decoders give them) -> float NCHW in [0, 1]."""
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
+
+
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] float -> [0, 255] uint8, rounding to nearest."""
     return images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)

@@ -20,7 +20,7 @@ import torch
 
 from stylize.errors import InvalidSetting, StylizeError
 from stylize.fileio import atomic_path, format_for_extension, refuse_overwriting
-from stylize.images import resize, scaled_size, to_uint8
+from stylize.images import from_uint8_nhwc, resize, scaled_size, to_uint8
 from stylize.inference.controls import check_working_size
 from stylize.inference.stylizer import ImageStylizer
 
@@ -117,8 +117,7 @@ def frame_sizes(width: int, height: int, max_size: int | None) -> tuple[tuple[in
 
 
 def _frames_to_tensor(frames: list[Any]) -> torch.Tensor:
-    pixels = np.stack([frame.to_ndarray(format="rgb24") for frame in frames])
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
+    return from_uint8_nhwc(np.stack([frame.to_ndarray(format="rgb24") for frame in frames]))
 
 
 def _tensor_to_frames(images: torch.Tensor, sources: list[Any]) -> Iterator[Any]:
