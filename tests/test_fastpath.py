@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.nn.utils import parametrize
 
 import stylize.inference.stylizer as stylizer_module
 from stylize.errors import StylizeError
@@ -59,6 +60,14 @@ def test_batch_norm_is_folded_into_the_convolutions() -> None:
     # A learned mix of batch and instance statistics is not an affine map: kept.
     mixed = optimize_for_inference(random_network("batch-instance"))
     assert isinstance(mixed.norm1, BatchInstanceNorm2d)
+
+
+def test_weight_norm_is_computed_once_into_plain_weights() -> None:
+    network = random_network("weight")
+    fast = optimize_for_inference(network)
+    assert not any(parametrize.is_parametrized(module) for module in fast.modules())
+    assert torch.equal(fast.conv2.weight, network.conv2.conv2d.weight.detach())
+    assert parametrize.is_parametrized(network.conv2.conv2d)  # the trained network keeps its g and v
 
 
 def test_optimizing_leaves_the_trained_network_untouched() -> None:
