@@ -132,10 +132,18 @@ def test_bundled_models_are_found_by_name(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("STYLIZE_MODELS", str(tmp_path))
     write_model(tmp_path / "wave-instance.safetensors", style="wave")
     write_model(tmp_path / "wave-batch.safetensors", norm="batch", style="wave")
-    assert [info.name for info in bundled_models()] == ["wave-batch", "wave-instance"]
+    write_model(tmp_path / "wave-batch-instance.safetensors", norm="batch-instance", style="wave")
+    write_model(tmp_path / "ant-weight.safetensors", norm="weight", style="ant")
+    # By style, then instance and batch first as the norm registry orders them (not by file name).
+    assert [info.name for info in bundled_models()] == [
+        "ant-weight",
+        "wave-instance",
+        "wave-batch",
+        "wave-batch-instance",
+    ]
     assert resolve_model("wave") == tmp_path / "wave-instance.safetensors"
     assert resolve_model("wave-batch") == tmp_path / "wave-batch.safetensors"
-    with pytest.raises(StylizeError, match="no model file or bundled model named 'sky'.*wave-batch, wave-instance"):
+    with pytest.raises(StylizeError, match="no model file or bundled model named 'sky'.*wave-instance, wave-batch,"):
         resolve_model("sky")
 
 

@@ -65,15 +65,20 @@ def models_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "models"
 
 
+def models_in(folder: Path) -> list[ModelInfo]:
+    """The folder's model files by style, then in the norm registry's order (instance first)."""
+    infos = [read_info(path) for path in folder.glob(f"*{MODEL_SUFFIX}")]
+    order = norm_names()
+    return sorted(infos, key=lambda info: (info.style, order.index(info.config.norm), info.name))
+
+
 def bundled_models() -> list[ModelInfo]:
     folder = models_dir()
-    if not folder.is_dir():
-        return []
-    return [read_info(path) for path in sorted(folder.glob(f"*{MODEL_SUFFIX}"))]
+    return models_in(folder) if folder.is_dir() else []
 
 
 def default_model_name() -> str:
-    """``DEFAULT_STYLE`` if bundled, else the first bundled model by name."""
+    """``DEFAULT_STYLE`` if bundled, else the first bundled model `stylize models` lists."""
     names = [info.name for info in bundled_models()]
     if not names:
         raise StylizeError(f"no bundled models in {models_dir()}")
@@ -104,11 +109,9 @@ def resolve_models(names: Sequence[str | Path]) -> list[Path]:
     for name in names:
         path, folder = Path(name), models_dir()
         if path.is_dir():
-            infos = [read_info(candidate) for candidate in sorted(path.glob(f"*{MODEL_SUFFIX}"))]
-            if not infos:
+            paths = [info.path for info in models_in(path)]
+            if not paths:
                 raise StylizeError(f"no model files (*{MODEL_SUFFIX}) in folder {path}")
-            order = norm_names()
-            paths = [info.path for info in sorted(infos, key=lambda info: (info.style, order.index(info.config.norm)))]
         elif path.exists() or (folder / f"{name}{MODEL_SUFFIX}").is_file():
             paths = [resolve_model(name)]
         else:
