@@ -21,7 +21,7 @@ from stylize.report.compare import (
     lattice_strength,
     mean_abs_difference,
 )
-from stylize.report.sheet import SheetLayout, render_sheet, sheet_rows
+from stylize.report.sheet import SheetLayout, norm_label, render_sheet, sheet_rows
 
 from .helpers import photo, photo_tensor, write_model
 
@@ -281,3 +281,11 @@ def test_lattice_strength_finds_a_period_4_grid_and_not_a_smooth_photo() -> None
     # A shift or a mirror of the same grid scores the same: it is the period that counts.
     assert lattice_strength(gridded.roll(1, dims=-1)) == pytest.approx(lattice_strength(gridded), abs=0.5)
     assert abs(lattice_strength(photo.flip(-1)) - lattice_strength(photo)) < 1.0
+
+
+def test_columns_are_headed_by_their_norm_in_words() -> None:
+    assert [norm_label(norm) for norm in ("instance", "batch-instance", "none")] == [
+        "instance norm",
+        "batch-instance norm",
+        "no norm",
+    ]

@@ -47,6 +47,11 @@ class SheetRow:
     outputs: list[torch.Tensor]  # one cell per model
 
 
+def norm_label(norm: str) -> str:
+    """A column's heading: "instance norm", ..., and "no norm" for ``none``."""
+    return "no norm" if norm == "none" else f"{norm} norm"
+
+
 def sheet_rows(comparison: Comparison) -> list[SheetRow]:
     """The grid's rows, top to bottom: per content image the plain result, then
     (unless ``stylized_only``) each contrast factor and each neighbour batch."""
@@ -162,7 +167,7 @@ def render_sheet(comparison: Comparison) -> Image.Image:
         else:
             draw_lines(draw, (left, header_top), wrap("(no style image in the model file)", text, layout.cell_width),
                        text, FAINT_INK)  # fmt: skip
-        lines = [f"{report.info.config.norm} norm", f"style: {report.info.style or '?'}", report.info.name]
+        lines = [norm_label(report.info.config.norm), f"style: {report.info.style or '?'}", report.info.name]
         draw_lines(draw, (left, text_top), [fit_text(line, text, layout.cell_width) for line in lines], text)
 
     for index, row in enumerate(grid):
