@@ -17,6 +17,7 @@ import stylize.training.loop as training
 from stylize import StylizeError, TrainConfig, TrainingInterrupted, load_model, train
 from stylize.devices import compute_dtype
 from stylize.images import decode_thumbnail
+from stylize.model.checkpoints import Checkpoint
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.training.config import CPU_RECIPE, GPU_RECIPE
 from stylize.training.losses import LossTerms, LossWeights
@@ -178,6 +179,33 @@ def test_ctrl_c_checkpoints_and_the_run_resumes_exactly(
     assert len(steps_run) == 2  # steps 3 and 4 only
     train(config(tmp_path / "straight.safetensors"))
     assert_same_weights(out, tmp_path / "straight.safetensors")
+
+
+def test_ctrl_c_at_a_checkpoint_step_writes_that_checkpoint_once(
+    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainConfig(
+        style_image=style_image, data=photos, out=tmp_path / "run.safetensors", steps=4, batch_size=2,
+        image_size=32, style_size=32, loss_network_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
+        content_layer="relu2_2", device="cpu", workers=0, checkpoint_every=2,
+    )  # fmt: skip
+    written: list[int] = []
+    real_write = training.write_checkpoint
+
+    def counted_write(folder: Path, checkpoint: Checkpoint) -> Path:
+        written.append(checkpoint.step)
+        return real_write(folder, checkpoint)
+
+    monkeypatch.setattr(training, "write_checkpoint", counted_write)
+
+    def press_ctrl_c(report: training.StepReport) -> None:
+        if report.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 2/4") as interrupted:
+        train(config, on_progress=press_ctrl_c)
+    assert written == [2]
+    assert interrupted.value.resume_from == tmp_path / "run.ckpt" / "step-00000002.pt"
 
 
 def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(

@@ -175,10 +175,9 @@ def _train(run: _Run, reporter: _Reporter) -> None:
             voted_stop = False
             if reporter.due or checkpoint_due or lone_stop or run.step == config.steps:
                 voted_stop = reporter.flush(stop.requested)
-            if checkpoint_due:
-                _save_checkpoint(run)
+            saved = _save_checkpoint(run) if checkpoint_due else None
             if voted_stop or (stop.requested and not world.is_distributed):  # Ctrl-C may come during the report
-                _stop(run)
+                _stop(run, saved)
 
 
 def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] | None) -> _Run:
@@ -346,8 +345,9 @@ def _save_checkpoint(run: _Run) -> Path:
     return write_checkpoint(run.checkpoints, checkpoint)
 
 
-def _stop(run: _Run) -> NoReturn:
-    saved = _save_checkpoint(run)
+def _stop(run: _Run, saved: Path | None) -> NoReturn:
+    """Stop with a checkpoint of this step: ``saved`` if its regular one is written already."""
+    saved = saved or _save_checkpoint(run)
     raise TrainingInterrupted(f"interrupted at step {run.step}/{run.config.steps}; checkpoint saved: {saved}", saved)
 
 
