@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -151,24 +152,31 @@ def test_resume_refuses_different_settings(
     assert result.error_lines == [result.error_lines[0]] and "lr=0.001, not 0.5" in result.err
 
 
+def _four_steps(out: Path, style_image: Path, photos: Path, vgg_weights: Path, **changes: Any) -> TrainConfig:
+    """Four steps of two 32 px crops with the small VGG; no checkpoints unless ``changes`` ask."""
+    settings: dict[str, Any] = {"checkpoint_every": 0, **changes}
+    return TrainConfig(
+        style_image=style_image, data=photos, out=out, steps=4, batch_size=2, image_size=32, style_size=32,
+        loss_network_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"), content_layer="relu2_2",
+        device="cpu", workers=0, **settings,
+    )  # fmt: skip
+
+
+def _press_ctrl_c_at_step_2(report: training.StepReport) -> None:
+    if report.step == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_ctrl_c_checkpoints_and_the_run_resumes_exactly(
     tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def config(out: Path, resume: Path | None = None) -> TrainConfig:
-        return TrainConfig(
-            style_image=style_image, data=photos, out=out, steps=4, batch_size=2, image_size=32,
-            style_size=32, loss_network_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
-            content_layer="relu2_2", device="cpu", workers=0, checkpoint_every=0, resume=resume,
-        )  # fmt: skip
-
-    def press_ctrl_c(report: training.StepReport) -> None:
-        if report.step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+        return _four_steps(out, style_image, photos, vgg_weights, resume=resume)
 
     out = tmp_path / "run.safetensors"
     handler_before = signal.getsignal(signal.SIGINT)  # default, or ignored under a background shell
     with pytest.raises(TrainingInterrupted, match="interrupted at step 2/4") as interrupted:
-        train(config(out), on_progress=press_ctrl_c)
+        train(config(out), on_progress=_press_ctrl_c_at_step_2)
     assert interrupted.value.resume_from == tmp_path / "run.ckpt" / "step-00000002.pt"
     assert [p.name for p in (tmp_path / "run.ckpt").iterdir()] == ["step-00000002.pt"]
     assert not out.exists()
@@ -184,11 +192,7 @@ def test_ctrl_c_checkpoints_and_the_run_resumes_exactly(
 def test_ctrl_c_at_a_checkpoint_step_writes_that_checkpoint_once(
     tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = TrainConfig(
-        style_image=style_image, data=photos, out=tmp_path / "run.safetensors", steps=4, batch_size=2,
-        image_size=32, style_size=32, loss_network_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
-        content_layer="relu2_2", device="cpu", workers=0, checkpoint_every=2,
-    )  # fmt: skip
+    config = _four_steps(tmp_path / "run.safetensors", style_image, photos, vgg_weights, checkpoint_every=2)
     written: list[int] = []
     real_write = training.write_checkpoint
 
@@ -198,12 +202,8 @@ def test_ctrl_c_at_a_checkpoint_step_writes_that_checkpoint_once(
 
     monkeypatch.setattr(training, "write_checkpoint", counted_write)
 
-    def press_ctrl_c(report: training.StepReport) -> None:
-        if report.step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-
     with pytest.raises(TrainingInterrupted, match="interrupted at step 2/4") as interrupted:
-        train(config, on_progress=press_ctrl_c)
+        train(config, on_progress=_press_ctrl_c_at_step_2)
     assert written == [2]
     assert interrupted.value.resume_from == tmp_path / "run.ckpt" / "step-00000002.pt"
 
@@ -211,11 +211,7 @@ def test_ctrl_c_at_a_checkpoint_step_writes_that_checkpoint_once(
 def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(
     tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
 ) -> None:
-    config = TrainConfig(
-        style_image=style_image, data=photos, out=tmp_path / "run.safetensors", steps=4, batch_size=2,
-        image_size=32, style_size=32, loss_network_weights=vgg_weights, style_layers=("relu1_2", "relu2_2"),
-        content_layer="relu2_2", device="cpu", workers=0, checkpoint_every=0,
-    )  # fmt: skip
+    config = _four_steps(tmp_path / "run.safetensors", style_image, photos, vgg_weights)
     steps_seen: list[int] = []
 
     def press_ctrl_c_twice(report: training.StepReport) -> None:
