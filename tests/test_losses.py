@@ -36,6 +36,33 @@ def test_gram_matrix_is_per_image_and_float32_under_bf16() -> None:
     torch.testing.assert_close(grams[1], gram_matrix(features[1:2])[0])
 
 
+def test_gram_matrix_stays_float32_under_bf16_autocast() -> None:
+    features = torch.randn(2, 8, 12, 10).relu().to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grams = gram_matrix(features)
+    assert grams.dtype == torch.float32  # autocast would round every entry to bf16
+    torch.testing.assert_close(grams, gram_matrix(features.float()), rtol=1e-6, atol=1e-7)
+
+
+def test_gram_matrix_gradient() -> None:
+    features = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gram_matrix, (features,))
+
+
+def test_gram_matrix_gradient_under_bf16_is_the_float32_one_rounded() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(2, 16, 32, 32).relu()
+    target = gram_matrix(features[:1]).detach() * 1.2
+    exact = features.clone().requires_grad_()
+    (gram_matrix(exact) - target).square().sum().backward()
+    rounded = features.to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (gram_matrix(rounded) - target).square().sum().backward()
+    assert rounded.grad.dtype == torch.bfloat16  # what the convolution behind it takes
+    relative = (rounded.grad.float() - exact.grad).norm() / exact.grad.norm()
+    assert relative < 0.01
+
+
 def test_content_and_tv_losses_by_hand() -> None:
     a, b = torch.zeros(1, 1, 2, 2), torch.tensor([[1.0, 3.0], [0.0, 0.0]]).view(1, 1, 2, 2)
     # MSE (1 + 9) / 4 relative to the photo's mean square (1 + 9) / 4
