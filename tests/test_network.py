@@ -4,9 +4,11 @@ import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from stylize import StylizeError, create_norm, norm_names, register_norm
-from stylize.model.network import NORM_SITES, NORMALIZED_CONVS, NetConfig, TransformerNet
+from stylize.model.fastpath import optimize_for_inference
+from stylize.model.network import NORM_SITES, NORMALIZED_CONVS, NetConfig, ReflectConv, TransformerNet
 from stylize.model.norms import _REGISTRY, IBN_INSTANCE_SITES, BatchInstanceNorm2d, WeightNorm
 
 from .helpers import ALL_NORMS
@@ -53,7 +55,8 @@ def test_architecture_matches_johnson_et_al() -> None:
     assert len(network.res) == 5 and all(block.conv1.conv2d.in_channels == 128 for block in network.res)
     assert all(conv.padding == (0, 0) for conv in convs)  # all padding is reflection padding
     # Reflection padding everywhere; the upsampling layers pad their small map by replication, which equals it.
-    assert sum(isinstance(m, nn.ReflectionPad2d) for m in network.modules()) == len(convs) - 2
+    reflect = [m for m in network.modules() if isinstance(m, ReflectConv)]
+    assert len(reflect) == len(convs) - 2 and all(m.padding == m.conv2d.kernel_size[0] // 2 for m in reflect)
 
 
 def _images() -> torch.Tensor:
@@ -219,3 +222,29 @@ def test_weight_norm_learns_length_and_direction() -> None:
     network(_images()).square().mean().backward()
     weight = network.conv2.conv2d.parametrizations.weight
     assert weight.original0.grad.abs().sum() > 0 and weight.original1.grad.abs().sum() > 0
+
+
+class _PadInputs(TorchDispatchMode):
+    """Records the dtype every padding op of a forward pass receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: list[torch.dtype] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func.overloadpacket in (torch.ops.aten.reflection_pad2d, torch.ops.aten.replication_pad2d):
+            self.dtypes.append(args[0].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("form", ["training", "inference"])
+def test_padding_stays_bf16_under_autocast(form: str) -> None:
+    """CPU autocast would pad in float32: two casts of every feature map per layer."""
+    network = TransformerNet(NetConfig())
+    if form == "inference":
+        network = optimize_for_inference(network.eval())
+    with torch.autocast("cpu", dtype=torch.bfloat16), _PadInputs() as pads:
+        network(torch.rand(1, 3, 24, 24))
+    # The photo itself is float32; every feature map after the first convolution is bf16.
+    assert pads.dtypes[0] == torch.float32
+    assert len(pads.dtypes) == 16 and set(pads.dtypes[1:]) == {torch.bfloat16}

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from stylize.model.convforms import space_to_depth_conv, space_to_depth_kernels, subpixel_conv, subpixel_kernels
-from stylize.model.network import NORMALIZED_CONVS, SPACE_TO_DEPTH, ReflectConv, TransformerNet, UpsampleConv
+from stylize.model.network import NORMALIZED_CONVS, SPACE_TO_DEPTH, ReflectConv, TransformerNet, UpsampleConv, pad
 
 # A band's rows are given in image rows; a layer working at 1/scale resolution
 # takes tile // scale of its own rows per band.
@@ -94,7 +94,7 @@ class FastReflectConv(BandedConv):
         self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
 
     def band(self, x: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
-        padded = F.pad(x, (self.pad, self.pad, top, bottom), mode="reflect")
+        padded = pad(x, (self.pad, self.pad, top, bottom), "reflect")
         return F.conv2d(padded, self.weight, self.bias, self.stride)
 
 
@@ -109,7 +109,7 @@ class SubpixelConv(BandedConv):
         self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
 
     def band(self, x: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
-        return subpixel_conv(F.pad(x, (1, 1, top, bottom), mode="replicate"), self.weight, self.bias)
+        return subpixel_conv(pad(x, (1, 1, top, bottom), "replicate"), self.weight, self.bias)
 
 
 class SpaceToDepthConv(BandedConv):
@@ -132,7 +132,7 @@ class SpaceToDepthConv(BandedConv):
             self.band_rows = -(-self.band_rows // self.factor) * self.factor
 
     def band(self, x: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
-        padded = F.pad(x, (self.pad, self.pad, top, bottom), mode="reflect")
+        padded = pad(x, (self.pad, self.pad, top, bottom), "reflect")
         return space_to_depth_conv(padded, self.weight, self.bias, self.factor, self.pad)
 
 

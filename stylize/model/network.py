@@ -61,14 +61,21 @@ def _norm(config: NetConfig, channels: int, site: str) -> nn.Module:
     return create_norm(config.norm, channels, site, config.groups)
 
 
+def pad(x: torch.Tensor, sides: tuple[int, int, int, int], mode: str) -> torch.Tensor:
+    """``F.pad`` in ``x``'s own dtype. CPU autocast pads in float32: a cast of
+    the whole feature map there and back at every layer, forward and backward."""
+    with torch.autocast(x.device.type, enabled=False):
+        return F.pad(x, sides, mode=mode)
+
+
 class ReflectConv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
         super().__init__()
-        self.pad = nn.ReflectionPad2d(kernel_size // 2)
+        self.padding = kernel_size // 2
         self.conv2d = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2d(self.pad(x))
+        return self.conv2d(pad(x, (self.padding,) * 4, "reflect"))
 
 
 class UpsampleConv(nn.Module):
@@ -80,7 +87,7 @@ class UpsampleConv(nn.Module):
         self.conv2d = nn.Conv2d(in_channels, out_channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        padded = pad(x, (1, 1, 1, 1), "replicate")
         return subpixel_conv(padded, subpixel_kernels(self.conv2d.weight), self.conv2d.bias)
 
 
@@ -90,7 +97,8 @@ class BlockConv(ReflectConv):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernels = space_to_depth_kernels(self.conv2d.weight, SPACE_TO_DEPTH)
-        return space_to_depth_conv(self.pad(x), kernels, self.conv2d.bias, SPACE_TO_DEPTH, self.pad.padding[0])
+        padded = pad(x, (self.padding,) * 4, "reflect")
+        return space_to_depth_conv(padded, kernels, self.conv2d.bias, SPACE_TO_DEPTH, self.padding)
 
 
 class ResidualBlock(nn.Module):
@@ -111,7 +119,7 @@ def pad_to_min_size(x: torch.Tensor) -> torch.Tensor:
     height, width = x.shape[-2:]
     if height >= MIN_SIZE and width >= MIN_SIZE:
         return x
-    return F.pad(x, (0, max(0, MIN_SIZE - width), 0, max(0, MIN_SIZE - height)), mode="replicate")
+    return pad(x, (0, max(0, MIN_SIZE - width), 0, max(0, MIN_SIZE - height)), "replicate")
 
 
 RESIDUAL_BLOCKS = 5
