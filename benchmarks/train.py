@@ -7,8 +7,9 @@ Every row trains the same network on the same photos (batch 4, VGG16 loss to
 relu4_3: content at relu2_2, style at relu1_2..relu4_3) in this one process and
 counts images per second over the timed steps, data loading included. The
 reference is pytorch/examples' fast_neural_style loop: fp32, eager, NCHW, the
-whole VGG run on the content photo, photos decoded in the main process. Rows 2-7
-add one change each; the last row is ``stylize train`` itself with its defaults.
+whole VGG run on the content photo, its loss (autograd through the Gram
+matrices' bmm), photos decoded in the main process. Rows 2-9 add one change
+each; the last row is ``stylize train`` itself with its defaults.
 With ``--norms``, the rows are ``stylize train`` itself, once per norm.
 """
 
@@ -25,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from stylize.devices import resolve_device
+from stylize.devices import keep_freed_memory, resolve_device
 from stylize.images import load_image, resize_long_side
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.model.norms import check_norm, norm_names
@@ -58,13 +60,15 @@ class Variant:
     """One way of running the training step."""
 
     name: str
-    examples_network: bool = True  # pytorch/examples' layers; False: stylize's (convforms)
+    examples_network: bool = True  # pytorch/examples' layers; False: stylize's (convforms, bf16 padding)
+    examples_loss: bool = True  # pytorch/examples' Gram (autograd's bmm backward) and MSE; False: stylize's
     bf16: bool = False
     content_only: bool = False  # the content photo through the VGG only to the content layer
     vgg_bf16: bool = False  # the frozen VGG's weights cast to bf16 once, not at every call
     channels_last: bool = False
+    fused_adam: bool = False  # Adam in one fused kernel instead of a loop over parameters
     workers: int = 0
-    compile: bool = False
+    keep_freed: bool = False  # devices.keep_freed_memory: process-wide, so every later row has it too
     product: bool = False  # stylize.train itself, default settings
     norm: str = "instance"  # the product's --norm
 
@@ -73,23 +77,48 @@ REFERENCE = Variant("reference (pytorch/examples: fp32, eager, NCHW, whole VGG o
 _BF16 = replace(REFERENCE, name="+ bf16 autocast", bf16=True)
 _CONTENT = replace(_BF16, name="+ content photo only to relu2_2", content_only=True)
 _VGG = replace(_CONTENT, name="+ VGG weights in bf16 once", vgg_bf16=True)
-_FORMS = replace(_VGG, name="+ sub-pixel upsampling, space-to-depth output conv", examples_network=False)
+_FORMS = replace(
+    _VGG, name="+ sub-pixel upsampling, space-to-depth output conv, padding in bf16", examples_network=False
+)
+_LOSS = replace(_FORMS, name="+ float32 Gram with a one-product backward", examples_loss=False)
+_ADAM = replace(_LOSS, name="+ fused Adam", fused_adam=True)
+_LOADER = replace(_ADAM, name="+ 1 loader process", workers=1)
+# Rows run in this order (each at every size), so the malloc setting, which
+# cannot be undone, comes after every row without it.
 PATHS = (
     REFERENCE,
     _BF16,
     _CONTENT,
     _VGG,
     _FORMS,
-    replace(_FORMS, name="+ channels_last (not used)", channels_last=True),
-    replace(_FORMS, name="+ 2 loader processes (not used)", workers=2),
-    replace(_FORMS, name="+ 1 loader process", workers=1),
+    _LOSS,
+    _ADAM,
+    replace(_ADAM, name="+ channels_last (not used)", channels_last=True),
+    replace(_ADAM, name="+ 2 loader processes (not used)", workers=2),
+    _LOADER,
+    replace(_LOADER, name="+ malloc keeps freed memory", keep_freed=True),
     Variant("stylize train (defaults)", product=True),
 )
-COMPILED = replace(_FORMS, name="+ torch.compile of the step (not used)", compile=True, workers=1)
+
+
+def _examples_gram(features: torch.Tensor) -> torch.Tensor:
+    """pytorch/examples' ``utils.gram_matrix``: autograd differentiates the bmm."""
+    n, c, h, w = features.shape
+    flat = features.view(n, c, h * w)
+    return flat.bmm(flat.transpose(1, 2)) / (c * h * w)
+
+
+def _examples_loss(output_features: dict, content: dict, targets: dict) -> torch.Tensor:
+    """pytorch/examples' loss: MSE of the content layer plus MSE of each style layer's Gram."""
+    loss = F.mse_loss(output_features[CONTENT_LAYER], content[CONTENT_LAYER])
+    for layer in STYLE_LAYERS:
+        gram = _examples_gram(output_features[layer])
+        loss = loss + F.mse_loss(gram, targets[layer].expand_as(gram))
+    return loss
 
 
 def _step_function(variant: Variant, network: torch.nn.Module, loss_network: LossNetwork, targets: dict) -> object:
-    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3, fused=variant.fused_adam)
     weights = LossWeights()
     fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
 
@@ -100,18 +129,23 @@ def _step_function(variant: Variant, network: torch.nn.Module, loss_network: Los
             output = network(images)
             with torch.no_grad():
                 content = loss_network(images, layers=(CONTENT_LAYER,) if variant.content_only else None)
-            terms = perceptual_loss(output, loss_network(output), content, targets, CONTENT_LAYER, weights)
+            if variant.examples_loss:
+                loss = _examples_loss(loss_network(output), content, targets)
+            else:
+                loss = perceptual_loss(output, loss_network(output), content, targets, CONTENT_LAYER, weights).total
         optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
+        loss.backward()
         optimizer.step()
 
-    return torch.compile(step) if variant.compile else step
+    return step
 
 
 def _timed_loop(
     variant: Variant, files: list[Path], style: torch.Tensor, weights: Path, size: int, steps: int, warmup: int
 ) -> float:
     torch.manual_seed(0)
+    if variant.keep_freed:
+        keep_freed_memory()
     fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
     network = (ExamplesNetwork() if variant.examples_network else TransformerNet(NetConfig())).train()
     network = network.to(memory_format=fmt)
@@ -169,6 +203,26 @@ def measure(variant: Variant, data: Path, style_file: Path, weights: Path, size:
     return _timed_loop(variant, training_files(data), style, weights, size, steps, warmup)
 
 
+def _measure_all(
+    variants: tuple[Variant, ...], sizes: list[int], data: Path, style: Path, args: argparse.Namespace
+) -> list[dict[str, object]]:
+    """Every row at every size, rows in order; each size's speed-ups against its first row."""
+    rates = {}
+    for number, variant in enumerate(variants, 1):
+        for size in sizes:
+            steps = max(3, args.steps * 128 * 128 // (size * size))
+            rates[size, number] = (
+                steps,
+                measure(variant, data, style, args.loss_network_weights, size, steps, args.warmup),
+            )
+    return [
+        {"size": size, "number": number, "config": variant.name, "steps": rates[size, number][0],
+         "images_per_s": rates[size, number][1], "speedup": rates[size, number][1] / rates[size, 1][1]}
+        for size in sizes
+        for number, variant in enumerate(variants, 1)
+    ]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loss-network-weights", type=Path, required=True, help="VGG16 state dict (torchvision keys)")
@@ -177,28 +231,20 @@ def main() -> None:
     parser.add_argument("--sizes", default="128,256", help="comma-separated crop sides")
     parser.add_argument("--steps", type=int, default=24, help="timed steps per row at 128 px (a quarter at 256 px)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compiling)")
     parser.add_argument("--norms", help="comma-separated norms, or all: stylize train once per norm instead")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train.json"))
     args = parser.parse_args()
 
     device = resolve_device("cpu")
-    variants = (*PATHS, COMPILED) if args.compile else PATHS
+    variants = PATHS
     if args.norms:
         norms = norm_names() if args.norms == "all" else [check_norm(norm) for norm in args.norms.split(",")]
         variants = tuple(Variant(f"stylize train --norm {norm}", product=True, norm=norm) for norm in norms)
-    rows: list[dict[str, object]] = []
+    sizes = [int(side) for side in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as folder:
         data = args.data or _synthetic_photos(Path(folder))
         style = args.style or _synthetic_style(Path(folder) / "style.png")
-        for size in (int(side) for side in args.sizes.split(",")):
-            steps = max(3, args.steps * 128 * 128 // (size * size))
-            reference = None
-            for number, variant in enumerate(variants, 1):
-                rate = measure(variant, data, style, args.loss_network_weights, size, steps, args.warmup)
-                reference = reference or rate
-                rows.append({"size": size, "number": number, "config": variant.name, "steps": steps,
-                             "images_per_s": rate, "speedup": rate / reference})  # fmt: skip
+        rows = _measure_all(variants, sizes, data, style, args)
     show(
         f"training images/s, batch {BATCH}, VGG16 to relu4_3, on {machine(device)['cpu']}",
         ["px", "#", "configuration", "timed steps", "images/s", "vs reference"],

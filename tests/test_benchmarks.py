@@ -56,13 +56,17 @@ def test_train_benchmark_times_every_path_against_the_reference(
 ) -> None:
     out = tmp_path / "train.json"
     monkeypatch.setattr(train, "STYLE_LAYERS", ("relu1_2", "relu2_2"))  # the small test VGG ends at relu2_2
-    _run(train, monkeypatch, "--loss-network-weights", str(vgg_weights), "--sizes", "32", "--steps", "1",
+    _run(train, monkeypatch, "--loss-network-weights", str(vgg_weights), "--sizes", "32,64", "--steps", "1",
          "--warmup", "1", "--out", str(out))  # fmt: skip
     rows = json.loads(out.read_text())["results"]
-    assert [row["config"] for row in rows] == [variant.name for variant in train.PATHS]
-    assert rows[0]["speedup"] == 1.0 and all(row["images_per_s"] > 0 for row in rows)
-    assert all(row["speedup"] == pytest.approx(row["images_per_s"] / rows[0]["images_per_s"]) for row in rows)
-    assert {row["steps"] for row in rows} == {16}
+    paths = len(train.PATHS)
+    assert [row["config"] for row in rows] == [variant.name for variant in train.PATHS] * 2
+    assert [row["size"] for row in rows] == [32] * paths + [64] * paths
+    assert [row["steps"] for row in rows] == [16] * paths + [4] * paths  # the same pixels at each size
+    for size_rows in (rows[:paths], rows[paths:]):  # each size against its own reference
+        reference = size_rows[0]["images_per_s"]
+        assert all(row["speedup"] == pytest.approx(row["images_per_s"] / reference) for row in size_rows)
+    assert all(row["images_per_s"] > 0 for row in rows)
 
 
 def test_train_benchmark_times_stylize_train_once_per_norm(
