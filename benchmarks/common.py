@@ -7,11 +7,13 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -41,6 +43,14 @@ def machine(device: torch.device) -> dict[str, object]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def run_child(module: str, arguments: Sequence[str]) -> Any:
+    """Run ``python -m module arguments`` in a fresh process; the JSON on its last line of output."""
+    child = subprocess.run([sys.executable, "-m", module, *arguments], capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(arguments)} failed:\n{child.stderr[-3000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def _cpu_name() -> str:

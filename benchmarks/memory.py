@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from .common import (
     machine,
     peak_memory,
     reset_peak_memory,
+    run_child,
     show,
     sync,
     write_json,
@@ -83,10 +82,8 @@ def main() -> None:
 
     results = []
     for config in CONFIGS:
-        command = [sys.executable, "-m", "benchmarks.memory", "--child", config, "--device", str(device),
-                   "--size", args.size] + (["--model", args.model] if args.model else [])  # fmt: skip
-        child = subprocess.run(command, capture_output=True, text=True, check=True)
-        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        arguments = ["--child", config, "--device", str(device), "--size", args.size]
+        results.append(run_child("benchmarks.memory", arguments + (["--model", args.model] if args.model else [])))
     show(
         f"peak memory, one {width}x{height} image on {device}",
         ["configuration", "seconds", "RSS before GiB", "peak RSS GiB", "peak GPU GiB"],

@@ -4,8 +4,11 @@
     python -m benchmarks.train --loss-network-weights VGG16_FILE --norms all   # stylize train per norm
 
 Every row trains the same network on the same photos (batch 4, VGG16 loss to
-relu4_3: content at relu2_2, style at relu1_2..relu4_3) in this one process and
-counts images per second over the timed steps, data loading included. The
+relu4_3: content at relu2_2, style at relu1_2..relu4_3) and counts images per
+second over the timed steps, data loading included. Each row runs in a fresh
+process, as a user's training would (no row inherits another's allocator or
+thread-pool state), once per round; rounds alternate the rows, so a slow spell
+of a shared machine spreads over all of them, and each row reports its median. The
 reference is pytorch/examples' fast_neural_style loop: fp32, eager, NCHW, the
 whole VGG run on the content photo, its loss (autograd through the Gram
 matrices' bmm), photos decoded in the main process. Rows 2-9 add one change
@@ -18,10 +21,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +44,7 @@ from stylize.training.losses import LossWeights, perceptual_loss, style_targets
 from stylize.training.vgg import LossNetwork
 from tests.reference_fast_neural_style import ExamplesTransformerNet
 
-from .common import machine, show, write_json
+from .common import machine, run_child, show, write_json
 
 
 class ExamplesNetwork(ExamplesTransformerNet):
@@ -51,8 +55,19 @@ class ExamplesNetwork(ExamplesTransformerNet):
 
 
 CONTENT_LAYER = "relu2_2"
-STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+STYLE_LAYERS = "relu1_2,relu2_2,relu3_3,relu4_3"
 BATCH = 4
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every row trains on."""
+
+    data: Path
+    style: Path
+    weights: Path
+    style_layers: tuple[str, ...]
+    warmup: int
 
 
 @dataclass(frozen=True)
@@ -68,7 +83,7 @@ class Variant:
     channels_last: bool = False
     fused_adam: bool = False  # Adam in one fused kernel instead of a loop over parameters
     workers: int = 0
-    keep_freed: bool = False  # devices.keep_freed_memory: process-wide, so every later row has it too
+    keep_freed: bool = False  # devices.keep_freed_memory
     product: bool = False  # stylize.train itself, default settings
     norm: str = "instance"  # the product's --norm
 
@@ -83,8 +98,6 @@ _FORMS = replace(
 _LOSS = replace(_FORMS, name="+ float32 Gram with a one-product backward", examples_loss=False)
 _ADAM = replace(_LOSS, name="+ fused Adam", fused_adam=True)
 _LOADER = replace(_ADAM, name="+ 1 loader process", workers=1)
-# Rows run in this order (each at every size), so the malloc setting, which
-# cannot be undone, comes after every row without it.
 PATHS = (
     REFERENCE,
     _BF16,
@@ -111,9 +124,9 @@ def _examples_gram(features: torch.Tensor) -> torch.Tensor:
 def _examples_loss(output_features: dict, content: dict, targets: dict) -> torch.Tensor:
     """pytorch/examples' loss: MSE of the content layer plus MSE of each style layer's Gram."""
     loss = F.mse_loss(output_features[CONTENT_LAYER], content[CONTENT_LAYER])
-    for layer in STYLE_LAYERS:
+    for layer, target in targets.items():
         gram = _examples_gram(output_features[layer])
-        loss = loss + F.mse_loss(gram, targets[layer].expand_as(gram))
+        loss = loss + F.mse_loss(gram, target.expand_as(gram))
     return loss
 
 
@@ -140,26 +153,27 @@ def _step_function(variant: Variant, network: torch.nn.Module, loss_network: Los
     return step
 
 
-def _timed_loop(
-    variant: Variant, files: list[Path], style: torch.Tensor, weights: Path, size: int, steps: int, warmup: int
-) -> float:
+def _timed_loop(variant: Variant, setup: Setup, size: int, steps: int) -> float:
     torch.manual_seed(0)
     if variant.keep_freed:
         keep_freed_memory()
     fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
     network = (ExamplesNetwork() if variant.examples_network else TransformerNet(NetConfig())).train()
     network = network.to(memory_format=fmt)
-    loss_network = LossNetwork("vgg16", [CONTENT_LAYER, *STYLE_LAYERS], weights).to(memory_format=fmt)
+    loss_network = LossNetwork("vgg16", [CONTENT_LAYER, *setup.style_layers], setup.weights)
+    loss_network = loss_network.to(memory_format=fmt)
     if variant.vgg_bf16:
         loss_network.features.to(torch.bfloat16)
+    style = resize_long_side(load_image(setup.style).rgb, 2 * size)
     with torch.no_grad():
-        targets = style_targets(loss_network(style), STYLE_LAYERS)
+        targets = style_targets(loss_network(style), setup.style_layers)
     step = _step_function(variant, network, loss_network, targets)
     loader = crop_loader(
-        files, size, BATCH, seed=0, start_step=0, steps=warmup + steps, workers=variant.workers, pin_memory=False
-    )
+        training_files(setup.data), size, BATCH, seed=0, start_step=0, steps=setup.warmup + steps,
+        workers=variant.workers, pin_memory=False,
+    )  # fmt: skip
     batches: Iterator = iter(loader)
-    for _ in range(warmup):
+    for _ in range(setup.warmup):
         step(next(batches)[0])
     start = time.perf_counter()
     for images, _ in batches:
@@ -167,18 +181,18 @@ def _timed_loop(
     return steps * BATCH / (time.perf_counter() - start)
 
 
-def _product(files_dir: Path, style_file: Path, weights: Path, size: int, steps: int, warmup: int, norm: str) -> float:
+def _product(variant: Variant, setup: Setup, size: int, steps: int) -> float:
     """``stylize train`` with its defaults at this crop size; the rate between two of its metric lines."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "bench.safetensors"
         config = TrainConfig(
-            style_image=style_file, data=files_dir, out=out, loss_network="vgg16", loss_network_weights=weights,
-            content_layer=CONTENT_LAYER, style_layers=STYLE_LAYERS, steps=warmup + steps, image_size=size,
-            device="cpu", checkpoint_every=0, norm=norm,
+            style_image=setup.style, data=setup.data, out=out, loss_network="vgg16", loss_network_weights=setup.weights,
+            content_layer=CONTENT_LAYER, style_layers=setup.style_layers, steps=setup.warmup + steps, image_size=size,
+            device="cpu", checkpoint_every=0, norm=variant.norm,
         )  # fmt: skip
         train(config)
         seconds = [line["seconds"] for line in map(json.loads, metrics_log_path(out).read_text().splitlines())]
-    return steps * BATCH / (seconds[warmup + steps - 1] - seconds[warmup - 1])
+    return steps * BATCH / (seconds[setup.warmup + steps - 1] - seconds[setup.warmup - 1])
 
 
 def _synthetic_photos(folder: Path, count: int = 16) -> Path:
@@ -196,57 +210,88 @@ def _synthetic_style(path: Path) -> Path:
     return path
 
 
-def measure(variant: Variant, data: Path, style_file: Path, weights: Path, size: int, steps: int, warmup: int) -> float:
-    if variant.product:
-        return _product(data, style_file, weights, size, steps, warmup, variant.norm)
-    style = resize_long_side(load_image(style_file).rgb, 2 * size)
-    return _timed_loop(variant, training_files(data), style, weights, size, steps, warmup)
+def measure(variant: Variant, setup: Setup, size: int, steps: int) -> float:
+    """Images per second of ``steps`` timed steps of one row, in this process."""
+    return (_product if variant.product else _timed_loop)(variant, setup, size, steps)
 
 
-def _measure_all(
-    variants: tuple[Variant, ...], sizes: list[int], data: Path, style: Path, args: argparse.Namespace
-) -> list[dict[str, object]]:
-    """Every row at every size, rows in order; each size's speed-ups against its first row."""
-    rates = {}
-    for number, variant in enumerate(variants, 1):
-        for size in sizes:
-            steps = max(3, args.steps * 128 * 128 // (size * size))
-            rates[size, number] = (
-                steps,
-                measure(variant, data, style, args.loss_network_weights, size, steps, args.warmup),
-            )
-    return [
-        {"size": size, "number": number, "config": variant.name, "steps": rates[size, number][0],
-         "images_per_s": rates[size, number][1], "speedup": rates[size, number][1] / rates[size, 1][1]}
-        for size in sizes
-        for number, variant in enumerate(variants, 1)
-    ]  # fmt: skip
+def _timed_steps(size: int, steps: int, rounds: int) -> int:
+    """Per round: ``steps`` in all at 128 px, the same pixels at other sizes, split over the rounds."""
+    return max(3, steps * 128 * 128 // (size * size) // rounds)
 
 
-def main() -> None:
+def _measure_all(variants: Sequence[Variant], sizes: list[int], setup: Setup, args: argparse.Namespace) -> list[dict]:
+    """Each round runs every row, each in a fresh process at every size; medians over rounds,
+    each size's speed-ups against its first row."""
+    shared = ["--loss-network-weights", str(setup.weights), "--data", str(setup.data), "--style", str(setup.style),
+              "--style-layers", ",".join(setup.style_layers), "--warmup", str(setup.warmup),
+              "--steps", str(args.steps), "--rounds", str(args.rounds), "--sizes", args.sizes]  # fmt: skip
+    if args.norms:
+        shared += ["--norms", args.norms]
+    rounds: dict[tuple[int, int], list[float]] = {}
+    for _ in range(args.rounds):
+        for number in range(1, len(variants) + 1):
+            rates = run_child("benchmarks.train", [*shared, "--child", str(number)])
+            for size in sizes:
+                rounds.setdefault((size, number), []).append(rates[str(size)])
+    rows = []
+    for size in sizes:
+        reference = statistics.median(rounds[size, 1])
+        for number, variant in enumerate(variants, 1):
+            rate = statistics.median(rounds[size, number])
+            rows.append({"size": size, "number": number, "config": variant.name,
+                         "steps": _timed_steps(size, args.steps, args.rounds) * args.rounds, "images_per_s": rate,
+                         "rounds": rounds[size, number], "speedup": rate / reference})  # fmt: skip
+    return rows
+
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loss-network-weights", type=Path, required=True, help="VGG16 state dict (torchvision keys)")
     parser.add_argument("--data", type=Path, help="folder of photos (default: 16 synthetic ones)")
     parser.add_argument("--style", type=Path, help="style image (default: synthetic stripes)")
     parser.add_argument("--sizes", default="128,256", help="comma-separated crop sides")
-    parser.add_argument("--steps", type=int, default=24, help="timed steps per row at 128 px (a quarter at 256 px)")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=24, help="timed steps a row at 128 px, all rounds (1/4 at 256 px)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs of every row, alternating; the steps split over them"
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each run")
+    parser.add_argument("--style-layers", default=STYLE_LAYERS, help="comma-separated VGG16 style layers")
     parser.add_argument("--norms", help="comma-separated norms, or all: stylize train once per norm instead")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train.json"))
-    args = parser.parse_args()
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args()
 
-    device = resolve_device("cpu")
+
+def main() -> None:
+    args = _arguments()
     variants = PATHS
     if args.norms:
         norms = norm_names() if args.norms == "all" else [check_norm(norm) for norm in args.norms.split(",")]
         variants = tuple(Variant(f"stylize train --norm {norm}", product=True, norm=norm) for norm in norms)
     sizes = [int(side) for side in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as folder:
-        data = args.data or _synthetic_photos(Path(folder))
-        style = args.style or _synthetic_style(Path(folder) / "style.png")
-        rows = _measure_all(variants, sizes, data, style, args)
+        setup = Setup(
+            data=args.data or _synthetic_photos(Path(folder)),
+            style=args.style or _synthetic_style(Path(folder) / "style.png"),
+            weights=args.loss_network_weights,
+            style_layers=tuple(args.style_layers.split(",")),
+            warmup=args.warmup,
+        )
+        if args.child:
+            variant = variants[args.child - 1]
+            print(json.dumps({size: measure(variant, setup, size, _timed_steps(size, args.steps, args.rounds))
+                              for size in sizes}))  # fmt: skip
+            return
+        rows = _measure_all(variants, sizes, setup, args)
+    _report(rows, setup, args)
+
+
+def _report(rows: list[dict], setup: Setup, args: argparse.Namespace) -> None:
+    device = resolve_device("cpu")
     show(
-        f"training images/s, batch {BATCH}, VGG16 to relu4_3, on {machine(device)['cpu']}",
+        f"training images/s, batch {BATCH}, VGG16 to {setup.style_layers[-1]}, median of {args.rounds} rounds, "
+        f"on {machine(device)['cpu']}",
         ["px", "#", "configuration", "timed steps", "images/s", "vs reference"],
         [
             [
@@ -260,23 +305,10 @@ def main() -> None:
             for row in rows
         ],  # fmt: skip
     )
-    write_json(
-        args.out,
-        {
-            "benchmark": "train",
-            "machine": machine(device),
-            "settings": {
-                "batch": BATCH,
-                "sizes": args.sizes,
-                "warmup": args.warmup,
-                "content_layer": CONTENT_LAYER,
-                "style_layers": STYLE_LAYERS,
-                "data": "given folder" if args.data else "synthetic",
-                "loss_network_weights": args.loss_network_weights.name,
-            },  # fmt: skip
-            "results": rows,
-        },
-    )
+    settings = {**asdict(setup), "data": "given folder" if args.data else "synthetic", "weights": setup.weights.name,
+                "style": setup.style.name, "batch": BATCH, "sizes": args.sizes, "rounds": args.rounds,
+                "content_layer": CONTENT_LAYER}  # fmt: skip
+    write_json(args.out, {"benchmark": "train", "machine": machine(device), "settings": settings, "results": rows})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -52,12 +53,19 @@ def test_memory_benchmark_measures_each_path_in_its_own_process(
 
 
 def test_train_benchmark_times_every_path_against_the_reference(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vgg_weights: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], vgg_weights: Path
 ) -> None:
     out = tmp_path / "train.json"
-    monkeypatch.setattr(train, "STYLE_LAYERS", ("relu1_2", "relu2_2"))  # the small test VGG ends at relu2_2
-    _run(train, monkeypatch, "--loss-network-weights", str(vgg_weights), "--sizes", "32,64", "--steps", "1",
-         "--warmup", "1", "--out", str(out))  # fmt: skip
+
+    def child_here(module: str, arguments: list[str]) -> object:  # the child's own code, without a process start
+        with monkeypatch.context() as patch:
+            _run(train, patch, *arguments)
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    monkeypatch.setattr(train, "run_child", child_here)
+    # Every row at both sizes; the small test VGG ends at relu2_2.
+    _run(train, monkeypatch, "--loss-network-weights", str(vgg_weights), "--style-layers", "relu1_2,relu2_2",
+         "--sizes", "32,64", "--steps", "1", "--warmup", "1", "--rounds", "1", "--out", str(out))  # fmt: skip
     rows = json.loads(out.read_text())["results"]
     paths = len(train.PATHS)
     assert [row["config"] for row in rows] == [variant.name for variant in train.PATHS] * 2
@@ -69,19 +77,17 @@ def test_train_benchmark_times_every_path_against_the_reference(
     assert all(row["images_per_s"] > 0 for row in rows)
 
 
-def test_train_benchmark_times_stylize_train_once_per_norm(
+def test_train_benchmark_times_stylize_train_once_per_norm_in_rounds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vgg_weights: Path
 ) -> None:
     out = tmp_path / "train-norms.json"
-    trained: list[str] = []
-    real_train = train.train
-    monkeypatch.setattr(train, "train", lambda config: (trained.append(config.norm), real_train(config))[1])
-    monkeypatch.setattr(train, "STYLE_LAYERS", ("relu1_2", "relu2_2"))
-    _run(train, monkeypatch, "--loss-network-weights", str(vgg_weights), "--sizes", "32", "--steps", "1",
-         "--warmup", "1", "--norms", "weight,batch", "--out", str(out))  # fmt: skip
+    _run(train, monkeypatch, "--loss-network-weights", str(vgg_weights), "--style-layers", "relu1_2,relu2_2",
+         "--sizes", "32", "--steps", "1", "--warmup", "1", "--rounds", "2", "--norms", "weight,batch",
+         "--out", str(out))  # fmt: skip
     rows = json.loads(out.read_text())["results"]
     assert [row["config"] for row in rows] == ["stylize train --norm weight", "stylize train --norm batch"]
-    assert trained == ["weight", "batch"] and all(row["images_per_s"] > 0 for row in rows)
+    assert all(len(row["rounds"]) == 2 and row["images_per_s"] == statistics.median(row["rounds"]) for row in rows)
+    assert all(row["steps"] == 16 and row["images_per_s"] > 0 for row in rows)
 
 
 @pytest.mark.slow
