@@ -11,7 +11,7 @@ thread-pool state), once per round; rounds alternate the rows, so a slow spell
 of a shared machine spreads over all of them, and each row reports its median. The
 reference is pytorch/examples' fast_neural_style loop: fp32, eager, NCHW, the
 whole VGG run on the content photo, its loss (autograd through the Gram
-matrices' bmm), photos decoded in the main process. Rows 2-9 add one change
+matrices' bmm), photos decoded in the main process. Rows 2-11 add one change
 each; the last row is ``stylize train`` itself with its defaults.
 With ``--norms``, the rows are ``stylize train`` itself, once per norm.
 """
