@@ -156,7 +156,7 @@ def _step_function(variant: Variant, network: torch.nn.Module, loss_network: Los
 def _timed_loop(variant: Variant, setup: Setup, size: int, steps: int) -> float:
     torch.manual_seed(0)
     if variant.keep_freed:
-        keep_freed_memory()
+        keep_freed_memory(torch.device("cpu"))
     fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
     network = (ExamplesNetwork() if variant.examples_network else TransformerNet(NetConfig())).train()
     network = network.to(memory_format=fmt)

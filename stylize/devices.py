@@ -79,16 +79,17 @@ _MMAP_THRESHOLD_MAX = 32 << 20
 _NEVER_TRIM = 2**31 - 1
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed blocks of up to 32 MB for reuse.
+def keep_freed_memory(device: torch.device) -> bool:
+    """For work on a CPU ``device``: make glibc's malloc keep freed blocks of up
+    to 32 MB for reuse.
 
     By default it hands large freed blocks back to the kernel, and a CPU training
     step frees and allocates the same feature maps every time, so each step
     page-faults them all in again: 11,000-15,000 faults and 7-12% of a step at
     128 px on a 2-core CPU. The peak memory is the same; it is only kept between
-    steps. Process-wide; whether it applied (glibc only).
+    steps. Process-wide; whether it applied (CPU devices, glibc only).
     """
-    if not sys.platform.startswith("linux"):
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
         return False
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the C library already loaded
     if mallopt is None:

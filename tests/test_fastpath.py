@@ -177,10 +177,10 @@ def test_a_cpu_stylizer_keeps_freed_memory_for_the_next_image(
     model_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without it, every image page-faults its bands' maps in again (~100,000 faults at 1024x768)."""
-    calls: list[bool] = []
-    monkeypatch.setattr(stylizer_module, "keep_freed_memory", lambda: calls.append(True) or True)
+    calls: list[torch.device] = []
+    monkeypatch.setattr(stylizer_module, "keep_freed_memory", lambda device: calls.append(device) or True)
     _stylizer(model_file)
-    assert calls == [True]
+    assert calls == [CPU]
 
 
 def test_bf16_is_as_close_to_fp32_as_plain_bf16_autocast(model_file: Path) -> None:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 import stylize.model.checkpoints as checkpoints
 import stylize.training.loop as training
 from stylize import StylizeError, TrainConfig, TrainingInterrupted, load_model, train
-from stylize.devices import compute_dtype
+from stylize.devices import compute_dtype, keep_freed_memory
 from stylize.images import decode_thumbnail
 from stylize.model.checkpoints import Checkpoint
 from stylize.model.network import NetConfig, TransformerNet
@@ -462,7 +462,7 @@ _FAULTS_PER_STEP = """
 import resource, sys, torch
 from stylize.devices import keep_freed_memory
 from stylize.model.network import TransformerNet
-applied = sys.argv[1] == "keep" and keep_freed_memory()
+applied = sys.argv[1] == "keep" and keep_freed_memory(torch.device("cpu"))
 network, photos, faults = TransformerNet(), torch.rand(4, 3, 128, 128), []
 for _ in range(6):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -484,6 +484,10 @@ def test_freed_memory_is_reused_instead_of_page_faulted_in_again() -> None:
     # Steps 4-6 of a training-like loop: by default glibc hands the feature maps
     # back to the kernel and faults them in again (~20,000 pages; kept: 0-1,300).
     assert kept[0] == "True" and kept[1] * 5 < default[1], (default, kept)
+
+
+def test_freed_memory_is_left_alone_for_gpu_work() -> None:
+    assert keep_freed_memory(torch.device("cuda")) is False
 
 
 def test_unset_settings_come_from_the_device_recipe(tmp_path: Path) -> None:

@@ -134,8 +134,7 @@ class Stylizer(ImageStylizer):
         self.controls = controls
         self.dtype = compute_dtype(settings.precision, device, model.info.config.norm in BF16_BY_DEFAULT_NORMS)
         self.on_notice = on_notice
-        if device.type == "cpu":
-            keep_freed_memory()  # no page-faulting every band's maps in again, image after image
+        keep_freed_memory(device)  # on a CPU, no page-faulting every band's maps in again, image after image
         self.network = optimize_for_inference(model.network).to(device)
         if memory_format(device) == torch.channels_last:
             self.network.to(memory_format=torch.channels_last)

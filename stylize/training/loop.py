@@ -184,8 +184,7 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
     """Check everything that can fail before the first step, then build the run."""
     device = process_device(resolve_device(config.device), world)
     config = config.for_device(device)
-    if device.type == "cpu":
-        keep_freed_memory()
+    keep_freed_memory(device)
     files = training_files(config.data)
     style = load_image(config.style_image).rgb
     if config.out.is_dir():
