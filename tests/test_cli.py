@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, ImageSequence
 from safetensors.torch import save_file
 
 from stylize import load_image, load_model, load_stylizer
@@ -87,6 +87,110 @@ def test_default_output_is_the_current_folder(cli, tmp_path: Path, model_file: P
     monkeypatch.chdir(tmp_path)
     assert cli("image", "cat.jpg", "--model", model_file).code == 0
     assert (tmp_path / "cat-model.jpg").is_file()
+
+
+def _results(folder: Path) -> dict[str, np.ndarray]:
+    return {str(path.relative_to(folder)): np.asarray(Image.open(path)) for path in sorted(folder.rglob("*.png"))}
+
+
+@pytest.mark.parametrize("given", ["files", "folders", "glob"])
+def test_same_named_inputs_each_keep_their_own_result(
+    cli, tmp_path: Path, model_file: Path, monkeypatch, given: str
+) -> None:
+    for seed, trip in enumerate(["trip1", "trip2"]):
+        (tmp_path / trip).mkdir()
+        Image.fromarray(photo(20, 28, seed=seed)).save(tmp_path / trip / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    inputs = {
+        "files": ["trip1/photo.png", "trip2/photo.png"],
+        "folders": ["trip1", "trip2"],
+        "glob": ["trip*/photo.png"],
+    }
+    result = cli("image", *inputs[given], "--model", model_file, "--out", "results")
+    assert result.code == 0, result.err
+    assert "wrote 2 of 2 images" in result.out and "trip2/photo.png -> photo-model-2.png" in result.err
+    written = _results(tmp_path / "results")
+    assert list(written) == ["photo-model-2.png", "photo-model.png"]
+    assert _same_pixels(written["photo-model.png"], _expected(model_file, tmp_path / "trip1/photo.png"))
+    assert _same_pixels(written["photo-model-2.png"], _expected(model_file, tmp_path / "trip2/photo.png"))
+
+
+def test_results_never_replace_an_input_nor_leave_the_out_folder(
+    cli, tmp_path: Path, model_file: Path, monkeypatch
+) -> None:
+    (tmp_path / "work" / "sub").mkdir(parents=True)
+    Image.fromarray(photo(20, 28, seed=1)).save(tmp_path / "work" / "photo.png")
+    Image.fromarray(photo(20, 28, seed=2)).save(tmp_path / "work" / "photo-model.png")  # looks like a result
+    Image.fromarray(photo(20, 28, seed=3)).save(tmp_path / "outside.png")
+    Image.fromarray(photo(20, 28, seed=4)).save(tmp_path / "linked.png")
+    (tmp_path / "work" / "link.png").symlink_to(tmp_path / "linked.png")
+    before = (tmp_path / "work" / "photo-model.png").read_bytes()
+    monkeypatch.chdir(tmp_path / "work" / "sub")
+    inputs = [
+        "../photo.png",
+        tmp_path / "work" / "photo.png",
+        "../photo-model.png",
+        tmp_path / "outside.png",
+        "../link.png",
+    ]
+    result = cli("image", *inputs, "--model", model_file, "--out", "..")
+    assert result.code == 0, result.err
+    assert "wrote 4 of 4 images" in result.out  # photo.png was given twice: stylized once
+    assert (tmp_path / "work" / "photo-model.png").read_bytes() == before
+    written = _results(tmp_path / "work")
+    assert set(written) == {"photo.png", "photo-model.png", "link.png", "photo-model-2.png",
+                            "photo-model-model.png", "outside-model.png", "link-model.png"}  # fmt: skip
+    assert _same_pixels(written["photo-model-2.png"], _expected(model_file, tmp_path / "work" / "photo.png"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "linked.png",
+        "model.safetensors",
+        "outside.png",
+        "work",
+    ]
+
+
+def _frames(path: Path) -> tuple[list[np.ndarray], list[int], int | None]:
+    with Image.open(path) as animation:
+        shown = [
+            (np.asarray(frame.convert("RGB")), frame.info["duration"]) for frame in ImageSequence.Iterator(animation)
+        ]
+        return [pixels for pixels, _ in shown], [ms for _, ms in shown], animation.info.get("loop")
+
+
+@pytest.mark.parametrize(
+    ("source", "out", "loop", "tolerance"),
+    # Mean levels of 255 a frame may be off: GIF has 256 colours, WebP is written lossy (quality 95).
+    [(".png", ".png", 2, 0.5), (".gif", ".gif", 0, 10), (".gif", ".gif", None, 10), (".webp", ".png", 0, 0.5),
+     (".png", ".webp", 0, 20)],
+)  # fmt: skip
+def test_animations_are_stylized_frame_by_frame_with_their_timing(
+    cli, tmp_path: Path, model_file: Path, source: str, out: str, loop: int | None, tolerance: float
+) -> None:
+    frames = [Image.fromarray(photo(24, 32, seed=seed)) for seed in range(3)]
+    looping = {} if loop is None else {"loop": loop}
+    lossless = {"lossless": True} if source == ".webp" else {}
+    animation = tmp_path / f"anim{source}"
+    frames[0].save(animation, save_all=True, append_images=frames[1:], duration=[100, 250, 400], **looping, **lossless)
+    result = cli("image", animation, "--model", model_file, "--out", tmp_path / f"out{out}")
+    assert result.code == 0, result.err
+    written, durations, written_loop = _frames(tmp_path / f"out{out}")
+    assert durations == [100, 250, 400] and written_loop == loop
+    for index, (pixels, shown) in enumerate(zip(written, _frames(animation)[0], strict=True)):
+        Image.fromarray(shown).save(tmp_path / f"frame{index}.png")
+        expected = _expected(model_file, tmp_path / f"frame{index}.png").astype(int)
+        assert np.abs(pixels.astype(int) - expected).mean() < tolerance, "each frame is its own stylization"
+        assert np.abs(shown.astype(int) - expected).mean() > 2 * tolerance, "and far from the photo"
+
+
+def test_an_animation_to_a_still_format_is_refused_in_one_line(cli, tmp_path: Path, model_file: Path) -> None:
+    frames = [Image.fromarray(photo(24, 32, seed=seed)) for seed in range(2)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    result = cli("image", tmp_path / "anim.gif", "--model", model_file, "--out", tmp_path / "still.jpg")
+    assert result.code == 2 and result.error_lines == [
+        f"error: cannot write an animation to {tmp_path / 'still.jpg'}: write .gif, .png or .webp "
+        "(or use stylize video)"
+    ]
+    assert not (tmp_path / "still.jpg").exists()
 
 
 def test_bundled_models_by_name_and_the_models_listing(cli, tmp_path: Path, monkeypatch) -> None:

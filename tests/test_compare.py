@@ -187,6 +187,16 @@ def test_compare_through_the_cli_writes_sheet_and_json(cli, tmp_path: Path, pair
     assert Image.open(out).size == layout.size and layout.size[0] == 16 * 2 + 210 + 6 + 3 * 32 + 2 * 6
 
 
+def test_contents_of_the_same_name_keep_distinct_labels(tmp_path: Path, pair: Path) -> None:
+    for index, trip in enumerate(["trip1", "trip2"]):
+        (tmp_path / trip).mkdir()
+        Image.fromarray(photo(30, 30, seed=index)).save(tmp_path / trip / "photo.png")
+    contents = [tmp_path / "trip1" / "photo.png", tmp_path / "trip2" / "photo.png", tmp_path / "pair" / "x.png"]
+    Image.fromarray(photo(30, 30, seed=5)).save(contents[2])
+    comparison = compare(contents, [pair / "swirls-instance.safetensors"], CompareSettings(size=32, device="cpu"))
+    assert comparison.content_names == [str(contents[0]), str(contents[1]), "x.png"]
+
+
 def test_a_bundled_style_name_stands_for_all_its_norms(
     cli, tmp_path: Path, pair: Path, contents: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -251,6 +261,8 @@ def test_mean_abs_difference_is_on_the_0_255_scale() -> None:
         (["{content}", "--model", "{pair}", "--size", "4"], "--size must be at least 16 pixels"),
         (["{content}", "--model", "{pair}", "--loss-network", "alexnet"], "unknown loss network 'alexnet'"),
         (["{content}", "--model", "{tmp}"], "no model files (*.safetensors) in folder"),
+        (["{content}", "--model", "{pair}", "--out", "{content}"], "refusing to overwrite the input"),
+        (["{json}", "{content}", "--model", "{pair}", "--out", "{sheet}"], "refusing to overwrite the input"),
     ],
 )
 def test_bad_compare_input_is_one_line_and_writes_nothing(
@@ -265,7 +277,10 @@ def test_bad_compare_input_is_one_line_and_writes_nothing(
     monkeypatch.chdir(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
-    filled = [arg.format(pair=pair, content=contents[0], tmp=empty) for arg in args]
+    numbers = tmp_path / "sheet.json"
+    numbers.write_text("{}")  # an input that a sheet's numbers beside it would replace
+    values = {"pair": pair, "content": contents[0], "tmp": empty, "json": numbers, "sheet": numbers.with_suffix(".png")}
+    filled = [arg.format(**values) for arg in args]
     before = set(tmp_path.rglob("*"))
     result = cli("compare", *filled, "--device", "cpu")
     assert result.code == 2 and len(result.error_lines) == 1 and message in result.err, result.err

@@ -16,10 +16,10 @@ import typer
 from rich.table import Table
 
 from stylize.cli.display import ProgressBars, notice, print_table, stderr
-from stylize.cli.outputs import default_video_output, plan_outputs
+from stylize.cli.outputs import default_video_output, plan_outputs, result_name
 from stylize.devices import DEFAULT_DEVICE, DEVICE_CHOICES
 from stylize.errors import InvalidSetting, StylizeError, TrainingInterrupted
-from stylize.fileio import check_writable
+from stylize.fileio import check_writable, refuse_overwriting
 from stylize.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, expand_inputs, output_format
 from stylize.inference.controls import MAX_SCALE, StyleControls
 from stylize.inference.exported import EXPORT_FORMATS, SUFFIXES, check_format, export_model
@@ -37,7 +37,7 @@ from stylize.model.norms import norm_names
 from stylize.report.compare import CompareSettings
 from stylize.report.compare import compare as run_comparison
 from stylize.report.curves import write_curves
-from stylize.report.sheet import write_sheet
+from stylize.report.sheet import numbers_path, write_sheet
 from stylize.training.config import CPU_RECIPE, GPU_RECIPE, TrainConfig, plan_norm_runs
 from stylize.training.distributed import rank_label
 from stylize.training.loop import StepReport, train_norms
@@ -323,6 +323,10 @@ def image(
     controls = StyleControls(preserve_color=preserve_color, strength=strength, scale=scale)
     stylizer = _load_stylizer(model, device, settings, controls, images=len(found))
     pairs = plan_outputs(found, out, stylizer.name)
+    plain = {source: result_name(source, stylizer.name) for source, _ in pairs}
+    renamed = [f"{source} -> {result.name}" for source, result in pairs if result.name != plain[source]]
+    if len(pairs) > 1 and renamed:
+        notice(f"{len(renamed)} results renamed so that none replaces another: {', '.join(renamed)}")
     if len(pairs) == 1:
         stylizer.stylize_file(*pairs[0], max_size, max_pixels)
         typer.echo(f"wrote {pairs[0][1]}")
@@ -385,11 +389,21 @@ def video(
             bars.update(task, completed=done, total=total)
 
         result = stylize_video(source, destination, stylizer, video_settings, on_progress=show)
-    sound = f", {result.audio_streams} audio stream(s) copied" if result.audio_streams else ""
+    sound = f", sound: {', '.join(result.audio)}" if result.audio else ""
     typer.echo(
         f"wrote {result.path} ({result.frames} frames, {result.width}x{result.height} at {float(result.rate):.3g} fps"
         f"{sound}; {result.frames / max(result.seconds, 1e-9):.1f} frames/s)"
     )
+    if result.missing_frames:
+        notice(
+            f"{result.missing_frames} of the {result.frames + result.missing_frames} frames {source} counts could "
+            "not be decoded (a truncated or damaged file?); the video holds the rest"
+        )
+    if result.letterboxed_frames:
+        notice(
+            f"the picture size changes within {source}: {result.letterboxed_frames} frames were fitted into "
+            f"{result.width}x{result.height} with black bars"
+        )
 
 
 @app.command()
@@ -451,6 +465,9 @@ def compare(
         stylized_only=stylized_only,
     )
     output_format(out)
+    for content in contents:
+        for written in (out, numbers_path(out)):
+            refuse_overwriting(content, written)
     check_writable(out)
     with ProgressBars(transient=True) as bars:
         task = bars.add("comparing")

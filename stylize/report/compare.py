@@ -277,6 +277,12 @@ def _report(
     )
 
 
+def content_labels(contents: Sequence[Path]) -> list[str]:
+    """Each content image's file name, or its path as given where names repeat."""
+    names = [Path(path).name for path in contents]
+    return [name if names.count(name) == 1 else str(path) for name, path in zip(names, contents, strict=True)]
+
+
 def compare(
     contents: Sequence[Path],
     models: Sequence[str | Path],
@@ -300,7 +306,7 @@ def compare(
         reports.append(_report(stylizer.model.info, content_lattices, runs, losses))
         outputs.append(runs)
     return Comparison(
-        content_names=[Path(path).name for path in contents],
+        content_names=content_labels(contents),
         contents=images,
         reports=reports,
         outputs=outputs,
