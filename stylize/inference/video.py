@@ -8,6 +8,8 @@ imageio-ffmpeg's pipe of raw frames to an ffmpeg program cannot do in one pass.
 
 from __future__ import annotations
 
+import io
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,8 +55,12 @@ class VideoResult:
     rate: Fraction
     width: int
     height: int
-    audio_streams: int
+    audio: tuple[str, ...]  # each sound stream: "aac copied", "pcm_s16le re-encoded as aac"
     seconds: float
+    # Frames the source's header counts but that could not be decoded (a truncated file).
+    missing_frames: int = 0
+    # Frames of another picture size than the first, fitted and letterboxed.
+    letterboxed_frames: int = 0
 
 
 def _av() -> Any:
@@ -108,6 +114,15 @@ def _rate(stream: Any) -> Fraction:
     return Fraction(rate) if rate else Fraction(30)
 
 
+def _first_frame_size(path: Path) -> tuple[int, int]:
+    """(height, width) of the first frame: the stream's header may give another
+    size where the picture size changes midway (a header read further on)."""
+    with _open_input(path) as container:
+        for frame in container.decode(video=0):
+            return frame.height, frame.width
+    raise StylizeError(f"{path} has no video frame that can be decoded")
+
+
 def frame_sizes(width: int, height: int, max_size: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
     """(height, width) the frames are shrunk to for ``max_size``, and the even
     (height, width) cropped from that, which 4:2:0 encoding needs."""
@@ -120,69 +135,181 @@ def _frames_to_tensor(frames: list[Any]) -> torch.Tensor:
     return from_uint8_nhwc(np.stack([frame.to_ndarray(format="rgb24") for frame in frames]))
 
 
-def _tensor_to_frames(images: torch.Tensor, sources: list[Any]) -> Iterator[Any]:
-    """Video frames of ``images``, each with its source frame's timestamp."""
+def _tensor_to_frames(images: torch.Tensor, timestamps: list[int], time_base: Fraction) -> Iterator[Any]:
     av = _av()
     pixels = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
-    for picture, source in zip(pixels, sources, strict=True):
+    for picture, pts in zip(pixels, timestamps, strict=True):
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
-        frame.pts, frame.time_base = source.pts, source.time_base
+        frame.pts, frame.time_base = pts, time_base
         yield frame
 
 
-def _copy_stream(writer: Any, stream: Any, destination: Path) -> Any:
-    try:
-        return writer.add_stream_from_template(stream)
-    except ValueError as error:  # the container cannot hold that codec
-        raise InvalidSetting(
-            "audio", f"cannot be copied into {destination} ({error}): turn it off, or write .mkv"
-        ) from None
+class _Timestamps:
+    """Each source frame's own timestamp, in the source's time base, so that
+    variable-rate video keeps its timing; a frame without one comes one
+    nominal frame after the last, and a repeated one a tick after it (muxers
+    refuse timestamps that do not increase)."""
+
+    def __init__(self, video: Any):
+        self.time_base = Fraction(video.time_base)
+        self.step = max(1, round(1 / (_rate(video) * self.time_base)))
+        self.last: int | None = None
+
+    def __call__(self, frame: Any) -> int:
+        pts = frame.pts if frame.pts is not None else (self.last + self.step if self.last is not None else 0)
+        if self.last is not None and pts <= self.last:
+            pts = self.last + 1
+        self.last = pts
+        return pts
+
+
+def letterbox(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Centre ``images`` on a black ``height`` x ``width`` canvas (they fit inside)."""
+    top, left = (height - images.shape[-2]) // 2, (width - images.shape[-1]) // 2
+    sides = (left, width - images.shape[-1] - left, top, height - images.shape[-2] - top)
+    return torch.nn.functional.pad(images, sides) if any(sides) else images
+
+
+def fit_inside(size: tuple[int, int], height: int, width: int) -> tuple[int, int]:
+    """(height, width) of a picture of ``size`` scaled to fit ``height`` x ``width``, aspect kept."""
+    return scaled_size(*size, min(height / size[0], width / size[1]))
+
+
+# Sound the output container cannot hold as it is gets encoded again in this
+# codec (by output extension; AAC elsewhere), with a standard channel layout.
+REENCODED_AUDIO = {".webm": "libopus"}
+_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+# Opus takes only a few sample rates; 48 kHz is its own.
+_OPUS_RATE = 48_000
+
+
+def _can_copy(source: Path, index: int, container_format: str) -> bool:
+    """Whether a ``container_format`` file takes stream ``index`` of ``source``
+    as it is: its first packets are written to a file in memory, trailer
+    included (where MP4 refuses PCM), which is the only sure test."""
+    av = _av()
+    with av.open(str(source)) as reader:
+        sound = reader.streams[index]
+        try:
+            with av.open(io.BytesIO(), "w", format=container_format) as trial:
+                copy = trial.add_stream_from_template(sound)
+                packets = (packet for packet in reader.demux(sound) if packet.dts is not None)
+                for packet in itertools.islice(packets, 3):
+                    packet.stream = copy
+                    trial.mux(packet)
+        except (av.FFmpegError, ValueError):
+            return False
+    return True
+
+
+class SoundTrack:
+    """One sound stream of the source in the output: its packets copied as they
+    are or, where the output container cannot hold its codec (PCM in MP4, AAC
+    in WebM), decoded and encoded again (AAC; Opus in WebM)."""
+
+    def __init__(self, writer: Any, source: Path, sound: Any, destination: Path):
+        self.writer, self.source = writer, sound
+        self.reencoded_from: str | None = None
+        if _can_copy(source, sound.index, writer.format.name):
+            self.output = writer.add_stream_from_template(sound)
+            return
+        codec = REENCODED_AUDIO.get(Path(destination).suffix.lower(), "aac")
+        rate = _OPUS_RATE if codec == "libopus" else sound.codec_context.sample_rate
+        layout = _LAYOUTS.get(sound.codec_context.layout.nb_channels, "7.1")
+        self.output = writer.add_stream(codec, rate=rate, layout=layout)
+        self.reencoded_from = sound.codec_context.name
+
+    def write(self, packet: Any) -> None:
+        if self.reencoded_from is not None:
+            for frame in packet.decode():  # the stream's last, empty packet flushes the decoder
+                self.writer.mux(self.output.encode(frame))
+        elif packet.dts is not None:  # demuxers end each stream with an empty packet
+            packet.stream = self.output
+            self.writer.mux(packet)
+
+    def finish(self) -> None:
+        if self.reencoded_from is not None:
+            self.writer.mux(self.output.encode(None))
+
+    def describe(self) -> str:
+        name = self.output.codec_context.name
+        return f"{self.reencoded_from} re-encoded as {name}" if self.reencoded_from else f"{name} copied"
 
 
 class _StylizedStream:
-    """The output video stream: batches of decoded frames in, stylized frames encoded."""
+    """The output video stream: batches of decoded frames in, stylized frames encoded.
 
-    def __init__(self, writer: Any, video: Any, encoder: str, stylizer: ImageStylizer, settings: VideoSettings):
+    Its size is the first frame's (after ``max_size``). A stream whose picture
+    size changes midway (broadcast recordings do) has its other frames
+    stylized at their own aspect, scaled to fit and letterboxed in black.
+    """
+
+    def __init__(
+        self,
+        writer: Any,
+        video: Any,
+        first_size: tuple[int, int],
+        encoder: str,
+        stylizer: ImageStylizer,
+        settings: VideoSettings,
+    ):
         self.writer, self.stylizer, self.batch_size = writer, stylizer, settings.batch_size
-        width, height = video.codec_context.width, video.codec_context.height
+        self.source_size = height, width = first_size
         self.shrunk, (self.height, self.width) = frame_sizes(width, height, settings.max_size)
         check_working_size(self.height, self.width, stylizer.controls)
         self.output = writer.add_stream(encoder, rate=_rate(video))
         self.output.width, self.output.height, self.output.pix_fmt = self.width, self.height, PIXEL_FORMAT
-        self.output.time_base = video.time_base
+        # The encoder counts in the source's time base too: in 1/rate it would
+        # round variable-rate timestamps onto the average rate's grid.
+        self.output.time_base = self.output.codec_context.time_base = video.time_base
         self.output.options = {"crf": str(settings.quality), **({"b": "0"} if encoder == "libvpx-vp9" else {})}
-        self.done = 0
+        self.timestamps = _Timestamps(video)
+        self.done = self.letterboxed = 0
 
     def write(self, frames: list[Any]) -> None:
+        """Stylize and encode ``frames``, all of one size."""
         if self.done == 0 and frames[0].rotation:  # phone videos: shown turned, stored level
             self.output.set_display_rotation(frames[0].rotation)
-        images = resize(_frames_to_tensor(frames), self.shrunk)[..., : self.height, : self.width]
-        # A short last batch is filled up with copies of its last frame: one
-        # batch shape, so a compiled network is not compiled a second time.
-        missing = self.batch_size - len(frames) if self.done else 0
-        filled = torch.cat([images, images[-1:].expand(missing, -1, -1, -1)]) if missing else images
-        stylized = self.stylizer(filled)[: len(frames)]
-        for frame in _tensor_to_frames(stylized, frames):
+        images = _frames_to_tensor(frames)
+        size = tuple(images.shape[-2:])
+        if size == self.source_size:
+            images = resize(images, self.shrunk)[..., : self.height, : self.width]
+        else:
+            images = resize(images, fit_inside(size, self.height, self.width)).clamp(0, 1)
+            self.letterboxed += len(frames)
+        stylized = letterbox(self._stylize(images, first=self.done == 0), self.height, self.width)
+        for frame in _tensor_to_frames(stylized, [self.timestamps(f) for f in frames], self.timestamps.time_base):
             self.writer.mux(self.output.encode(frame))
         self.done += len(frames)
+
+    def _stylize(self, images: torch.Tensor, first: bool) -> torch.Tensor:
+        # A short batch after the first is filled up with copies of its last
+        # frame: one batch shape, so a compiled network is not compiled again.
+        missing = 0 if first else self.batch_size - len(images)
+        filled = torch.cat([images, images[-1:].expand(missing, -1, -1, -1)]) if missing else images
+        return self.stylizer(filled)[: len(images)]
 
     def finish(self) -> None:
         self.writer.mux(self.output.encode(None))  # what the encoder still holds
 
 
-def _frame_batches(
-    reader: Any, video: Any, sounds: list[Any], copies: dict[int, Any], writer: Any, size: int
-) -> Iterator[list[Any]]:
-    """Decoded video frames in batches of ``size``; sound packets go straight to
-    their copies in ``writer`` as they come."""
+def _frame_batches(reader: Any, video: Any, tracks: dict[int, SoundTrack], size: int) -> Iterator[list[Any]]:
+    """Decoded video frames in batches of up to ``size`` frames of one picture
+    size; sound packets go straight to their tracks as they come."""
+    av = _av()
     pending: list[Any] = []
-    for packet in reader.demux(video, *sounds):
-        if packet.stream.index in copies:
-            if packet.dts is not None:  # demuxers end each stream with an empty packet
-                packet.stream = copies[packet.stream.index]
-                writer.mux(packet)
+    for packet in reader.demux(video, *(track.source for track in tracks.values())):
+        if packet.stream.index in tracks:
+            tracks[packet.stream.index].write(packet)
             continue
-        for frame in packet.decode():
+        try:
+            decoded = packet.decode()
+        except av.InvalidDataError:  # a damaged or cut-off packet: its frames count as missing
+            continue
+        for frame in decoded:
+            if pending and (frame.width, frame.height) != (pending[0].width, pending[0].height):
+                yield pending
+                pending = []
             pending.append(frame)
             if len(pending) == size:
                 yield pending
@@ -212,13 +339,15 @@ def stylize_video(
         total = _frame_count(reader, video)
         try:
             with av.open(str(temporary), "w") as writer:
-                stream = _StylizedStream(writer, video, encoder, stylizer, settings)
-                copies = {sound.index: _copy_stream(writer, sound, destination) for sound in sounds}
-                for frames in _frame_batches(reader, video, sounds, copies, writer, settings.batch_size):
+                stream = _StylizedStream(writer, video, _first_frame_size(source), encoder, stylizer, settings)
+                tracks = {sound.index: SoundTrack(writer, source, sound, destination) for sound in sounds}
+                for frames in _frame_batches(reader, video, tracks, settings.batch_size):
                     stream.write(frames)
                     if on_progress is not None:
                         on_progress(stream.done, total)
                 stream.finish()
+                for track in tracks.values():
+                    track.finish()
         except av.FFmpegError as error:
             hint = "; leaving the sound out may help" if sounds else ""
             raise StylizeError(f"cannot stylize {source} into {destination}: {error}{hint}") from None
@@ -230,6 +359,8 @@ def stylize_video(
         rate=_rate(video),
         width=stream.width,
         height=stream.height,
-        audio_streams=len(sounds),
+        audio=tuple(track.describe() for track in tracks.values()),
         seconds=time.perf_counter() - started,
+        missing_frames=max(0, int(video.frames) - stream.done),  # 0 where the header has no count
+        letterboxed_frames=stream.letterboxed,
     )
