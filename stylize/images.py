@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps, ImageSequence
 
 from stylize.errors import StylizeError
 from stylize.fileio import atomic_path, format_for_extension
@@ -110,13 +110,54 @@ def _decode(path: Path, limit: int) -> Image.Image:
 
 
 def _array(image: Image.Image) -> np.ndarray:
-    """HWC float32 in [0, 1], three or four channels."""
+    """HWC float32 in [0, 1], three or four channels, in sRGB."""
     if image.mode in _SIXTEEN_BIT_MODES:
         gray = np.asarray(image, dtype=np.float32) / 65535.0
         return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2)
+    if image.mode == "F":
+        return np.repeat(_float_grey(image)[..., None], 3, axis=2)
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    converted = image.convert("RGBA" if has_alpha else "RGB")
+    converted = to_srgb(image, "RGBA" if has_alpha else "RGB")
     return np.asarray(converted, dtype=np.float32) / 255.0
+
+
+# The ranges floating-point images are written in: 0..1 (the usual), or 8- or 16-bit levels.
+_FLOAT_RANGES = (1.0, 255.0, 65535.0)
+
+
+def _float_grey(image: Image.Image) -> np.ndarray:
+    """A 32-bit float image's values scaled from the range it is written in
+    (``_FLOAT_RANGES``) to [0, 1]; other values are refused, not guessed at."""
+    values = np.asarray(image, dtype=np.float32)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    full = next((top for top in _FLOAT_RANGES if low >= 0 and high <= top), None)
+    if full is None or not np.isfinite(values).all():
+        raise StylizeError(
+            f"floating-point pixels from {low:g} to {high:g}: not a range stylize knows (0..1, 0..255 or 0..65535)"
+        )
+    return values / full
+
+
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+SRGB_PROFILE = _SRGB.tobytes()
+
+
+def to_srgb(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` in ``mode`` (RGB or RGBA), its colours converted from its
+    embedded ICC profile (CMYK print, Adobe RGB, Display P3, ...) to sRGB, the
+    space the networks were trained in and every result is written in. A
+    profile that cannot be read is ignored, as browsers do."""
+    profile = image.info.get("icc_profile")
+    if image.mode in ("P", "PA", "LA"):
+        image = image.convert(mode)  # LittleCMS takes neither palettes nor grey with alpha
+    if not profile:
+        return image.convert(mode)
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode=mode)
+    except (OSError, ImageCms.PyCMSError):
+        return image.convert(mode)
+    return converted if converted is not None else image.convert(mode)
 
 
 def image_to_tensor(image: Image.Image) -> LoadedImage:
@@ -126,7 +167,75 @@ def image_to_tensor(image: Image.Image) -> LoadedImage:
 
 
 def load_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
-    return image_to_tensor(open_image(path, max_pixels))
+    image = open_image(path, max_pixels)
+    try:
+        return image_to_tensor(image)
+    except StylizeError as error:
+        raise StylizeError(f"cannot read {path}: {error}") from None
+
+
+@dataclass(frozen=True)
+class Animation:
+    """An animated GIF, PNG (APNG) or WebP: every frame as shown (disposal and
+    blending applied), how long each is shown, and how often it loops."""
+
+    frames: list[LoadedImage]
+    durations: list[int]  # ms
+    loop: int | None  # times to play again, 0: forever; None: play once (a GIF without a loop block)
+
+
+ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})
+_DEFAULT_FRAME_MS = 100
+
+
+def load_animation(path: Path, max_pixels: int | None = None) -> Animation | None:
+    """``path``'s frames if it is animated (more than one frame), else None.
+    ``max_pixels`` bounds all frames' pixels together, as a decompression bomb
+    may hide in a frame count as well as in a size."""
+    width, height = open_image(path, max_pixels).size  # checks the file and its first frame
+    with _open_unchecked(path) as header:
+        frames = getattr(header, "n_frames", 1)
+    if frames < 2:
+        return None
+    limit = max_pixels if max_pixels is not None else max_pixels_setting()
+    if width * height * frames > limit:
+        raise StylizeError(
+            f"{path} has {frames} frames of {width}x{height} = {width * height * frames:,} pixels in all, over the "
+            f"limit of {limit:,}; raise it with {MAX_PIXELS_VARIABLE} or the max_pixels setting"
+        )
+    with _open_unchecked(path) as animated, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            shown = [
+                (image_to_tensor(frame.convert("RGBA")), frame.info.get("duration"))
+                for frame in ImageSequence.Iterator(animated)
+            ]
+        except (OSError, SyntaxError, ValueError) as error:
+            raise StylizeError(f"cannot read {path}: {error}") from None
+        loop = animated.info.get("loop")
+    durations = [int(ms) if ms else _DEFAULT_FRAME_MS for _, ms in shown]
+    return Animation([_opaque_if_so(frame) for frame, _ in shown], durations, loop)
+
+
+def _opaque_if_so(image: LoadedImage) -> LoadedImage:
+    """Drop an alpha channel that is opaque everywhere."""
+    if image.alpha is not None and bool((image.alpha >= 1).all()):
+        return LoadedImage(rgb=image.rgb, alpha=None)
+    return image
+
+
+def save_animation(path: Path, animation: Animation) -> None:
+    """Write atomically as an animated GIF, PNG (APNG) or WebP, as the extension says."""
+    fmt = output_format(path)
+    if fmt not in ANIMATED_FORMATS:
+        raise StylizeError(f"cannot write an animation to {path}: write .gif, .png or .webp (or use stylize video)")
+    first, *rest = [tensor_to_image(frame.rgb, frame.alpha) for frame in animation.frames]
+    options: dict[str, object] = {**_SAVE_OPTIONS.get(fmt, {}), "save_all": True, "append_images": rest,
+                                  "duration": animation.durations}  # fmt: skip
+    if animation.loop is not None:
+        options["loop"] = animation.loop
+    with atomic_path(path) as temporary:
+        first.save(temporary, format=fmt, **options)
 
 
 def from_uint8_nhwc(pixels: np.ndarray) -> torch.Tensor:
@@ -169,10 +278,15 @@ _SAVE_OPTIONS: dict[str, dict[str, int]] = {
 }
 
 
+_PROFILE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF"})
+
+
 def save_pil(path: Path, image: Image.Image) -> None:
     path = Path(path)
     fmt = output_format(path)
-    options = _SAVE_OPTIONS.get(fmt, {})
+    options: dict[str, object] = {**_SAVE_OPTIONS.get(fmt, {})}
+    if fmt in _PROFILE_FORMATS:
+        options["icc_profile"] = SRGB_PROFILE  # what every result is in, said in the file
     with atomic_path(path) as temporary:
         image.save(temporary, format=fmt, **options)
 

@@ -3,6 +3,8 @@ training arguments, CLI results, weight comparisons. Fixtures live in conftest."
 
 from __future__ import annotations
 
+import itertools
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,3 +106,52 @@ def count_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(training, "perceptual_loss", counted)
     return steps
+
+
+def _s15(*values: float) -> bytes:
+    return b"".join(struct.pack(">i", round(value * 65536)) for value in values)
+
+
+D50 = (0.9642, 1.0, 0.8249)
+# sRGB's primaries adapted to D50, as ICC profiles hold them.
+SRGB_RED, SRGB_GREEN, SRGB_BLUE = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
+
+
+def icc_profile(device_class: bytes, colour_space: bytes, connection: bytes, tags: dict[bytes, bytes]) -> bytes:
+    """A minimal ICC v2 profile (ICC.1:2001-04): header, tag table, tags."""
+    tags = {
+        b"desc": b"desc" + bytes(4) + struct.pack(">I", 5) + b"test\0" + bytes(8) + bytes(3) + bytes(67),
+        b"wtpt": b"XYZ " + bytes(4) + _s15(*D50),
+        **tags,
+    }
+    offset, table, data = 128 + 4 + 12 * len(tags), struct.pack(">I", len(tags)), b""
+    for signature, body in tags.items():
+        data += bytes(-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    header = (struct.pack(">I", offset + len(data)) + bytes(4) + struct.pack(">I", 0x02100000) + device_class
+              + colour_space + connection + bytes(12) + b"acsp" + bytes(24) + struct.pack(">I", 0) + _s15(*D50)
+              + bytes(48))  # fmt: skip
+    return header + table + data
+
+
+def matrix_rgb_profile(red: tuple[float, ...], green: tuple[float, ...], blue: tuple[float, ...]) -> bytes:
+    """An RGB display profile with these primaries (XYZ, D50) and a 2.2 gamma."""
+    gamma = b"curv" + bytes(4) + struct.pack(">IH", 1, round(2.2 * 256))
+    xyz = {b"rXYZ": red, b"gXYZ": green, b"bXYZ": blue}
+    return icc_profile(b"mntr", b"RGB ", b"XYZ ", {
+        **{tag: b"XYZ " + bytes(4) + _s15(*value) for tag, value in xyz.items()},
+        b"rTRC": gamma, b"gTRC": gamma, b"bTRC": gamma,
+    })  # fmt: skip
+
+
+def cmyk_profile(corner_lab: dict[tuple[int, int, int, int], tuple[float, float, float]]) -> bytes:
+    """A CMYK printer profile whose inks, at the 16 corners of CMYK (0 or full
+    ink each), give these Lab colours; corners not listed are mid grey."""
+    lut = b"mft2" + bytes(4) + struct.pack(">BBBB", 4, 3, 2, 0) + _s15(1, 0, 0, 0, 1, 0, 0, 0, 1)
+    lut += struct.pack(">HH", 2, 2) + struct.pack(">2H", 0, 65535) * 4
+    for corner in itertools.product((0, 1), repeat=4):  # the first ink varies slowest
+        lightness, a, b = corner_lab.get(corner, (50.0, 0.0, 0.0))
+        lut += struct.pack(">3H", round(lightness * 652.8), round((a + 128) * 256), round((b + 128) * 256))
+    lut += struct.pack(">2H", 0, 65535) * 3
+    return icc_profile(b"prtr", b"CMYK", b"Lab ", {b"A2B0": lut})

@@ -1,17 +1,18 @@
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageCms, ImageFile
 
 from stylize import StylizeError, load_image, save_image
 from stylize.images import expand_inputs, find_images, max_pixels_setting, resize_long_side
 
-from .helpers import photo
+from .helpers import SRGB_BLUE, SRGB_GREEN, SRGB_RED, cmyk_profile, matrix_rgb_profile, photo
 
 
 def test_rgb_becomes_nchw_float_in_unit_range(tmp_path: Path) -> None:
@@ -44,6 +45,63 @@ def test_grayscale_palette_and_cmyk_become_rgb(tmp_path: Path) -> None:
     red = load_image(tmp_path / "c.jpg").rgb.mean(dim=(0, 2, 3))
     assert red[0] > 0.9 and red[1] < 0.1 and red[2] < 0.1
     assert torch.allclose(load_image(tmp_path / "p.png").rgb.mean(dim=(0, 2, 3)), torch.tensor([0.0, 0.0, 1.0]))
+
+
+# Red, green, blue, white and black patches side by side.
+PRIMARIES = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0]], np.uint8)
+
+
+def _levels(image: torch.Tensor) -> np.ndarray:
+    """Each patch's mean colour, 0..255."""
+    return (image[0].reshape(3, 4, len(PRIMARIES), 4).mean(dim=(1, 3)).T * 255).numpy()
+
+
+def test_an_embedded_rgb_profile_is_converted_to_srgb(tmp_path: Path) -> None:
+    # A made-up wide-gamut space whose red is sRGB's green, green sRGB's blue, blue sRGB's red.
+    rotated = matrix_rgb_profile(SRGB_GREEN, SRGB_BLUE, SRGB_RED)
+    patches = np.repeat(np.repeat(PRIMARIES[None], 4, axis=0), 4, axis=1)
+    Image.fromarray(patches).save(tmp_path / "wide.png", icc_profile=rotated)
+    expected = PRIMARIES[[1, 2, 0, 3, 4]]
+    assert np.abs(_levels(load_image(tmp_path / "wide.png").rgb) - expected).max() < 3
+    Image.fromarray(patches).save(tmp_path / "plain.png")  # no profile: sRGB, as it is
+    assert np.abs(_levels(load_image(tmp_path / "plain.png").rgb) - PRIMARIES).max() < 0.5
+    Image.fromarray(patches).save(tmp_path / "damaged.png", icc_profile=rotated[:100])  # ignored, as browsers do
+    assert np.abs(_levels(load_image(tmp_path / "damaged.png").rgb) - PRIMARIES).max() < 0.5
+
+
+def test_a_cmyk_jpeg_from_print_is_read_in_its_profiles_colours(tmp_path: Path) -> None:
+    # Cyan ink alone prints what sRGB calls pure red (Lab, D50), on paper that is the profile's white.
+    inks = cmyk_profile({(0, 0, 0, 0): (100.0, 0.0, 0.0), (1, 0, 0, 0): (54.29, 80.80, 69.89)})
+    cmyk = np.zeros((8, 16, 4), np.uint8)
+    cmyk[:, :8, 0] = 255  # left: full cyan; right: bare paper
+    Image.fromarray(cmyk, mode="CMYK").save(tmp_path / "print.jpg", quality=100, icc_profile=inks)
+    rgb = load_image(tmp_path / "print.jpg").rgb[0] * 255
+    assert np.abs(rgb[:, 2:6, 2:6].mean(dim=(1, 2)).numpy() - [255, 0, 0]).max() < 6
+    assert np.abs(rgb[:, 2:6, 10:14].mean(dim=(1, 2)).numpy() - [255, 255, 255]).max() < 3
+
+
+def test_results_are_written_as_srgb(tmp_path: Path) -> None:
+    for suffix in (".png", ".jpg", ".webp", ".tif"):
+        save_image(tmp_path / f"out{suffix}", torch.rand(1, 3, 6, 8))
+        with Image.open(tmp_path / f"out{suffix}") as written:
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(written.info["icc_profile"]))
+            assert "sRGB" in ImageCms.getProfileDescription(profile)
+
+
+@pytest.mark.parametrize("full", [1.0, 255.0, 65535.0])
+def test_floating_point_images_are_scaled_from_their_range(tmp_path: Path, full: float) -> None:
+    values = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    Image.fromarray(values * full, mode="F").save(tmp_path / "float.tif")
+    rgb = load_image(tmp_path / "float.tif").rgb
+    assert rgb.shape == (1, 3, 3, 4)
+    torch.testing.assert_close(rgb[0], torch.from_numpy(values).expand(3, 3, 4), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("low", "high"), [(-1.0, 3.0), (0.0, 1e6), (0.0, float("nan"))])
+def test_floating_point_images_of_no_known_range_are_refused(tmp_path: Path, low: float, high: float) -> None:
+    Image.fromarray(np.array([[low, high]], np.float32), mode="F").save(tmp_path / "hdr.tif")
+    with pytest.raises(StylizeError, match=r"cannot read .*hdr\.tif: floating-point pixels from"):
+        load_image(tmp_path / "hdr.tif")
 
 
 def test_sixteen_bit_grayscale_keeps_its_range(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,16 @@ from stylize.devices import (
 )
 from stylize.errors import InvalidSetting
 from stylize.fileio import refuse_overwriting
-from stylize.images import LoadedImage, image_to_tensor, load_image, resize_long_side, save_image, tensor_to_image
+from stylize.images import (
+    LoadedImage,
+    image_to_tensor,
+    load_animation,
+    load_image,
+    resize_long_side,
+    save_animation,
+    save_image,
+    tensor_to_image,
+)
 from stylize.inference.controls import PLAIN, StyleControls, apply_controls, check_working_size
 from stylize.inference.exported import ExportedNetwork, exported_format
 from stylize.model.fastpath import optimize_for_inference, set_tile
@@ -111,9 +121,16 @@ class ImageStylizer(ABC):
     def stylize_file(
         self, source: Path, destination: Path, max_size: int | None = None, max_pixels: int | None = None
     ) -> None:
+        """Stylize an image file; an animated one (GIF, APNG, WebP) frame by
+        frame, keeping each frame's duration and the loop count."""
         refuse_overwriting(source, destination)
-        result = self.stylize(load_image(source, max_pixels), max_size, max_pixels)
-        save_image(destination, result.rgb, result.alpha)
+        animation = load_animation(source, max_pixels)
+        if animation is None:
+            result = self.stylize(load_image(source, max_pixels), max_size, max_pixels)
+            save_image(destination, result.rgb, result.alpha)
+            return
+        frames = [self.stylize(frame, max_size, max_pixels) for frame in animation.frames]
+        save_animation(destination, dataclasses.replace(animation, frames=frames))
 
 
 class Stylizer(ImageStylizer):
@@ -138,7 +155,7 @@ class Stylizer(ImageStylizer):
         self.network = optimize_for_inference(model.network).to(device)
         if memory_format(device) == torch.channels_last:
             self.network.to(memory_format=torch.channels_last)
-        self._compiled = torch.compile(self.network) if settings.compile else None
+        self._compiled = quiet_compile(self.network) if settings.compile else None
 
     @property
     def name(self) -> str:
@@ -169,6 +186,14 @@ class Stylizer(ImageStylizer):
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 self.on_notice(f"torch.compile failed ({first_line[:200]}); continuing without it")
             return None
+
+
+def quiet_compile(network: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` without the line a CUDA build of torch logs when its
+    C++ compiler set-up loads on a machine without a GPU ("No CUDA runtime is
+    found, using CUDA_HOME=..."): true, and nothing a user can act on."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return torch.compile(network)
 
 
 class ExportedStylizer(ImageStylizer):
