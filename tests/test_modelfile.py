@@ -68,6 +68,18 @@ def test_pytorch_examples_models_reproduce_their_pixels(tmp_path: Path, with_sta
     assert (ours - expected).abs().max() <= 1
 
 
+@pytest.mark.parametrize("wrapper", ["module.", "module.module.", "_orig_mod.", "module._orig_mod."])
+def test_models_saved_from_a_wrapper_load_as_the_plain_model(tmp_path: Path, wrapper: str) -> None:
+    reference = randomized()
+    torch.save({f"{wrapper}{key}": value for key, value in reference.state_dict().items()}, tmp_path / "dp.pth")
+    torch.save(reference.state_dict(), tmp_path / "plain.pth")
+    images = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        wrapped, plain = (load_model(tmp_path / name).network(images) for name in ("dp.pth", "plain.pth"))
+    torch.testing.assert_close(wrapped, plain, rtol=0, atol=0)
+    assert (to_uint8(wrapped).int() - stylize_like_examples(reference, images).int()).abs().max() <= 1
+
+
 def test_training_checkpoints_load_as_models(tmp_path: Path) -> None:
     network = TransformerNet(NetConfig(norm="batch")).eval()
     optimizer = torch.optim.Adam(network.parameters())

@@ -204,8 +204,23 @@ def _from_examples(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return converted
 
 
+# Prefixes every key gets from a wrapper the model was saved inside:
+# DataParallel and DistributedDataParallel, and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _unwrapped(state: object) -> object:
+    """A state dict saved from a wrapped model, with the wrappers' prefixes taken off its keys."""
+    while isinstance(state, dict) and state:
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(str(key).startswith(p) for key in state)), None)
+        if prefix is None:
+            break
+        state = {key[len(prefix) :]: value for key, value in state.items()}
+    return state
+
+
 def _read_torch_file(path: Path) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
-    state = load_torch_file(path, "a model file")
+    state = _unwrapped(load_torch_file(path, "a model file"))
     if is_checkpoint_state(state):
         checkpoint = Checkpoint.from_state(state)
         return ModelInfo(
