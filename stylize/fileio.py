@@ -29,12 +29,16 @@ def _cannot_write(path: Path, error: OSError) -> StylizeError:
     return StylizeError(f"cannot write {path}: {error.strerror or error}")
 
 
-def make_folder_for(path: Path) -> None:
-    """Create ``path``'s folder, or say in one line why it cannot be created."""
-    path = Path(path)
+def _refuse_blocked(path: Path) -> None:
     blocking = next((parent for parent in reversed(path.parents) if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise StylizeError(f"cannot write {path}: {blocking} is a file, not a folder")
+
+
+def make_folder_for(path: Path) -> None:
+    """Create ``path``'s folder, or say in one line why it cannot be created."""
+    path = Path(path)
+    _refuse_blocked(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -42,10 +46,13 @@ def make_folder_for(path: Path) -> None:
 
 
 def check_writable(path: Path) -> None:
-    """Fail before an hour of work rather than when saving its result."""
-    make_folder_for(path)
+    """Fail before an hour of work rather than when saving its result. Creates
+    nothing: a job that fails later leaves no empty folders behind."""
+    path = Path(path)
+    _refuse_blocked(path)
+    nearest = next(parent for parent in path.parents if parent.exists())
     try:
-        tempfile.TemporaryFile(dir=Path(path).parent).close()
+        tempfile.TemporaryFile(dir=nearest).close()
     except OSError as error:
         raise _cannot_write(path, error) from None
 

@@ -23,6 +23,7 @@ from stylize.images import decode_thumbnail
 from stylize.model.checkpoints import Checkpoint
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.training.config import CPU_RECIPE, GPU_RECIPE
+from stylize.training.data import batches
 from stylize.training.losses import LossTerms, LossWeights
 
 from .helpers import assert_same_weights, count_steps, train_args, write_model
@@ -90,6 +91,37 @@ def test_no_training_images_is_one_clear_error(cli, tmp_path: Path, style_image:
         f"error: no images (jpg, png, webp, bmp, tif) in {tmp_path / 'empty'} or its sub-folders"
     ]
     assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("workers", ["1", "0"])
+def test_a_folder_where_no_photo_can_be_read_is_one_line_and_leaves_nothing(
+    cli, tmp_path: Path, style_image: Path, vgg_weights: Path, workers: str
+) -> None:
+    data = tmp_path / "lfs"
+    data.mkdir()
+    for name in ("a.jpg", "b.png"):  # what a clone without Git LFS holds
+        (data / name).write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 123\n")
+    out = tmp_path / "out" / "m.safetensors"
+    result = cli(*train_args(style_image, data, out, vgg_weights, "--workers", workers))
+    assert result.code == 2 and result.error_lines == [
+        f"error: none of the 2 images in {data} can be read (the first: cannot read {data / 'a.jpg'}: not an image)"
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["lfs"]
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> Any:
+        raise StylizeError(f"photo {index} went missing")
+
+
+def test_an_error_in_a_loader_process_comes_out_as_its_own_line() -> None:
+    loader = torch.utils.data.DataLoader(_Unreadable(), batch_size=1, num_workers=1)
+    with pytest.raises(StylizeError) as raised:
+        next(batches(loader))
+    assert str(raised.value) == "photo 0 went missing"
 
 
 @pytest.mark.parametrize("norm", ["instance", "batch", "weight"])
@@ -460,13 +492,14 @@ def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch: pytest.Monk
 
 _FAULTS_PER_STEP = """
 import resource, sys, torch
-from stylize.devices import keep_freed_memory
+from stylize.devices import autocast, compute_dtype, keep_freed_memory
 from stylize.model.network import TransformerNet
-applied = sys.argv[1] == "keep" and keep_freed_memory(torch.device("cpu"))
+cpu = torch.device("cpu")
+applied = sys.argv[1] == "keep" and keep_freed_memory(cpu)
 network, photos, faults = TransformerNet(), torch.rand(4, 3, 128, 128), []
 for _ in range(6):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with autocast(cpu, compute_dtype("auto", cpu)):  # as training runs here: bf16 emulated would take minutes
         network(photos).square().mean().backward()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(applied, sum(faults[3:]))

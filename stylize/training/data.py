@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -109,13 +109,43 @@ def _ignore_interrupts(worker_id: int) -> None:
 
 
 def training_files(folder: Path) -> list[Path]:
+    """The images below ``folder``, once at least one of them is known to decode:
+    a folder of unreadable files (Git LFS pointers named .jpg, say) fails here,
+    in one line, before any file is written or loader process started."""
     folder = Path(folder)
     if not folder.is_dir():
         raise StylizeError(f"training data folder not found: {folder}")
     files = find_images(folder)
     if not files:
         raise StylizeError(f"no images (jpg, png, webp, bmp, tif) in {folder} or its sub-folders")
-    return files
+    first_problem = None
+    for path in files:
+        try:
+            load_image(path)
+            return files
+        except StylizeError as error:
+            first_problem = first_problem or str(error)
+    raise StylizeError(f"none of the {len(files)} images in {folder} can be read (the first: {first_problem})")
+
+
+def batches(loader: DataLoader[Sample]) -> Iterator[Sample]:
+    """The loader's batches. A ``StylizeError`` in a loader process reaches the
+    main one as torch's text of the whole traceback; it comes out as its own line."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except StylizeError as error:
+            raise StylizeError(_message_inside(str(error))) from None
+        yield batch
+
+
+def _message_inside(text: str) -> str:
+    """``Caught StylizeError in DataLoader worker ... stylize.errors.StylizeError: MESSAGE`` -> MESSAGE."""
+    marker = f"{StylizeError.__name__}: "
+    return text.rstrip().rpartition(marker)[2] if text.startswith("Caught ") and marker in text else text
 
 
 def crop_loader(

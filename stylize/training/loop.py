@@ -39,7 +39,7 @@ from stylize.model.checkpoints import (
 from stylize.model.files import load_model, resolve_model, save_model
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.training.config import TrainConfig, metrics_log_path
-from stylize.training.data import crop_loader, training_files
+from stylize.training.data import batches, crop_loader, training_files
 from stylize.training.distributed import (
     World,
     check_sync_batch_norm,
@@ -163,7 +163,7 @@ def _train(run: _Run, reporter: _Reporter) -> None:
         processes=world.size,
     )
     with _StopRequest() as stop:
-        for images, unreadable in loader:
+        for images, unreadable in batches(loader):
             run.unreadable.update(unreadable)
             reporter.add(_step(run, images))
             checkpoint_due = bool(config.checkpoint_every) and (
@@ -421,23 +421,33 @@ def _sha256(path: Path) -> str:
 
 
 class MetricsLog:
-    """Per-step losses as JSON lines; a resumed run drops lines after its checkpoint."""
+    """Per-step losses as JSON lines; a resumed run drops lines after its
+    checkpoint. The file is made with the first line: a run that stops before
+    its first step leaves none."""
 
     def __init__(self, path: Path, keep_until_step: int):
         self.path = path
+        self.keep_until_step = keep_until_step
+        self._handle: TextIO | None = None
+
+    def _open(self) -> TextIO:
         kept = []
-        if keep_until_step > 0 and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= keep_until_step]
-        with atomic_path(path) as temporary:
+        if self.keep_until_step > 0 and self.path.is_file():
+            lines = self.path.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line)["step"] <= self.keep_until_step]
+        with atomic_path(self.path) as temporary:
             temporary.write_text("".join(f"{line}\n" for line in kept))
-        self._handle: TextIO = open(path, "a")
+        return open(self.path, "a")
 
     def write(self, record: dict[str, Any]) -> None:
+        if self._handle is None:
+            self._handle = self._open()
         self._handle.write(json.dumps(record) + "\n")
         self._handle.flush()
 
     def close(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
 
 
 class _StopRequest:
