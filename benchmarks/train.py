@@ -12,7 +12,8 @@ of a shared machine spreads over all of them, and each row reports its median. T
 reference is pytorch/examples' fast_neural_style loop: fp32, eager, NCHW, the
 whole VGG run on the content photo, its loss (autograd through the Gram
 matrices' bmm), photos decoded in the main process. Rows 2-11 add one change
-each; the last row is ``stylize train`` itself with its defaults.
+each; the last row is ``stylize train`` itself with its defaults. On a CPU
+without native bf16 the bf16 rows are left out (see ``paths_for``).
 With ``--norms``, the rows are ``stylize train`` itself, once per norm.
 """
 
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from stylize.devices import keep_freed_memory, resolve_device
+from stylize.devices import keep_freed_memory, native_bf16, resolve_device
 from stylize.images import load_image, resize_long_side
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.model.norms import check_norm, norm_names
@@ -112,6 +113,15 @@ PATHS = (
     replace(_LOADER, name="+ malloc keeps freed memory", keep_freed=True),
     Variant("stylize train (defaults)", product=True),
 )
+
+
+def paths_for(device: torch.device) -> tuple[Variant, ...]:
+    """``PATHS`` as this CPU runs them: where bf16 is emulated (no AVX512-BF16
+    or AMX) it is many times slower and stylize trains in fp32, so the rows
+    that only add bf16 go and the others run in fp32."""
+    if native_bf16(device):
+        return PATHS
+    return tuple(replace(row, bf16=False, vgg_bf16=False) for row in PATHS if row not in (_BF16, _VGG))
 
 
 def _examples_gram(features: torch.Tensor) -> torch.Tensor:
@@ -265,7 +275,7 @@ def _arguments() -> argparse.Namespace:
 
 def main() -> None:
     args = _arguments()
-    variants = PATHS
+    variants = paths_for(torch.device("cpu"))
     if args.norms:
         norms = norm_names() if args.norms == "all" else [check_norm(norm) for norm in args.norms.split(",")]
         variants = tuple(Variant(f"stylize train --norm {norm}", product=True, norm=norm) for norm in norms)
@@ -291,7 +301,7 @@ def _report(rows: list[dict], setup: Setup, args: argparse.Namespace) -> None:
     device = resolve_device("cpu")
     show(
         f"training images/s, batch {BATCH}, VGG16 to {setup.style_layers[-1]}, median of {args.rounds} rounds, "
-        f"on {machine(device)['cpu']}",
+        f"on {machine(device)['cpu']}{'' if native_bf16(device) else ' (no native bf16: every row fp32)'}",
         ["px", "#", "configuration", "timed steps", "images/s", "vs reference"],
         [
             [

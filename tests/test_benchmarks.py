@@ -67,14 +67,26 @@ def test_train_benchmark_times_every_path_against_the_reference(
     _run(train, monkeypatch, "--loss-network-weights", str(vgg_weights), "--style-layers", "relu1_2,relu2_2",
          "--sizes", "32,64", "--steps", "1", "--warmup", "1", "--rounds", "1", "--out", str(out))  # fmt: skip
     rows = json.loads(out.read_text())["results"]
-    paths = len(train.PATHS)
-    assert [row["config"] for row in rows] == [variant.name for variant in train.PATHS] * 2
+    variants = train.paths_for(torch.device("cpu"))
+    paths = len(variants)
+    assert [row["config"] for row in rows] == [variant.name for variant in variants] * 2
     assert [row["size"] for row in rows] == [32] * paths + [64] * paths
     assert [row["steps"] for row in rows] == [16] * paths + [4] * paths  # the same pixels at each size
     for size_rows in (rows[:paths], rows[paths:]):  # each size against its own reference
         reference = size_rows[0]["images_per_s"]
         assert all(row["speedup"] == pytest.approx(row["images_per_s"] / reference) for row in size_rows)
     assert all(row["images_per_s"] > 0 for row in rows)
+
+
+def test_without_native_bf16_the_train_benchmark_runs_every_row_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train, "native_bf16", lambda device: False)
+    rows = train.paths_for(torch.device("cpu"))
+    assert not any(row.bf16 or row.vgg_bf16 for row in rows)
+    bf16_only = ("+ bf16 autocast", "+ VGG weights in bf16 once")
+    assert [row.name for row in rows] == [row.name for row in train.PATHS if row.name not in bf16_only]
+    assert len(rows) == len(train.PATHS) - 2 and rows[0] == train.REFERENCE and rows[-1] == train.PATHS[-1]
+    monkeypatch.setattr(train, "native_bf16", lambda device: True)
+    assert train.paths_for(torch.device("cpu")) == train.PATHS
 
 
 def test_train_benchmark_times_stylize_train_once_per_norm_in_rounds(

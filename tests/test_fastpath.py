@@ -198,8 +198,11 @@ def test_bf16_is_as_close_to_fp32_as_plain_bf16_autocast(model_file: Path) -> No
 
 
 def test_bf16_on_a_bundled_model_is_within_the_documented_bound() -> None:
-    """The README's figure for trained models: mean under 0.4 levels of 255, no pixel over 10."""
+    """The README's figure for trained models: mean under 0.4 levels of 255, no pixel over 10.
+    On a 256 px square of the photo at full scale: bf16 is emulated, and many times slower, on CPUs without it."""
     photo = load_image(ROOT / "assets" / "astronaut.jpg").rgb
+    top, left = (photo.shape[-2] - 256) // 2, (photo.shape[-1] - 256) // 2
+    photo = photo[..., top : top + 256, left : left + 256]
     model = ROOT / "models" / "starry-night-instance.safetensors"
     levels = {precision: (_stylizer(model, precision=precision)(photo) * 255).round() for precision in ("fp32", "bf16")}
     difference = (levels["fp32"] - levels["bf16"]).abs()
