@@ -1,14 +1,19 @@
 """Training on several processes: torchrun, gloo on the CPU, 2 processes.
 
 N processes of batch B must take the same steps as one process of batch N*B.
-"Same" has a float-sized meaning under Adam: the gradients agree to ~1e-7 of
-their scale, and Adam divides each gradient element by its own size, so the
-few elements whose gradient is below that noise (e.g. conv biases just before
-instance norm, which cancels them exactly) take +-lr steps of random sign in
-either run (about 1% of the weights here). So: losses equal to ~1e-6, 98% of
-the weights equal to 1e-6 (while training moved nearly all of them by more
-than 1e-4), outputs equal to 1e-3 of the 0..1 range. A missing gradient
-average moves nearly every weight by about the learning rate.
+"Same" has a float-sized meaning under Adam. The two runs sum the gradients
+in another order (and oneDNN's kernels, thread counts and torch releases
+change that order again), so gradients agree only to rounding, and Adam
+divides each gradient element by its own size: an element whose gradient is
+near that rounding (conv biases just before instance norm, which cancels them
+exactly; sums that nearly cancel) can move by a visible part of a step. How
+many weights agree to 1e-6 is therefore a property of the CPU (98% on AMD Zen
+4, 93% on an Intel Xeon, 67% here on Zen 3 with one thread against two), not
+of the code. What two correct runs share on any of them: 99% of the weights
+within a tenth of a step (lr) of each other, the median gap under a hundredth
+of a step, the losses, and the outputs to 1e-3. A missing gradient average
+leaves about 80% of the weights more than a tenth of a step apart (median gap
+half a step): measured here with a communication hook that skips the average.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ STEPS, LR = 2, 1e-3
 EXACT = ("--lr", str(LR), "--precision", "fp32", "--lr-schedule", "constant", "--warmup-steps", "0")
 
 
-def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def torchrun(*args: str, cwd: Path, program: tuple[str, ...] = ("-m", "stylize")) -> subprocess.CompletedProcess[str]:
+    """Two processes of ``program`` (stylize's CLI, or a script wrapping it) with ``args``."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "stylize", *args]  # fmt: skip
+               *program, *args]  # fmt: skip
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
 
@@ -59,9 +65,10 @@ def assert_same_training(a: Path, b: Path) -> None:
     assert first.keys() == second.keys()
     torch.manual_seed(TrainConfig.seed)  # the weights both runs started from
     initial = TransformerNet(NetConfig()).state_dict()
-    gaps = torch.cat([(first[key] - second[key]).abs().flatten() for key in first])
+    steps = torch.cat([(first[key] - second[key]).abs().flatten() for key in first]) / LR
     moved = torch.cat([(second[key] - initial[key]).abs().flatten() for key in first if key in initial])
-    assert (gaps <= 1e-6).float().mean() > 0.98, "nearly every weight must agree to float precision"
+    assert (steps <= 0.1).float().mean() > 0.99, "nearly every weight must agree to a tenth of a step"
+    assert steps.median() < 0.01, "and the typical one to rounding"
     assert (moved > 1e-4).float().mean() > 0.9, "while training moved nearly every weight"
     photo = photo_tensor(40, 48, seed=0)
     with torch.no_grad():
@@ -73,16 +80,21 @@ def assert_same_training(a: Path, b: Path) -> None:
         assert one[0] == other[0] and one[1:] == pytest.approx(other[1:], rel=1e-5)
 
 
-def test_two_processes_of_batch_2_train_like_one_of_batch_4(
-    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
-) -> None:
+@pytest.fixture
+def exact_args(tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path):
+    """Arguments of a short fp32 run writing ``tmp_path / out`` with ``batch`` photos a process."""
+
     def args(out: str, batch: int) -> list[str]:
         return [*train_args(style_image, photos, tmp_path / out, vgg_weights, *EXACT),
                 "--steps", str(STEPS), "--batch-size", str(batch)]  # fmt: skip
 
-    two = torchrun(*args("two.safetensors", 2), cwd=tmp_path)
+    return args
+
+
+def test_two_processes_of_batch_2_train_like_one_of_batch_4(cli, tmp_path: Path, exact_args) -> None:
+    two = torchrun(*exact_args("two.safetensors", 2), cwd=tmp_path)
     assert two.returncode == 0, two.stderr
-    assert cli(*args("one.safetensors", 4)).code == 0
+    assert cli(*exact_args("one.safetensors", 4)).code == 0
     assert_same_training(tmp_path / "one.safetensors", tmp_path / "two.safetensors")
 
     # Only rank 0 wrote: one model, one metrics file with one line per step, one report.
@@ -115,6 +127,36 @@ def test_a_one_process_checkpoint_resumes_on_two_processes(
     # A step must take as many photos as before, however they are split.
     refused = cli(*args("resumed.safetensors", STEPS + 2, 2, "--resume", str(tmp_path / "resumed.ckpt")))
     assert refused.code == 2 and "was trained with 4 photos per step, not 2 x 1 process(es)" in refused.err
+
+
+OWN_GRADIENTS = """
+import sys, torch
+import stylize.training.loop as loop
+from stylize.training import distributed
+
+def parallel(network, world, device, sync_bn):  # DDP with each process stepping on its own gradient
+    wrapped = distributed.parallel(network, world, device, sync_bn)
+    def own_gradient(state, bucket):
+        done = torch.futures.Future()
+        done.set_result(bucket.buffer())
+        return done
+    wrapped.register_comm_hook(None, own_gradient)
+    return wrapped
+
+loop.parallel = parallel
+from stylize.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_equivalence_fails_for_processes_that_skip_the_gradient_average(cli, tmp_path: Path, exact_args) -> None:
+    script = tmp_path / "own_gradients.py"
+    script.write_text(OWN_GRADIENTS)
+
+    assert torchrun(*exact_args("own.safetensors", 2), cwd=tmp_path, program=(str(script),)).returncode == 0
+    assert cli(*exact_args("one.safetensors", 4)).code == 0
+    with pytest.raises(AssertionError, match="a tenth of a step"):
+        assert_same_training(tmp_path / "one.safetensors", tmp_path / "own.safetensors")
 
 
 @pytest.fixture
@@ -196,10 +238,7 @@ def test_a_non_finite_loss_on_one_process_stops_every_process(
     out = tmp_path / "m.safetensors"
     args = [*train_args(style_image, photos, out, vgg_weights), "--steps", "4", "--batch-size", "2",
             "--checkpoint-every", "1"]  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(script), *args]  # fmt: skip
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    done = torchrun(*args, cwd=tmp_path, program=(str(script),))
     assert done.returncode != 0
     # The losses are averaged over processes before they are checked: both see it, both stop.
     stopped = [line for line in done.stderr.splitlines() if "the loss became" in line and "at step 2" in line]

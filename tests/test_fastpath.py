@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +224,26 @@ def test_auto_precision_is_bf16_for_instance_norm_where_bf16_is_native(
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert _stylizer(model_file).dtype == torch.float32  # emulated bf16 would be slow
     assert _stylizer(model_file, precision="bf16").dtype == torch.bfloat16
+
+
+_LOAD_COMPILER_SETUP = """
+import sys, torch
+if sys.argv[1] == "quiet":
+    from stylize.inference.stylizer import quiet_compile
+    quiet_compile(torch.nn.Identity())
+import torch.utils.cpp_extension  # what compiling loads
+"""
+
+
+def test_compiling_keeps_quiet_about_cuda_home_on_a_cpu() -> None:
+    def stderr(mode: str) -> str:
+        run = subprocess.run([sys.executable, "-c", _LOAD_COMPILER_SETUP, mode], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return run.stderr
+
+    if "No CUDA runtime is found" not in stderr("plain"):
+        pytest.skip("this torch finds no CUDA_HOME here, so it has nothing to warn about")
+    assert stderr("quiet") == ""
 
 
 def test_compiled_network_equals_eager(model_file: Path) -> None:
