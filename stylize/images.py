@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import glob
 import io
 import os
@@ -121,8 +122,10 @@ def _array(image: Image.Image) -> np.ndarray:
     return np.asarray(converted, dtype=np.float32) / 255.0
 
 
-# The ranges floating-point images are written in: 0..1 (the usual), or 8- or 16-bit levels.
-_FLOAT_RANGES = (1.0, 255.0, 65535.0)
+# The ranges floating-point images are written in: 0..1 (the usual, here with
+# room for an overshoot, which is clipped), or 8- or 16-bit levels; the full
+# scale of each, and the largest value taken for it.
+_FLOAT_RANGES = ((1.0, 2.0), (255.0, 255.0), (65535.0, 65535.0))
 
 
 def _float_grey(image: Image.Image) -> np.ndarray:
@@ -130,34 +133,56 @@ def _float_grey(image: Image.Image) -> np.ndarray:
     (``_FLOAT_RANGES``) to [0, 1]; other values are refused, not guessed at."""
     values = np.asarray(image, dtype=np.float32)
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    full = next((top for top in _FLOAT_RANGES if low >= 0 and high <= top), None)
-    if full is None or not np.isfinite(values).all():
+    if not np.isfinite(values).all():
+        raise StylizeError("floating-point pixels that are not numbers (NaN or infinite)")
+    full = next((scale for scale, top in _FLOAT_RANGES if low >= 0 and high <= top), None)
+    if full is None:
         raise StylizeError(
             f"floating-point pixels from {low:g} to {high:g}: not a range stylize knows (0..1, 0..255 or 0..65535)"
         )
-    return values / full
+    return np.clip(values / full, 0.0, 1.0)
 
 
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-SRGB_PROFILE = _SRGB.tobytes()
+# The profile written into results, with its creation date (bytes 24-35) zeroed
+# so that the same picture gives the same file; its ID field is unset (zero).
+SRGB_PROFILE = _SRGB.tobytes()[:24] + bytes(12) + _SRGB.tobytes()[36:]
 
 
 def to_srgb(image: Image.Image, mode: str) -> Image.Image:
     """``image`` in ``mode`` (RGB or RGBA), its colours converted from its
-    embedded ICC profile (CMYK print, Adobe RGB, Display P3, ...) to sRGB, the
-    space the networks were trained in and every result is written in. A
-    profile that cannot be read is ignored, as browsers do."""
-    profile = image.info.get("icc_profile")
-    if image.mode in ("P", "PA", "LA"):
-        image = image.convert(mode)  # LittleCMS takes neither palettes nor grey with alpha
-    if not profile:
+    embedded ICC profile (CMYK print, Adobe RGB, Display P3, grey, ...) to sRGB,
+    the space the networks were trained in and every result is written in.
+    Alpha (a channel or a transparent colour) is kept aside, as LittleCMS
+    converts colour only. A profile that cannot be read, or that does not fit
+    the image, is ignored, as browsers do."""
+    transform = _transform_to_srgb(image.info.get("icc_profile") or b"", _colour_mode(image.mode))
+    if transform is None:
         return image.convert(mode)
+    converted = ImageCms.applyTransform(image.convert(_colour_mode(image.mode)), transform)
+    if mode == "RGBA":
+        converted.putalpha(image.convert("RGBA").getchannel("A"))
+    return converted
+
+
+def _colour_mode(mode: str) -> str:
+    """The colour channels of a Pillow mode, as LittleCMS takes them."""
+    return mode if mode in ("RGB", "CMYK", "L") else "L" if mode in ("LA", "La", "1") else "RGB"
+
+
+@functools.lru_cache(maxsize=16)
+def _transform_to_srgb(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """Built once per profile (training reads thousands of photos that share one);
+    None without a profile, for sRGB itself, and for profiles that do not work."""
+    if not profile:
+        return None
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-        converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode=mode)
+        if "sRGB" in ImageCms.getProfileDescription(source):
+            return None
+        return ImageCms.buildTransform(source, _SRGB, mode, "RGB")
     except (OSError, ImageCms.PyCMSError):
-        return image.convert(mode)
-    return converted if converted is not None else image.convert(mode)
+        return None
 
 
 def image_to_tensor(image: Image.Image) -> LoadedImage:
@@ -192,11 +217,10 @@ def load_animation(path: Path, max_pixels: int | None = None) -> Animation | Non
     """``path``'s frames if it is animated (more than one frame), else None.
     ``max_pixels`` bounds all frames' pixels together, as a decompression bomb
     may hide in a frame count as well as in a size."""
-    width, height = open_image(path, max_pixels).size  # checks the file and its first frame
-    with _open_unchecked(path) as header:
-        frames = getattr(header, "n_frames", 1)
+    frames = _frame_count(path)
     if frames < 2:
         return None
+    width, height = open_image(path, max_pixels).size  # checks the file and its first frame
     limit = max_pixels if max_pixels is not None else max_pixels_setting()
     if width * height * frames > limit:
         raise StylizeError(
@@ -217,6 +241,16 @@ def load_animation(path: Path, max_pixels: int | None = None) -> Animation | Non
     return Animation([_opaque_if_so(frame) for frame, _ in shown], durations, loop)
 
 
+def _frame_count(path: Path) -> int:
+    """The frames a file's header announces, without decoding a pixel; 1 for a
+    file Pillow cannot open (``open_image`` then says why)."""
+    try:
+        with _open_unchecked(path) as header:
+            return int(getattr(header, "n_frames", 1))
+    except (OSError, SyntaxError, ValueError):
+        return 1
+
+
 def _opaque_if_so(image: LoadedImage) -> LoadedImage:
     """Drop an alpha channel that is opaque everywhere."""
     if image.alpha is not None and bool((image.alpha >= 1).all()):
@@ -234,6 +268,10 @@ def save_animation(path: Path, animation: Animation) -> None:
                                   "duration": animation.durations}  # fmt: skip
     if animation.loop is not None:
         options["loop"] = animation.loop
+    if any(frame.alpha is not None for frame in animation.frames):
+        # Each frame replaces the one before, transparent pixels included (GIF's
+        # default lets them pile up); Pillow's lossy animated WebP drops alpha.
+        options.update({"GIF": {"disposal": 2}, "WEBP": {"lossless": True}}.get(fmt, {}))
     with atomic_path(path) as temporary:
         first.save(temporary, format=fmt, **options)
 
@@ -307,10 +345,12 @@ def resize_long_side(images: torch.Tensor, long_side: int) -> torch.Tensor:
     return resize(images, scaled_size(height, width, long_side / max(height, width))).clamp(0, 1)
 
 
-def shrink_to_fit(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Shrink (never enlarge) into a width x height box, keeping the aspect ratio."""
+def fit_into(images: torch.Tensor, width: int, height: int, enlarge: bool = False) -> torch.Tensor:
+    """Scale into a width x height box, keeping the aspect ratio; smaller
+    images stay as they are unless ``enlarge``."""
     h, w = images.shape[-2:]
-    return resize(images, scaled_size(h, w, min(width / w, height / h, 1.0))).clamp(0, 1)
+    scale = min(width / w, height / h)
+    return resize(images, scaled_size(h, w, scale if enlarge else min(scale, 1.0))).clamp(0, 1)
 
 
 THUMBNAIL_SIZE = 256

@@ -182,6 +182,28 @@ def test_animations_are_stylized_frame_by_frame_with_their_timing(
         assert np.abs(shown.astype(int) - expected).mean() > 2 * tolerance, "and far from the photo"
 
 
+@pytest.mark.parametrize("suffix", [".gif", ".webp", ".png"])
+def test_each_animation_frame_keeps_its_own_transparency(cli, tmp_path: Path, model_file: Path, suffix: str) -> None:
+    frames = []
+    for index in range(3):  # a photo with a clear hole that moves right
+        alpha = np.full((24, 32), 255, np.uint8)
+        alpha[8:16, 8 * index : 8 * index + 8] = 0
+        frames.append(Image.fromarray(np.dstack([photo(24, 32, seed=index), alpha])))
+    exact = {".webp": {"lossless": True}, ".gif": {"disposal": 2}}.get(suffix, {})
+    frames[0].save(tmp_path / f"anim{suffix}", save_all=True, append_images=frames[1:], duration=100, loop=0, **exact)
+    result = cli("image", tmp_path / f"anim{suffix}", "--model", model_file, "--out", tmp_path / f"out{suffix}")
+    assert result.code == 0, result.err
+    with Image.open(tmp_path / f"out{suffix}") as written:
+        holes = [
+            np.argwhere(np.asarray(frame.convert("RGBA"))[..., 3] < 128) for frame in ImageSequence.Iterator(written)
+        ]
+    assert [hole.min(axis=0).tolist() + hole.max(axis=0).tolist() for hole in holes] == [
+        [8, 8 * index, 15, 8 * index + 7] for index in range(3)
+    ]
+    if suffix == ".webp":  # and the file says so (the VP8X header's alpha flag), for viewers that ask it
+        assert (tmp_path / "out.webp").read_bytes()[20] & 0x10
+
+
 def test_an_animation_to_a_still_format_is_refused_in_one_line(cli, tmp_path: Path, model_file: Path) -> None:
     frames = [Image.fromarray(photo(24, 32, seed=seed)) for seed in range(2)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)

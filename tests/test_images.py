@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from PIL import Image, ImageCms, ImageFile
 from stylize import StylizeError, load_image, save_image
 from stylize.images import expand_inputs, find_images, max_pixels_setting, resize_long_side
 
-from .helpers import SRGB_BLUE, SRGB_GREEN, SRGB_RED, cmyk_profile, matrix_rgb_profile, photo
+from .helpers import SRGB_BLUE, SRGB_GREEN, SRGB_RED, cmyk_profile, icc_profile, matrix_rgb_profile, photo
 
 
 def test_rgb_becomes_nchw_float_in_unit_range(tmp_path: Path) -> None:
@@ -88,20 +90,59 @@ def test_results_are_written_as_srgb(tmp_path: Path) -> None:
             assert "sRGB" in ImageCms.getProfileDescription(profile)
 
 
-@pytest.mark.parametrize("full", [1.0, 255.0, 65535.0])
-def test_floating_point_images_are_scaled_from_their_range(tmp_path: Path, full: float) -> None:
-    values = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+@pytest.mark.parametrize(("full", "top"), [(1.0, 1.0), (1.0, 1.02), (255.0, 1.0), (65535.0, 1.0)])
+def test_floating_point_images_are_scaled_from_their_range(tmp_path: Path, full: float, top: float) -> None:
+    values = np.linspace(0, top, 12, dtype=np.float32).reshape(3, 4)
     Image.fromarray(values * full, mode="F").save(tmp_path / "float.tif")
     rgb = load_image(tmp_path / "float.tif").rgb
     assert rgb.shape == (1, 3, 3, 4)
-    torch.testing.assert_close(rgb[0], torch.from_numpy(values).expand(3, 3, 4), atol=1e-6, rtol=0)
+    expected = torch.from_numpy(values).clamp(max=1).expand(3, 3, 4)  # a 0..1 image's overshoot is clipped
+    torch.testing.assert_close(rgb[0], expected, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize(("low", "high"), [(-1.0, 3.0), (0.0, 1e6), (0.0, float("nan"))])
-def test_floating_point_images_of_no_known_range_are_refused(tmp_path: Path, low: float, high: float) -> None:
+@pytest.mark.parametrize(
+    ("low", "high", "message"),
+    [(-1.0, 3.0, "floating-point pixels from -1 to 3: not a range"),
+     (0.0, 1e6, "floating-point pixels from 0 to 1e+06: not a range"),
+     (0.0, float("nan"), "floating-point pixels that are not numbers")],
+)  # fmt: skip
+def test_floating_point_images_of_no_known_range_are_refused(
+    tmp_path: Path, low: float, high: float, message: str
+) -> None:
     Image.fromarray(np.array([[low, high]], np.float32), mode="F").save(tmp_path / "hdr.tif")
-    with pytest.raises(StylizeError, match=r"cannot read .*hdr\.tif: floating-point pixels from"):
+    with pytest.raises(StylizeError, match=rf"cannot read .*hdr\.tif: {re.escape(message)}"):
         load_image(tmp_path / "hdr.tif")
+
+
+def test_a_grey_profile_and_transparency_are_kept_through_the_conversion(tmp_path: Path) -> None:
+    # Grey in linear light: 128 is half the light, which sRGB writes as 188.
+    linear = icc_profile(b"mntr", b"GRAY", b"XYZ ", {b"kTRC": b"curv" + bytes(4) + struct.pack(">I", 0)})
+    grey = np.dstack([np.full((4, 6), 128, np.uint8), np.tile(np.array([0, 255], np.uint8), (4, 3))])
+    Image.fromarray(grey, mode="LA").save(tmp_path / "grey.png", icc_profile=linear)
+    image = load_image(tmp_path / "grey.png")
+    assert np.abs(image.rgb[0].numpy() * 255 - 188).max() < 2
+    assert torch.equal(image.alpha[0, 0], torch.from_numpy(grey[..., 1] / 255).float())
+    # A colour key (tRNS) on an RGB image with a profile: still transparent where it was.
+    rotated = matrix_rgb_profile(SRGB_GREEN, SRGB_BLUE, SRGB_RED)
+    Image.fromarray(np.full((4, 6, 3), [255, 0, 0], np.uint8)).save(
+        tmp_path / "keyed.png", icc_profile=rotated, transparency=(255, 0, 0)
+    )
+    keyed = load_image(tmp_path / "keyed.png")
+    assert keyed.alpha is not None and float(keyed.alpha.max()) == 0
+    assert np.abs(_levels_of(keyed.rgb) - [0, 255, 0]).max() < 3
+
+
+def _levels_of(rgb: torch.Tensor) -> np.ndarray:
+    return rgb[0].mean(dim=(1, 2)).numpy() * 255
+
+
+def test_the_same_picture_gives_the_same_file(tmp_path: Path) -> None:
+    picture = torch.rand(1, 3, 6, 8)
+    for name in ("a.png", "b.png"):
+        save_image(tmp_path / name, picture)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    with Image.open(tmp_path / "a.png") as written:  # no creation date in the profile: any day, the same bytes
+        assert written.info["icc_profile"][24:36] == bytes(12)
 
 
 def test_sixteen_bit_grayscale_keeps_its_range(tmp_path: Path) -> None:

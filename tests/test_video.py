@@ -240,25 +240,35 @@ def test_a_picture_size_change_midstream_is_fitted_with_its_aspect_kept(
     assert (luma(styled[:1]) - luma(first)).abs().mean() * 255 < 2, "frames of the first size are as they were"
 
 
+def test_timestamps_that_jump_back_are_shifted_to_follow_on(cli, model_file: Path, tmp_path: Path) -> None:
+    source = tmp_path / "joined.ts"  # two recordings joined end to end, each starting at its own zero
+    source.write_bytes(_ts_part(64, 48, 0, 5) + _ts_part(64, 48, 0, 5))
+    result = cli("video", source, "--model", model_file, "--out", tmp_path / "o.mkv", "--no-compile")
+    assert result.code == 0, result.err
+    times = decode(tmp_path / "o.mkv")[1]
+    assert len(times) == 10 and np.allclose(np.diff(times), 1 / FPS, atol=1e-3)
+
+
 def decode_all_sizes(path: Path) -> list[torch.Tensor]:
     with av.open(str(path)) as container:
         return [torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None].float() / 255
                 for frame in container.decode(video=0)]  # fmt: skip
 
 
-def make_camera_avi(path: Path, frames: int = FRAMES) -> Path:
-    """MJPEG video with stereo 16-bit PCM sound, as cameras write."""
+def make_camera_avi(path: Path, frames: int = FRAMES, layout: str = "stereo") -> Path:
+    """MJPEG video with 16-bit PCM sound (stereo unless told), as cameras write."""
     with av.open(str(path), "w") as container:
         video = container.add_stream("mjpeg", rate=FPS)
         video.width, video.height, video.pix_fmt = 64, 48, "yuvj420p"
-        audio = container.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="stereo")
+        audio = container.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout=layout)
+        channels = audio.codec_context.layout.nb_channels
         for index in range(frames):
             pixels = np.full((48, 64, 3), 8 * index, np.uint8)
             container.mux(video.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
         samples = SAMPLE_RATE * frames // FPS
         tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(samples) / SAMPLE_RATE)).astype(np.int16)
-        sound = av.AudioFrame.from_ndarray(np.repeat(tone[None], 2, axis=0).T.reshape(1, -1).copy(), format="s16",
-                                           layout="stereo")  # fmt: skip
+        sound = av.AudioFrame.from_ndarray(np.repeat(tone[None], channels, axis=0).T.reshape(1, -1).copy(),
+                                           format="s16", layout=layout)  # fmt: skip
         sound.sample_rate, sound.pts = SAMPLE_RATE, 0
         container.mux(audio.encode(sound))
         container.mux(audio.encode(None))
@@ -279,11 +289,15 @@ def sound_seconds(path: Path) -> float:
         return sum(frame.samples for frame in frames) / frames[0].sample_rate
 
 
-@pytest.mark.parametrize(("suffix", "codec"), [(".mp4", "aac"), (".webm", "opus"), (".mov", "pcm_s16le")])
+@pytest.mark.parametrize(
+    ("suffix", "codec", "layout"),
+    [(".mp4", "aac", "stereo"), (".webm", "opus", "stereo"), (".mov", "pcm_s16le", "stereo"), (".webm", "opus", "2.1"),
+     (".webm", "opus", "mono")],
+)  # fmt: skip
 def test_sound_a_container_cannot_hold_is_encoded_again(
-    cli, model_file: Path, tmp_path: Path, suffix: str, codec: str
+    cli, model_file: Path, tmp_path: Path, suffix: str, codec: str, layout: str
 ) -> None:
-    camera = make_camera_avi(tmp_path / "camera.avi")
+    camera = make_camera_avi(tmp_path / "camera.avi", layout=layout)
     out = tmp_path / f"out{suffix}"
     result = cli("video", camera, "--model", model_file, "--out", out, "--no-compile")
     assert result.code == 0, result.err
@@ -294,9 +308,10 @@ def test_sound_a_container_cannot_hold_is_encoded_again(
     )
     assert f"sound: {said};" in result.out
     assert audio_streams(out)[0][0] == codec
-    # Within one codec frame (AAC: 1024 samples) of the source's, and the tone as loud.
+    # Within one codec frame (AAC: 1024 samples) of the source's, and the tone about as loud
+    # (2.1 becomes Opus's 3.0: the low-frequency channel is mixed into the others).
     assert sound_seconds(out) == pytest.approx(sound_seconds(camera), abs=1024 / SAMPLE_RATE + 0.01)
-    assert sound_rms(out) == pytest.approx(sound_rms(camera), rel=0.1)
+    assert sound_rms(out) == pytest.approx(sound_rms(camera), rel=0.25)
     assert decode(out)[0].shape == (FRAMES, 3, 48, 64)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from stylize.errors import InvalidSetting, StylizeError
 from stylize.fileio import atomic_path, format_for_extension, refuse_overwriting
-from stylize.images import from_uint8_nhwc, resize, scaled_size, to_uint8
+from stylize.images import fit_into, from_uint8_nhwc, resize, scaled_size, to_uint8
 from stylize.inference.controls import check_working_size
 from stylize.inference.stylizer import ImageStylizer
 
@@ -146,19 +146,27 @@ def _tensor_to_frames(images: torch.Tensor, timestamps: list[int], time_base: Fr
 
 class _Timestamps:
     """Each source frame's own timestamp, in the source's time base, so that
-    variable-rate video keeps its timing; a frame without one comes one
-    nominal frame after the last, and a repeated one a tick after it (muxers
-    refuse timestamps that do not increase)."""
+    variable-rate video keeps its timing. A frame without one comes one
+    nominal frame after the last; where the timestamps jump back (files joined
+    end to end), everything after the jump is shifted to follow on, spacing
+    kept: muxers refuse timestamps that do not increase."""
 
     def __init__(self, video: Any):
         self.time_base = Fraction(video.time_base)
         self.step = max(1, round(1 / (_rate(video) * self.time_base)))
         self.last: int | None = None
+        self.shift = 0
 
     def __call__(self, frame: Any) -> int:
-        pts = frame.pts if frame.pts is not None else (self.last + self.step if self.last is not None else 0)
-        if self.last is not None and pts <= self.last:
-            pts = self.last + 1
+        if self.last is None:
+            pts = frame.pts if frame.pts is not None else 0
+        elif frame.pts is None:
+            pts = self.last + self.step
+        else:
+            pts = frame.pts + self.shift
+            if pts <= self.last:
+                self.shift += self.last + self.step - pts
+                pts = self.last + self.step
         self.last = pts
         return pts
 
@@ -170,15 +178,14 @@ def letterbox(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(images, sides) if any(sides) else images
 
 
-def fit_inside(size: tuple[int, int], height: int, width: int) -> tuple[int, int]:
-    """(height, width) of a picture of ``size`` scaled to fit ``height`` x ``width``, aspect kept."""
-    return scaled_size(*size, min(height / size[0], width / size[1]))
-
-
 # Sound the output container cannot hold as it is gets encoded again in this
-# codec (by output extension; AAC elsewhere), with a standard channel layout.
+# codec (by output extension; AAC elsewhere), in a channel layout the encoder
+# takes for the source's number of channels (over 8: mixed down to 7.1).
 REENCODED_AUDIO = {".webm": "libopus"}
-_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+_LAYOUTS = {
+    "aac": ("mono", "stereo", "3.0", "4.0", "5.0", "5.1", "6.1", "7.1"),
+    "libopus": ("mono", "stereo", "3.0", "quad", "5.0", "5.1", "6.1", "7.1"),
+}
 # Opus takes only a few sample rates; 48 kHz is its own.
 _OPUS_RATE = 48_000
 
@@ -215,7 +222,8 @@ class SoundTrack:
             return
         codec = REENCODED_AUDIO.get(Path(destination).suffix.lower(), "aac")
         rate = _OPUS_RATE if codec == "libopus" else sound.codec_context.sample_rate
-        layout = _LAYOUTS.get(sound.codec_context.layout.nb_channels, "7.1")
+        layouts = _LAYOUTS[codec]
+        layout = layouts[min(sound.codec_context.layout.nb_channels, len(layouts)) - 1]
         self.output = writer.add_stream(codec, rate=rate, layout=layout)
         self.reencoded_from = sound.codec_context.name
 
@@ -275,7 +283,7 @@ class _StylizedStream:
         if size == self.source_size:
             images = resize(images, self.shrunk)[..., : self.height, : self.width]
         else:
-            images = resize(images, fit_inside(size, self.height, self.width)).clamp(0, 1)
+            images = fit_into(images, self.width, self.height, enlarge=True)
             self.letterboxed += len(frames)
         stylized = letterbox(self._stylize(images, first=self.done == 0), self.height, self.width)
         for frame in _tensor_to_frames(stylized, [self.timestamps(f) for f in frames], self.timestamps.time_base):

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from stylize.fileio import atomic_path
-from stylize.images import decode_thumbnail, output_format, resize_long_side, save_pil, shrink_to_fit, tensor_to_image
+from stylize.images import decode_thumbnail, fit_into, output_format, resize_long_side, save_pil, tensor_to_image
 from stylize.report.compare import CONTRAST_FACTORS, NEIGHBOURS, NEIGHBOURS_PER_BATCH, Comparison, adjust_contrast
 from stylize.report.drawing import BACKGROUND, FAINT_INK, draw_lines, fit_text, font, line_height, wrap
 
@@ -163,7 +163,7 @@ def render_sheet(comparison: Comparison) -> Image.Image:
         left = layout.column_left(column)
         thumbnail = decode_thumbnail(report.info.style_thumbnail)
         if thumbnail is not None:
-            _paste(sheet, shrink_to_fit(thumbnail, layout.cell_width, layout.thumbnail_height), (left, header_top))
+            _paste(sheet, fit_into(thumbnail, layout.cell_width, layout.thumbnail_height), (left, header_top))
         else:
             draw_lines(draw, (left, header_top), wrap("(no style image in the model file)", text, layout.cell_width),
                        text, FAINT_INK)  # fmt: skip
