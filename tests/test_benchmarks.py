@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks import common, memory, precision, process, speed, train
+from benchmarks import common, memory, optimise, precision, process, speed, train
 from stylize.model.network import ReflectConv
 
 from .helpers import photo, photo_tensor, random_network
@@ -76,6 +77,21 @@ def test_train_benchmark_times_every_path_against_the_reference(
         reference = size_rows[0]["images_per_s"]
         assert all(row["speedup"] == pytest.approx(row["images_per_s"] / reference) for row in size_rows)
     assert all(row["images_per_s"] > 0 for row in rows)
+
+
+def test_optimise_benchmark_times_both_paths_to_the_same_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vgg_weights: Path, style_image: Path
+) -> None:
+    out = tmp_path / "optimise.json"
+    _run(optimise, monkeypatch, "--loss-network-weights", str(vgg_weights), "--style", str(style_image),
+         "--style-layers", "relu1_2,relu2_2", "--content-layer", "relu2_2", "--sizes", "64", "--steps", "3",
+         "--reference-steps", "4", "--out", str(out))  # fmt: skip
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["size"] == [48, 64] and set(row["seconds"]) == {"reference", "stylize", "stylize_to_reference_loss"}
+    assert row["seconds"]["reference"] > 0 and row["final_loss"]["reference"] > 0
+    reached = row["seconds"]["stylize_to_reference_loss"]  # NaN if never
+    assert math.isnan(reached) or reached <= row["seconds"]["stylize"]
+    assert row["speedup_to_reference_loss"] == pytest.approx(row["seconds"]["reference"] / reached, nan_ok=True)
 
 
 def test_without_native_bf16_the_train_benchmark_runs_every_row_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:

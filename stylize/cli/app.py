@@ -20,9 +20,10 @@ from stylize.cli.outputs import default_video_output, plan_outputs, result_name
 from stylize.devices import DEFAULT_DEVICE, DEVICE_CHOICES
 from stylize.errors import InvalidSetting, StylizeError, TrainingInterrupted
 from stylize.fileio import check_writable, refuse_overwriting
-from stylize.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, expand_inputs, output_format
+from stylize.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, expand_inputs, load_image, output_format
 from stylize.inference.controls import MAX_SCALE, StyleControls
 from stylize.inference.exported import EXPORT_FORMATS, SUFFIXES, check_format, export_model
+from stylize.inference.optimization import OPTIMIZERS, LevelReport, OptimizationSettings, StyleImage, StyleOptimizer
 from stylize.inference.stylizer import (
     AUTO_TILE_PIXELS,
     AUTO_TILE_ROWS,
@@ -41,6 +42,7 @@ from stylize.report.sheet import numbers_path, write_sheet
 from stylize.training.config import CPU_RECIPE, GPU_RECIPE, TrainConfig, plan_norm_runs
 from stylize.training.distributed import rank_label
 from stylize.training.loop import StepReport, train_norms
+from stylize.training.losses import LossWeights
 from stylize.training.schedule import LR_SCHEDULES
 from stylize.training.vgg import DEFAULT_CONTENT_LAYER, loss_network_names
 from stylize.version import VERSION
@@ -89,6 +91,29 @@ def _root(
     ] = False,
 ) -> None:
     """Fast neural style transfer with switchable normalization."""
+
+
+# Options that train and image --style share.
+LossNetworkOption = Annotated[str, typer.Option(help=f"VGG for the loss: {', '.join(loss_network_names())}.")]
+LossNetworkWeightsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--loss-network-weights",
+        "--loss-weights",
+        help="Torchvision-format VGG state dict; default: download torchvision's ImageNet weights.",
+    ),
+]
+
+
+ContentLayerOption = Annotated[str, typer.Option(help="VGG layer of the content loss.")]
+StyleLayersOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Comma-separated VGG layers of the style loss, each optionally LAYER:WEIGHT "
+        "(relu1_2:4,relu2_2; a layer without a weight weighs 1); default: the last ReLU of blocks 1-4, "
+        "the first at 0.25 (at 1 it paints saturated blobs)."
+    ),
+]
 
 
 @app.command()
@@ -145,26 +170,10 @@ def train(
             help="Start from a trained model (bundled name or file) of the same norm: a new style in minutes."
         ),
     ] = None,
-    loss_network: Annotated[
-        str, typer.Option(help=f"VGG for the loss: {', '.join(loss_network_names())}.")
-    ] = TrainConfig.loss_network,
-    loss_network_weights: Annotated[
-        Path | None,
-        typer.Option(
-            "--loss-network-weights",
-            "--loss-weights",
-            help="Torchvision-format VGG state dict; default: download torchvision's ImageNet weights.",
-        ),
-    ] = None,
-    content_layer: Annotated[str, typer.Option(help="VGG layer of the content loss.")] = DEFAULT_CONTENT_LAYER,
-    style_layers: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated VGG layers of the style loss, each optionally LAYER:WEIGHT "
-            "(relu1_2:4,relu2_2; a layer without a weight weighs 1); default: the last ReLU of blocks 1-4, "
-            "the first at 0.25 (at 1 it paints saturated blobs)."
-        ),
-    ] = None,
+    loss_network: LossNetworkOption = TrainConfig.loss_network,
+    loss_network_weights: LossNetworkWeightsOption = None,
+    content_layer: ContentLayerOption = DEFAULT_CONTENT_LAYER,
+    style_layers: StyleLayersOption = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = TrainConfig.device,
     seed: Annotated[int, typer.Option(help="Seed for weights, data order and crops.")] = TrainConfig.seed,
     workers: Annotated[
@@ -312,34 +321,110 @@ def image(
     preserve_color: PreserveColorOption = False,
     strength: StrengthOption = StyleControls.strength,
     scale: ScaleOption = StyleControls.scale,
+    style: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Instead of --model: a painting to stylize with by optimising each photo's pixels (Gatys et al.; "
+            "minutes, no training). PATH or PATH:WEIGHT; repeat to blend paintings."
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="--style: optimiser steps at each level.")] = OptimizationSettings.steps,
+    levels: Annotated[
+        int, typer.Option(help="--style: coarse-to-fine levels (3: quarter, half, then full size).")
+    ] = OptimizationSettings.levels,
+    optimizer: Annotated[
+        str, typer.Option(help=f"--style: {' or '.join(OPTIMIZERS)}.")
+    ] = OptimizationSettings.optimizer,
+    content_weight: Annotated[float, typer.Option(help="--style: content loss weight.")] = LossWeights.content,
+    style_weight: Annotated[float, typer.Option(help="--style: style loss weight.")] = LossWeights.style,
+    tv_weight: Annotated[float, typer.Option(help="--style: total variation weight.")] = LossWeights.tv,
+    style_size: Annotated[
+        int | None, typer.Option(help="--style: long side of the paintings, px; default: the photo's.")
+    ] = None,
+    loss_network: LossNetworkOption = OptimizationSettings.loss_network,
+    loss_network_weights: LossNetworkWeightsOption = None,
+    content_layer: ContentLayerOption = DEFAULT_CONTENT_LAYER,
+    style_layers: StyleLayersOption = None,
 ) -> None:
-    """Stylize images with a trained model or an exported (ONNX, TorchScript) file."""
+    """Stylize images with a trained model or an exported (ONNX, TorchScript) file, or with
+    any painting by optimisation (--style)."""
     if max_size is not None and max_size < 1:
         raise StylizeError("--max-size must be at least 1")
     if max_pixels is not None and max_pixels < 1:
         raise StylizeError("--max-pixels must be at least 1")
     found = expand_inputs(inputs)
-    settings = InferenceSettings(precision=precision, compile=use_compile, tile=tile)
     controls = StyleControls(preserve_color=preserve_color, strength=strength, scale=scale)
-    stylizer = _load_stylizer(model, device, settings, controls, images=len(found))
-    pairs = plan_outputs(found, out, stylizer.name)
+    with ProgressBars() as bars:
+        if style:
+            if model is not None:
+                raise StylizeError("give --model or --style, not both")
+            optimization = OptimizationSettings(
+                steps=steps, levels=levels, optimizer=optimizer, content_weight=content_weight,
+                style_weight=style_weight, tv_weight=tv_weight, style_size=style_size, loss_network=loss_network,
+                loss_network_weights=loss_network_weights, content_layer=content_layer, precision=precision,
+                device=device, **_style_layers(style_layers),
+            )  # fmt: skip
+            stylizer: ImageStylizer = _style_optimizer(style, optimization, controls, bars)
+        else:
+            settings = InferenceSettings(precision=precision, compile=use_compile, tile=tile)
+            stylizer = _load_stylizer(model, device, settings, controls, images=len(found))
+        pairs = plan_outputs(found, out, stylizer.name)
+        _stylize_files(stylizer, pairs, max_size, max_pixels, bars)
+
+
+def _style_optimizer(
+    specs: list[str], settings: OptimizationSettings, controls: StyleControls, bars: ProgressBars
+) -> ImageStylizer:
+    """``--style PATH[:WEIGHT]``s as a stylizer that optimises, its steps shown on a bar."""
+    styles = [_style_image(spec) for spec in specs]
+    task = bars.add("optimising")
+
+    def show(report: LevelReport) -> None:
+        height, width = report.size
+        bars.update(task, completed=report.step, total=report.steps, status=f"{width}x{height}  loss {report.loss:.3g}")
+
+    name = "+".join(Path(spec.rpartition(":")[0] if _weight_of(spec) is not None else spec).stem for spec in specs)
+    return StyleOptimizer(styles, settings, controls, name=name, on_step=show, on_notice=notice)
+
+
+def _weight_of(spec: str) -> float | None:
+    """The WEIGHT of ``PATH:WEIGHT``, or None when ``spec`` is a plain path."""
+    _, colon, weight = spec.rpartition(":")
+    try:
+        return float(weight) if colon else None
+    except ValueError:
+        return None
+
+
+def _style_image(spec: str) -> StyleImage:
+    weight = _weight_of(spec)
+    path = Path(spec.rpartition(":")[0] if weight is not None else spec)
+    return StyleImage(load_image(path).rgb, 1.0 if weight is None else weight)
+
+
+def _stylize_files(
+    stylizer: ImageStylizer, pairs: list[tuple[Path, Path]], max_size: int | None, max_pixels: int | None,
+    bars: ProgressBars,
+) -> None:  # fmt: skip
+    """Stylize every (source, destination); bad files among many are listed at the end (exit 2)."""
     plain = {source: result_name(source, stylizer.name) for source, _ in pairs}
     renamed = [f"{source} -> {result.name}" for source, result in pairs if result.name != plain[source]]
     if len(pairs) > 1 and renamed:
         notice(f"{len(renamed)} results renamed so that none replaces another: {', '.join(renamed)}")
     if len(pairs) == 1:
         stylizer.stylize_file(*pairs[0], max_size, max_pixels)
+        bars.stop()
         typer.echo(f"wrote {pairs[0][1]}")
         return
     failures: list[tuple[Path, str]] = []
-    with ProgressBars() as bars:
-        task = bars.add("stylizing", total=len(pairs))
-        for source, destination in pairs:
-            try:
-                stylizer.stylize_file(source, destination, max_size, max_pixels)
-            except StylizeError as error:
-                failures.append((source, str(error).replace(str(source), source.name)))
-            bars.update(task, advance=1, status=source.name)
+    task = bars.add("stylizing", total=len(pairs))
+    for source, destination in pairs:
+        try:
+            stylizer.stylize_file(source, destination, max_size, max_pixels)
+        except StylizeError as error:
+            failures.append((source, str(error).replace(str(source), source.name)))
+        bars.update(task, advance=1, status=source.name)
+    bars.stop()
     typer.echo(f"wrote {len(pairs) - len(failures)} of {len(pairs)} images")
     if failures:
         table = Table("file", "problem", title=f"{len(failures)} of {len(pairs)} images failed", title_justify="left")

@@ -47,9 +47,13 @@ class ProgressBars:
         self._progress.start()  # does nothing once started
         self._progress.update(task, **fields)
 
+    def stop(self) -> None:
+        """Take the bars off the screen's live area, so that what is printed next follows them."""
+        if self._progress.live.is_started:
+            self._progress.stop()
+
     def __enter__(self) -> ProgressBars:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._progress.live.is_started:
-            self._progress.stop()
+        self.stop()

@@ -52,7 +52,7 @@ from stylize.training.distributed import (
 )
 from stylize.training.losses import perceptual_loss, style_targets
 from stylize.training.schedule import learning_rate
-from stylize.training.vgg import LossNetwork, imagenet_weights_cached
+from stylize.training.vgg import LossNetwork, announce_download
 from stylize.version import VERSION
 
 # Reading losses back from a GPU waits for it; do that once per this many steps.
@@ -241,12 +241,7 @@ def _loss_network(
 ) -> tuple[LossNetwork, dict[str, torch.Tensor]]:
     """The frozen VGG in the training dtype, and the style's Gram matrices, computed once."""
     layers = tuple(config.style_layer_weighting)
-    if (
-        on_notice is not None
-        and config.loss_network_weights is None
-        and not imagenet_weights_cached(config.loss_network)
-    ):
-        on_notice(f"downloading torchvision's ImageNet {config.loss_network} weights (about 530 MB, once)")
+    announce_download(config.loss_network, config.loss_network_weights, on_notice)
     network = LossNetwork(config.loss_network, [config.content_layer, *layers], config.loss_network_weights)
     network = network.to(device, memory_format=memory_format(device))
     if dtype != torch.float32:  # frozen, so cast once instead of at every call

@@ -8,7 +8,7 @@ start-up, which commands that never build one should not pay.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,12 @@ def imagenet_weights_cached(name: str) -> bool:
     building the loss network needs no network access."""
     url = _imagenet_weights(name).url
     return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
+
+
+def announce_download(name: str, weights_file: Path | None, on_notice: Callable[[str], None] | None) -> None:
+    """Tell ``on_notice`` when building the loss network ``name`` will download its weights."""
+    if on_notice is not None and weights_file is None and not imagenet_weights_cached(name):
+        on_notice(f"downloading torchvision's ImageNet {name} weights (about 530 MB, once)")
 
 
 def _download_state_dict(name: str) -> dict[str, torch.Tensor]:
