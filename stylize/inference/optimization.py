@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -114,7 +114,6 @@ class LevelReport:
     level: int
     size: tuple[int, int]  # (height, width) of this level
     loss: float
-    terms: dict[str, float] = field(default_factory=dict)
 
 
 def level_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]]:
@@ -141,7 +140,6 @@ class StyleOptimizer(ImageStylizer):
         self.styles, self.settings, self.controls = list(styles), settings, controls
         self._name = name or "style"
         self.on_step = on_step
-        self.sizes: list[tuple[int, int]] = []  # the levels of the photo being optimised
         self.device = resolve_device(settings.device)
         self.dtype = compute_dtype(settings.precision, self.device)
         layers = (settings.content_layer, *settings.layer_weights)
@@ -160,7 +158,7 @@ class StyleOptimizer(ImageStylizer):
 
     def optimize(self, photo: torch.Tensor) -> torch.Tensor:
         """One photo (1x3xHxW in [0, 1]) -> its stylization, the same size, in [0, 1]."""
-        self.sizes = sizes = level_sizes(*photo.shape[-2:], self.settings.levels)
+        sizes = level_sizes(*photo.shape[-2:], self.settings.levels)
         photo = photo.to(self.device, torch.float32)
         change = torch.zeros_like(photo[..., :1, :1])
         for level, size in enumerate(sizes):
@@ -202,7 +200,7 @@ class StyleOptimizer(ImageStylizer):
             traced = photo.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
             content = {layer: value.detach() for layer, value in self.loss_network(traced).items()}
         pixels = start.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
-        loss = _LevelLoss(self, pixels, content, targets)
+        loss = _LevelLoss(self, pixels, content, targets, level, len(sizes))
         if settings.steps and settings.optimizer == "adam":
             adam = torch.optim.Adam([pixels], lr=ADAM_LR)
             for _ in range(settings.steps):
@@ -228,9 +226,11 @@ class _LevelLoss:
         pixels: torch.Tensor,
         content: dict[str, torch.Tensor],
         targets: dict[str, torch.Tensor],
+        level: int,
+        levels: int,
     ):
         self.owner, self.pixels, self.content, self.targets = optimizer, pixels, content, targets
-        self.level = next(i for i, size in enumerate(optimizer.sizes) if size == tuple(pixels.shape[-2:]))
+        self.level, self.levels = level, levels
         self.evaluations = 0
 
     def __call__(self) -> torch.Tensor:
@@ -255,4 +255,4 @@ class _LevelLoss:
     def report(self, evaluations: int, value: float) -> LevelReport:
         steps = self.owner.settings.steps
         size = tuple(self.pixels.shape[-2:])
-        return LevelReport(self.level * steps + evaluations, steps * len(self.owner.sizes), self.level, size, value)
+        return LevelReport(self.level * steps + evaluations, steps * self.levels, self.level, size, value)
