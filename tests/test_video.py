@@ -109,8 +109,11 @@ def test_batch_size_does_not_change_the_frames(cli, clip: Path, model_file: Path
         assert cli("video", clip, "--model", model_file, "--out", tmp_path / f"b{batch}.mp4", *args).code == 0
     one, eight = decode(tmp_path / "b1.mp4")[0], decode(tmp_path / "b8.mp4")[0]
     assert one.shape == eight.shape == (FRAMES, 3, 48, 64)
-    # Lossless encoding; the only differences are float rounding flips of one level.
-    assert (luma(one) - luma(eight)).abs().max() * 255 <= 1.5
+    # Lossless luma. Kernels differ by batch shape (and torch release), so float rounding
+    # flips a level here and there, which 4:2:0's shared colour spreads to neighbours;
+    # a wrong frame differs by tens of levels.
+    difference = (luma(one) - luma(eight)).abs() * 255
+    assert difference.max() <= 3 and difference.mean() < 0.1
 
 
 def test_no_audio_max_size_and_odd_sides(cli, model_file: Path, tmp_path: Path) -> None:
