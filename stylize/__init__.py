@@ -30,6 +30,7 @@ _MODULES = {
     "stylize.training.vgg": ("LossNetwork",),
     "stylize.inference.controls": ("StyleControls",),
     "stylize.inference.exported": ("ExportedNetwork", "export_model"),
+    "stylize.inference.optimization": ("OptimizationSettings", "StyleImage", "StyleOptimizer"),
     "stylize.inference.stylizer": ("ImageStylizer", "InferenceSettings", "Stylizer", "load_stylizer"),
     "stylize.inference.video": ("VideoSettings", "stylize_video"),
     "stylize.report.compare": ("CompareSettings", "Comparison", "compare"),
