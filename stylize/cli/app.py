@@ -376,30 +376,25 @@ def _style_optimizer(
     specs: list[str], settings: OptimizationSettings, controls: StyleControls, bars: ProgressBars
 ) -> ImageStylizer:
     """``--style PATH[:WEIGHT]``s as a stylizer that optimises, its steps shown on a bar."""
-    styles = [_style_image(spec) for spec in specs]
+    paintings = [_style_spec(spec) for spec in specs]
+    styles = [StyleImage(load_image(path).rgb, weight) for path, weight in paintings]
     task = bars.add("optimising")
 
     def show(report: LevelReport) -> None:
         height, width = report.size
         bars.update(task, completed=report.step, total=report.steps, status=f"{width}x{height}  loss {report.loss:.3g}")
 
-    name = "+".join(Path(spec.rpartition(":")[0] if _weight_of(spec) is not None else spec).stem for spec in specs)
+    name = "+".join(path.stem for path, _ in paintings)
     return StyleOptimizer(styles, settings, controls, name=name, on_step=show, on_notice=notice)
 
 
-def _weight_of(spec: str) -> float | None:
-    """The WEIGHT of ``PATH:WEIGHT``, or None when ``spec`` is a plain path."""
-    _, colon, weight = spec.rpartition(":")
+def _style_spec(spec: str) -> tuple[Path, float]:
+    """``PATH`` or ``PATH:WEIGHT`` -> (path, weight); a path may hold colons of its own."""
+    head, colon, tail = spec.rpartition(":")
     try:
-        return float(weight) if colon else None
+        return (Path(head), float(tail)) if colon else (Path(spec), 1.0)
     except ValueError:
-        return None
-
-
-def _style_image(spec: str) -> StyleImage:
-    weight = _weight_of(spec)
-    path = Path(spec.rpartition(":")[0] if weight is not None else spec)
-    return StyleImage(load_image(path).rgb, 1.0 if weight is None else weight)
+        return Path(spec), 1.0
 
 
 def _stylize_files(
