@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from stylize import load_model, save_model
-from stylize.images import encode_thumbnail, load_image, to_uint8
+from stylize.images import encode_thumbnail, load_image, resize_long_side, to_uint8
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.report.compare import (
     CONTRAST_FACTORS,
@@ -22,6 +22,8 @@ from stylize.report.compare import (
     mean_abs_difference,
 )
 from stylize.report.sheet import SheetLayout, norm_label, render_sheet, sheet_rows
+from stylize.training.losses import style_loss, style_targets
+from stylize.training.vgg import LossNetwork
 
 from .helpers import photo, photo_tensor, write_model
 
@@ -226,10 +228,25 @@ def test_losses_are_measured_as_the_model_was_trained(
         "style_size": 32,
     }
     model = write_model(tmp_path / "m.safetensors", training=record)
-    report = compare(contents, [model], CompareSettings(size=32, device="cpu")).reports[0]
+    comparison = compare(contents, [model], CompareSettings(size=32, device="cpu"))
+    report = comparison.reports[0]
     assert report.content_loss is not None and report.content_loss > 0
     assert report.style_loss is not None and report.style_loss > 0
     assert report.loss_source == "vgg16 (vgg16-small.pth), style image"
+    # The strength: the outputs' style loss over the photos' own, in all and per layer.
+    network = LossNetwork("vgg16", ["relu1_2", "relu2_2"], vgg_weights)
+    with torch.no_grad():
+        targets = style_targets(network(resize_long_side(load_image(style_image).rgb, 32)), ["relu1_2", "relu2_2"])
+        photos = [network(image) for image in comparison.contents]
+        outputs = [network(run.plain) for run in comparison.outputs[0]]
+        for layers in (None, ["relu1_2"], ["relu2_2"]):
+            chosen = {layer: targets[layer] for layer in layers or targets}
+            ratio = sum(float(style_loss(f, chosen)) for f in outputs) / sum(
+                float(style_loss(f, chosen)) for f in photos
+            )
+            measured = report.style_vs_photo if layers is None else report.style_vs_photo_per_layer[layers[0]]
+            assert measured == pytest.approx(ratio, rel=1e-5)
+    assert set(report.style_vs_photo_per_layer) == {"relu1_2", "relu2_2"}
 
     # Without the style image file the thumbnail in the model stands in; without weights, no numbers.
     thumbnail = encode_thumbnail(load_image(style_image).rgb)

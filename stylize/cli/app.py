@@ -558,7 +558,7 @@ def compare(
         comparison = run_comparison(contents, model, settings, on_model=show)
     numbers = write_sheet(comparison, out)
     table = Table("model", "norm", "Δ contrast", "Δ batch", "Δ train/eval", "lattice", "content loss", "style loss",
-                  title="output change (Δ): mean |difference|, 0..255")  # fmt: skip
+                  "style vs photo", title="output change (Δ): mean |difference|, 0..255")  # fmt: skip
     for report in comparison.reports:
         table.add_row(report.info.name, report.info.config.norm, *report.shown())
     print_table(table)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from stylize.images import decode_thumbnail, load_image, resize_long_side
 from stylize.inference.stylizer import InferenceSettings, Stylizer
 from stylize.model.files import ModelInfo, load_model, resolve_models
 from stylize.model.network import MIN_SIZE
-from stylize.training.losses import content_loss, style_loss, style_targets
+from stylize.training.losses import content_loss, style_loss_per_layer, style_targets
 from stylize.training.vgg import (
     DEFAULT_CONTENT_LAYER,
     LossNetwork,
@@ -120,11 +120,16 @@ class ModelReport:
     content_loss: float | None  # unweighted, as the model's training measured it
     style_loss: float | None
     loss_source: str  # what measured the losses, or why they are missing
+    # The strength of a stylization: its style loss relative to the photo's own
+    # (1: as far from the painting's statistics as the photo, 0: there), in all
+    # and per style layer, each a ratio of sums over the content images.
+    style_vs_photo: float | None = None
+    style_vs_photo_per_layer: dict[str, float] = field(default_factory=dict)
 
     def shown(self) -> list[str]:
         """The three changes and two losses as the sheet and the CLI's table show them."""
         changes = (self.contrast_sensitivity, self.batch_sensitivity, self.train_eval_gap)
-        losses = (self.content_loss, self.style_loss)
+        losses = (self.content_loss, self.style_loss, self.style_vs_photo)
         return [
             *(f"{value:.2f}" for value in changes),
             f"{self.lattice:+.1f} dB",
@@ -143,6 +148,8 @@ class ModelReport:
             "lattice_db": round(self.lattice, 2),
             "content_loss": self.content_loss,
             "style_loss": self.style_loss,
+            "style_vs_photo": self.style_vs_photo,
+            "style_vs_photo_per_layer": self.style_vs_photo_per_layer,
             "loss_source": self.loss_source,
         }
 
@@ -215,9 +222,7 @@ class _LossMeter:
         return thumbnail, "style thumbnail"
 
     @torch.no_grad()
-    def measure(
-        self, info: ModelInfo, contents: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]
-    ) -> tuple[float | None, float | None, str]:
+    def measure(self, info: ModelInfo, contents: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> Losses:
         record = info.training
         trained_with = record.get("loss_network", "vgg16")
         name = self.settings.loss_network or trained_with
@@ -227,34 +232,65 @@ class _LossMeter:
             Path(recorded_file) if recorded_file and same_network else None
         )
         if weights is not None and not weights.is_file():
-            return None, None, f"no loss network: {weights} not found"
+            return Losses(source=f"no loss network: {weights} not found")
         if weights is None and not imagenet_weights_cached(name):
-            return None, None, f"no loss network: {name}'s ImageNet weights are not downloaded"
+            return Losses(source=f"no loss network: {name}'s ImageNet weights are not downloaded")
         content_layer = record.get("content_layer", DEFAULT_CONTENT_LAYER) if same_network else DEFAULT_CONTENT_LAYER
         recorded_layers = (record.get("style_layers") or (), record.get("style_layer_weights") or ())
         layer_weights = style_layer_weights(name, *recorded_layers) if same_network else style_layer_weights(name)
-        style_layers = tuple(layer_weights)
-        network = self._network(name, (content_layer, *style_layers), weights)
+        network = self._network(name, (content_layer, *layer_weights), weights)
         style, style_source = self._style_image(info)
-        targets = style_targets(network(style.to(self.device)), style_layers) if style is not None else None
-        content_total, style_total = 0.0, 0.0
+        targets = style_targets(network(style.to(self.device)), tuple(layer_weights)) if style is not None else None
+        content_total = 0.0
+        styles = {"output": dict.fromkeys(layer_weights, 0.0), "photo": dict.fromkeys(layer_weights, 0.0)}
         for content, output in zip(contents, outputs, strict=True):
-            content_features = network(content.to(self.device))
-            output_features = network(output.to(self.device))
-            content_total += float(content_loss(output_features[content_layer], content_features[content_layer]))
-            if targets is not None:
-                style_total += float(style_loss(output_features, targets, layer_weights))
-        measured_against = style_source if targets is not None else "no style image"
-        source = f"{name} ({weights.name if weights else 'ImageNet'}), {measured_against}"
+            features = {"photo": network(content.to(self.device)), "output": network(output.to(self.device))}
+            content_total += float(content_loss(features["output"][content_layer], features["photo"][content_layer]))
+            for image, sums in styles.items():
+                for layer, term in (style_loss_per_layer(features[image], targets) if targets else {}).items():
+                    sums[layer] += float(term)
+        source = f"{name} ({weights.name if weights else 'ImageNet'}), {style_source if targets else 'no style image'}"
+        if targets is None:
+            return Losses(content_total / len(contents), source=source)
         count = len(contents)
-        return content_total / count, (style_total / count if targets is not None else None), source
+        return Losses.of(content_total / count, styles["output"], styles["photo"], layer_weights, count, source)
+
+
+@dataclass(frozen=True)
+class Losses:
+    """What ``_LossMeter`` measured of one model's outputs (means over the photos)."""
+
+    content: float | None = None
+    style: float | None = None
+    style_vs_photo: float | None = None
+    style_vs_photo_per_layer: dict[str, float] = field(default_factory=dict)
+    source: str = ""
+
+    @classmethod
+    def of(
+        cls,
+        content: float,
+        outputs: dict[str, float],
+        photos: dict[str, float],
+        weights: dict[str, float],
+        count: int,
+        source: str,
+    ) -> Losses:
+        """From the per-layer sums, over ``count`` photos, of the outputs' and the photos' style losses."""
+        output, photo = (sum(weights[layer] * value for layer, value in sums.items()) for sums in (outputs, photos))
+        per_layer = {layer: outputs[layer] / max(photos[layer], _NONZERO) for layer in outputs}
+        return cls(content, output / count, output / max(photo, _NONZERO), per_layer, source)
+
+
+# Keeps a ratio finite where the photo already has the painting's statistics.
+_NONZERO = 1e-12
 
 
 def _report(
     info: ModelInfo,
     content_lattices: Sequence[float],
     outputs: Sequence[Stylizations],
-    losses: tuple[float | None, float | None, str],
+    losses: Losses,
 ) -> ModelReport:
     def mean(values: list[float]) -> float:
         return sum(values) / len(values)
@@ -271,9 +307,11 @@ def _report(
         lattice=mean(
             [lattice_strength(run.plain) - photo for photo, run in zip(content_lattices, outputs, strict=True)]
         ),
-        content_loss=losses[0],
-        style_loss=losses[1],
-        loss_source=losses[2],
+        content_loss=losses.content,
+        style_loss=losses.style,
+        loss_source=losses.source,
+        style_vs_photo=losses.style_vs_photo,
+        style_vs_photo_per_layer=losses.style_vs_photo_per_layer,
     )
 
 

@@ -37,6 +37,7 @@ FOOTER_LABELS = (
     "lattice (periods 2, 4 px) vs photo",
     "content loss",
     "style loss",
+    "style vs photo (1: photo, 0: painting)",
 )
 
 

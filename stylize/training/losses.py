@@ -72,17 +72,23 @@ def content_loss(output_features: torch.Tensor, input_features: torch.Tensor) ->
     return relative_mse(output_features, input_features)
 
 
+def style_loss_per_layer(
+    output_features: Mapping[str, torch.Tensor], target_grams: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Each layer's relative MSE of Gram(output) to its target, unweighted;
+    targets broadcast over the batch."""
+    return {layer: relative_mse(gram_matrix(output_features[layer]), target) for layer, target in target_grams.items()}
+
+
 def style_loss(
     output_features: Mapping[str, torch.Tensor],
     target_grams: Mapping[str, torch.Tensor],
     layer_weights: Mapping[str, float] | None = None,
 ) -> torch.Tensor:
-    """Sum over layers of the relative MSE of Gram(output) to the target, each
-    times its layer weight (default 1); targets broadcast over the batch."""
+    """Sum over layers of ``style_loss_per_layer``, each times its layer weight (default 1)."""
     total = torch.zeros((), device=next(iter(target_grams.values())).device)
-    for layer, target in target_grams.items():
-        weight = 1.0 if layer_weights is None else layer_weights.get(layer, 1.0)
-        total = total + weight * relative_mse(gram_matrix(output_features[layer]), target)
+    for layer, term in style_loss_per_layer(output_features, target_grams).items():
+        total = total + (1.0 if layer_weights is None else layer_weights.get(layer, 1.0)) * term
     return total
 
 
