@@ -156,10 +156,11 @@ def to_srgb(image: Image.Image, mode: str) -> Image.Image:
     Alpha (a channel or a transparent colour) is kept aside, as LittleCMS
     converts colour only. A profile that cannot be read, or that does not fit
     the image, is ignored, as browsers do."""
-    transform = _transform_to_srgb(image.info.get("icc_profile") or b"", _colour_mode(image.mode))
+    colour = _colour_mode(image.mode)
+    transform = _transform_to_srgb(image.info.get("icc_profile") or b"", colour)
     if transform is None:
         return image.convert(mode)
-    converted = ImageCms.applyTransform(image.convert(_colour_mode(image.mode)), transform)
+    converted = ImageCms.applyTransform(image.convert(colour), transform)
     if mode == "RGBA":
         converted.putalpha(image.convert("RGBA").getchannel("A"))
     return converted

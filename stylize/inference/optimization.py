@@ -140,6 +140,7 @@ class StyleOptimizer(ImageStylizer):
         self.styles, self.settings, self.controls = list(styles), settings, controls
         self._name = name or "style"
         self.on_step = on_step
+        self._targets: dict[int, dict[str, torch.Tensor]] = {}  # style_targets by long side
         self.device = resolve_device(settings.device)
         self.dtype = compute_dtype(settings.precision, self.device)
         layers = (settings.content_layer, *settings.layer_weights)
@@ -175,7 +176,13 @@ class StyleOptimizer(ImageStylizer):
         A weighted mean of Gram matrices is the target whose squared error equals
         the weighted sum of the styles' errors, up to a constant (jcjohnson's
         neural-style sums them): one target, the same optimum, a fraction of the work.
+        Computed once per size: a folder of photos of one size shares them.
         """
+        if long_side not in self._targets:
+            self._targets[long_side] = self._blend_targets(long_side)
+        return self._targets[long_side]
+
+    def _blend_targets(self, long_side: int) -> dict[str, torch.Tensor]:
         layers = tuple(self.settings.layer_weights)
         total = sum(style.weight for style in self.styles)
         blend: dict[str, torch.Tensor] = {}
