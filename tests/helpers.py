@@ -78,10 +78,10 @@ def photo_tensor(height: int, width: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(photo(height, width, seed)).permute(2, 0, 1)[None].float().div(255)
 
 
-def random_network(norm: str = "instance", seed: int = 0) -> TransformerNet:
+def random_network(norm: str = "instance", seed: int = 0, resampling: str = NetConfig.resampling) -> TransformerNet:
     """Random weights in eval mode; batch-norm layers get running statistics of real-looking photos."""
     torch.manual_seed(seed)
-    network = TransformerNet(NetConfig(norm=norm))
+    network = TransformerNet(NetConfig(norm=norm, resampling=resampling))
     with torch.no_grad():
         network.train()(photo_tensor(32, 32, seed).repeat(4, 1, 1, 1))
     return network.eval()

@@ -20,13 +20,14 @@ from stylize.images import load_image
 from stylize.inference.stylizer import InferenceSettings, Stylizer
 from stylize.model.fastpath import (
     BandedConv,
+    FastReflectConv,
     SpaceToDepthConv,
     SubpixelConv,
     optimize_for_inference,
     set_tile,
 )
 from stylize.model.files import load_model
-from stylize.model.network import SPACE_TO_DEPTH, BlockConv, ReflectConv, UpsampleConv
+from stylize.model.network import SPACE_TO_DEPTH, BlockConv, BlurredConv, ReflectConv, UpsampleConv
 from stylize.model.norms import BatchInstanceNorm2d
 
 from .helpers import ALL_NORMS, photo, photo_tensor, random_network, write_model
@@ -43,10 +44,13 @@ def _max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-@pytest.mark.parametrize("norm", ALL_NORMS)
+@pytest.mark.parametrize(
+    ("norm", "resampling"),
+    [(norm, "antialiased") for norm in ALL_NORMS] + [("instance", "nearest"), ("batch", "nearest")],
+)
 @pytest.mark.parametrize("size", [(37, 53), (64, 48), (5, 9)])
-def test_inference_form_computes_the_same_function(norm: str, size: tuple[int, int]) -> None:
-    network = random_network(norm)
+def test_inference_form_computes_the_same_function(norm: str, resampling: str, size: tuple[int, int]) -> None:
+    network = random_network(norm, resampling=resampling)
     images = torch.cat([photo_tensor(*size, seed=1), photo_tensor(*size, seed=2)])
     with torch.no_grad():
         expected = network(images)
@@ -68,7 +72,7 @@ def test_weight_norm_is_computed_once_into_plain_weights() -> None:
     network = random_network("weight")
     fast = optimize_for_inference(network)
     assert not any(parametrize.is_parametrized(module) for module in fast.modules())
-    assert torch.equal(fast.conv2.weight, network.conv2.conv2d.weight.detach())
+    assert torch.equal(fast.conv2.weight, network.conv2.kernel().detach())
     assert parametrize.is_parametrized(network.conv2.conv2d)  # the trained network keeps its g and v
 
 
@@ -80,32 +84,60 @@ def test_optimizing_leaves_the_trained_network_untouched() -> None:
     assert all(torch.equal(before[key], value) for key, value in network.state_dict().items())
 
 
-def _upsample_then_convolve(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+def _upsample_then_convolve(x: torch.Tensor, conv: nn.Conv2d, upsampling: str) -> torch.Tensor:
     """What ``UpsampleConv`` means, step by step: the oracle for its cheaper forms."""
-    upsampled = F.interpolate(x, scale_factor=2, mode="nearest")
-    return F.conv2d(F.pad(upsampled, (1, 1, 1, 1), mode="reflect"), conv.weight, conv.bias)
+    if upsampling == "nearest":
+        upsampled = F.pad(F.interpolate(x, scale_factor=2, mode="nearest"), (1, 1, 1, 1), mode="reflect")
+    else:
+        upsampled = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        upsampled = F.pad(upsampled, (1, 1, 1, 1), mode="replicate")
+    return F.conv2d(upsampled, conv.weight, conv.bias)
 
 
+def _blur_then_convolve(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """What ``BlurredConv`` means: a [1, 2, 1]² / 16 blur, then the strided convolution."""
+    blur = torch.tensor([1.0, 2.0, 1.0])
+    blur = (blur[:, None] * blur[None, :] / 16).expand(x.shape[1], 1, 3, 3)
+    blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), blur, groups=x.shape[1])
+    return F.conv2d(blurred, conv.weight, conv.bias, conv.stride)
+
+
+@pytest.mark.parametrize("upsampling", ["nearest", "bilinear"])
 @pytest.mark.parametrize("size", [(1, 1), (3, 5), (8, 7)])
-def test_subpixel_convolution_equals_upsample_then_convolve(size: tuple[int, int]) -> None:
+def test_subpixel_convolution_equals_upsample_then_convolve(upsampling: str, size: tuple[int, int]) -> None:
     torch.manual_seed(0)
-    upsample = UpsampleConv(6, 5)
+    upsample = UpsampleConv(6, 5, upsampling)
     x = torch.randn(2, 6, *size)
     with torch.no_grad():
-        expected = _upsample_then_convolve(x, upsample.conv2d)
+        expected = _upsample_then_convolve(x, upsample.conv2d, upsampling)
         assert _max_difference(upsample(x), expected) < SAME  # the training form
         assert _max_difference(SubpixelConv(upsample, 1)(x), expected) < SAME  # the inference form
 
 
-def test_subpixel_gradients_reach_the_stored_3x3_weights() -> None:
+@pytest.mark.parametrize("size", [(3, 3), (9, 14), (16, 11)])
+def test_blurred_convolution_equals_blur_then_convolve(size: tuple[int, int]) -> None:
     torch.manual_seed(0)
-    upsample = UpsampleConv(4, 3)
+    down = BlurredConv(6, 5, 3, stride=2)
+    x = torch.randn(2, 6, *size)
+    with torch.no_grad():
+        expected = _blur_then_convolve(x, down.conv2d)
+        assert _max_difference(down(x), expected) < SAME
+        assert _max_difference(FastReflectConv(down, 1)(x), expected) < SAME
+
+
+@pytest.mark.parametrize("upsampling", ["nearest", "bilinear"])
+def test_subpixel_and_blurred_gradients_reach_the_stored_3x3_weights(upsampling: str) -> None:
+    torch.manual_seed(0)
     x = torch.randn(2, 4, 5, 6)
-    upsample(x).square().sum().backward()
-    fast_grad = upsample.conv2d.weight.grad.clone()
-    upsample.conv2d.weight.grad = None
-    _upsample_then_convolve(x, upsample.conv2d).square().sum().backward()
-    torch.testing.assert_close(fast_grad, upsample.conv2d.weight.grad, rtol=1e-4, atol=1e-4)
+    for layer, oracle in [
+        (UpsampleConv(4, 3, upsampling), lambda conv: _upsample_then_convolve(x, conv, upsampling)),
+        (BlurredConv(4, 3, 3, stride=2), lambda conv: _blur_then_convolve(x, conv)),
+    ]:
+        layer(x).square().sum().backward()
+        fast_grad = layer.conv2d.weight.grad.clone()
+        layer.conv2d.weight.grad = None
+        oracle(layer.conv2d).square().sum().backward()
+        torch.testing.assert_close(fast_grad, layer.conv2d.weight.grad, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(("kernel", "factor"), [(9, 4), (9, 2), (3, 4), (5, 3)])

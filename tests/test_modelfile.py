@@ -58,7 +58,9 @@ def test_pytorch_examples_models_reproduce_their_pixels(tmp_path: Path, with_sta
         assert "res3.in2.running_mean" in state and "in1.running_var" in state
     torch.save(state, tmp_path / "udnie.pth")
     model = load_model(tmp_path / "udnie.pth")
-    assert model.info.config == NetConfig(norm="instance", input_scale=255.0, bounded_output=False)
+    assert model.info.config == NetConfig(
+        norm="instance", input_scale=255.0, bounded_output=False, resampling="nearest"
+    )
 
     images = torch.rand(2, 3, 36, 44)
     expected = stylize_like_examples(reference, images).int()

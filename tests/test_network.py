@@ -8,10 +8,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from stylize import StylizeError, create_norm, norm_names, register_norm
 from stylize.model.fastpath import optimize_for_inference
-from stylize.model.network import NORM_SITES, NORMALIZED_CONVS, NetConfig, ReflectConv, TransformerNet
+from stylize.model.network import (
+    NORM_SITES,
+    NORMALIZED_CONVS,
+    BlurredConv,
+    NetConfig,
+    ReflectConv,
+    TransformerNet,
+)
 from stylize.model.norms import _REGISTRY, IBN_INSTANCE_SITES, BatchInstanceNorm2d, WeightNorm
 
-from .helpers import ALL_NORMS
+from .helpers import ALL_NORMS, photo_tensor
 
 
 def test_every_norm_is_registered_instance_and_batch_first() -> None:
@@ -42,21 +49,26 @@ def test_bounded_output_stays_in_range_and_legacy_configs_are_unbounded() -> Non
         raw.conv_out.conv2d.bias.zero_()
         torch.testing.assert_close(bounded(images), 0.5 + 0.6 * torch.tanh(raw(images)))
     # A stored config from before the setting existed rebuilds the unbounded network it was.
-    assert NetConfig.from_dict({"norm": "batch"}) == NetConfig(norm="batch", bounded_output=False)
+    legacy = NetConfig(norm="batch", bounded_output=False, resampling="nearest")
+    assert NetConfig.from_dict({"norm": "batch"}) == legacy
     assert NetConfig.from_dict(NetConfig().to_dict()) == NetConfig()
 
 
-def test_architecture_matches_johnson_et_al() -> None:
-    network = TransformerNet()
+@pytest.mark.parametrize("resampling", ["nearest", "antialiased"])
+def test_architecture_matches_johnson_et_al(resampling: str) -> None:
+    network = TransformerNet(NetConfig(resampling=resampling))
     convs = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
     assert [c.kernel_size[0] for c in (convs[0], convs[-1])] == [9, 9]
     assert [c.stride[0] for c in convs[:3]] == [1, 2, 2]
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in network.modules())
     assert len(network.res) == 5 and all(block.conv1.conv2d.in_channels == 128 for block in network.res)
     assert all(conv.padding == (0, 0) for conv in convs)  # all padding is reflection padding
-    # Reflection padding everywhere; the upsampling layers pad their small map by replication, which equals it.
+    # Reflection padding everywhere (the blurred kernels are two taps wider); the
+    # upsampling layers pad their small map by replication, which equals it for nearest.
     reflect = [m for m in network.modules() if isinstance(m, ReflectConv)]
-    assert len(reflect) == len(convs) - 2 and all(m.padding == m.conv2d.kernel_size[0] // 2 for m in reflect)
+    assert len(reflect) == len(convs) - 2 and all(m.padding == m.kernel().shape[-1] // 2 for m in reflect)
+    blurred = [m.conv2d.stride[0] == 2 for m in reflect if isinstance(m, BlurredConv)]
+    assert blurred == ([True, True] if resampling == "antialiased" else [])
 
 
 def _images() -> torch.Tensor:
@@ -248,3 +260,34 @@ def test_padding_stays_bf16_under_autocast(form: str) -> None:
     # The photo itself is float32; every feature map after the first convolution is bf16.
     assert pads.dtypes[0] == torch.float32
     assert len(pads.dtypes) == 16 and set(pads.dtypes[1:]) == {torch.bfloat16}
+
+
+def _shift_error(network: TransformerNet, image: torch.Tensor, shift: int) -> float:
+    """How far the output of an image moved ``shift`` px left is from the output
+    moved alike, away from the borders, relative to the output's own spread."""
+    width = image.shape[-1] - 4
+    with torch.no_grad():
+        still = network(image[..., :width])
+        moved = network(image[..., shift : width + shift])
+    inner = (..., slice(16, -16))
+    difference = still[(*inner, slice(16 + shift, -16))] - moved[(*inner, slice(16, -16 - shift))]
+    return (difference.abs().mean() / (still - still.mean()).abs().mean()).item()
+
+
+def test_antialiased_resampling_follows_a_one_pixel_shift_where_nearest_does_not() -> None:
+    """The weave on flat areas is detail locked to the 4-pixel grid of two
+    stride-2 layers; blurring before them and upsampling bilinearly unlocks it."""
+    nearest = TransformerNet(NetConfig(resampling="nearest")).eval()
+    antialiased = TransformerNet(NetConfig(resampling="antialiased")).eval()
+    for seed in range(2):
+        torch.manual_seed(seed)
+        nearest.load_state_dict(TransformerNet(NetConfig(resampling="nearest")).state_dict())
+        antialiased.load_state_dict(nearest.state_dict())  # the same weights, other resampling
+        image = photo_tensor(80, 80, seed=seed)
+        for shift in (1, 2):
+            assert _shift_error(antialiased, image, shift) < 0.5 * _shift_error(nearest, image, shift)
+
+
+def test_unknown_resampling_lists_the_valid_ones() -> None:
+    with pytest.raises(StylizeError, match="unknown resampling 'bicubic'; choose one of: nearest, antialiased"):
+        NetConfig(resampling="bicubic")

@@ -403,11 +403,16 @@ def test_init_starts_from_the_trained_weights(
 @pytest.mark.parametrize(
     ("start_norm", "changes", "message"),
     [
-        ("batch", {}, "is a batch-norm network; this run trains a instance-norm one"),
+        ("batch", {}, r"is a batch-norm \(antialiased resampling\) network; this run trains a instance-norm \("),
         (
             "group",
             {"norm": "group", "groups": 4},
-            r"group-norm \(8 groups\) network; this run trains a group-norm \(4 groups\)",
+            r"group-norm \(8 groups\) \(antialiased resampling\) network; this run trains a group-norm \(4 groups\)",
+        ),
+        (
+            "instance",
+            {"resampling": "nearest"},
+            r"instance-norm \(antialiased resampling\) network; this run trains a instance-norm \(nearest resampling\)",
         ),
     ],
 )

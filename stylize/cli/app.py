@@ -34,6 +34,7 @@ from stylize.inference.stylizer import (
 )
 from stylize.inference.video import ENCODERS, VideoSettings, count_frames, encoder_for, stylize_video
 from stylize.model.files import DEFAULT_STYLE, ModelInfo, bundled_models, default_model_name, load_model, models_dir
+from stylize.model.network import RESAMPLINGS
 from stylize.model.norms import norm_names
 from stylize.report.compare import CompareSettings
 from stylize.report.compare import compare as run_comparison
@@ -135,6 +136,14 @@ def train(
         ),
     ] = ["instance"],  # noqa: B006 - Typer reads list defaults this way
     groups: Annotated[int, typer.Option(help="Channel groups of the group norm (divides 32).")] = TrainConfig.groups,
+    resampling: Annotated[
+        str,
+        typer.Option(
+            help=f"{' or '.join(RESAMPLINGS)}: how the network changes resolution. antialiased (blur before "
+            "each stride-2 convolution, bilinear upsampling) paints no weave locked to a 4-pixel grid; "
+            "nearest (Johnson et al.'s) is needed for --init from a model made with it."
+        ),
+    ] = TrainConfig.resampling,
     steps: Annotated[int | None, typer.Option(help=f"Total optimizer steps; default {_by_device('steps')}.")] = None,
     batch_size: Annotated[int, typer.Option(help="Photos per step.")] = TrainConfig.batch_size,
     image_size: Annotated[
@@ -199,6 +208,7 @@ def train(
         out=out,
         norm=norm[0] if norm else TrainConfig.norm,
         groups=groups,
+        resampling=resampling,
         steps=steps,
         batch_size=batch_size,
         image_size=image_size,

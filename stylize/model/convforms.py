@@ -1,9 +1,12 @@
 """Cheaper forms of two of the network's convolutions, exact up to float rounding.
 
-- Nearest 2x upsampling + 3x3 convolution (the decoder's ``up1``, ``up2``) as
-  four 2x2 convolutions on the small map, interleaved ("sub-pixel"): 2.25x fewer
-  FLOPs, and the 4x larger upsampled map is never built. Reflection padding of
-  the upsampled map equals replicate padding of the small map upsampled.
+- 2x upsampling + 3x3 convolution (the decoder's ``up1``, ``up2``) as four
+  convolutions on the small map, interleaved ("sub-pixel"), so the 4x larger
+  upsampled map is never built: 2x2 ones for nearest upsampling (2.25x fewer
+  FLOPs; reflection padding of the upsampled map equals replicate padding of
+  the small map upsampled), 3x3 ones for bilinear (the upsampled map padded by
+  replicating its border).
+- A 3x3 stride-2 convolution of a blurred map as one 5x5 stride-2 convolution.
 - The 9x9 convolution to 3 channels (``conv_out``) as a 3x3 convolution over
   4x4 space-to-depth blocks (32 -> 512 channels in, 3 -> 48 out): 1.8x the
   FLOPs, but a shape oneDNN runs about 3x faster than a GEMM with 3 columns.
@@ -18,9 +21,9 @@ from __future__ import annotations
 import torch
 
 
-def _subpixel_selector() -> torch.Tensor:
-    """``[phase, tap, source_tap]``: which 3x3 taps of the upsampled image each 2x2
-    tap of output phase 0 (even rows) or 1 (odd rows) sums.
+def _nearest_selector() -> torch.Tensor:
+    """``[phase, tap, source_tap]``: which 3x3 taps of the nearest-upsampled image
+    each 2x2 tap of output phase 0 (even rows) or 1 (odd rows) sums.
 
     Upsampled row ``2i + phase + d - 1`` is source row ``i + (phase + d - 1) // 2``,
     and the 2x2 kernel of that phase reads source rows ``i + phase - 1`` and ``i + phase``.
@@ -32,14 +35,30 @@ def _subpixel_selector() -> torch.Tensor:
     return selector
 
 
-_SUBPIXEL = _subpixel_selector()
+def _bilinear_selector() -> torch.Tensor:
+    """``[phase, tap, source_tap]`` for bilinear upsampling (half-pixel centres):
+    upsampled row ``2k`` is ``x[k-1]/4 + 3x[k]/4``, row ``2k+1`` is ``3x[k]/4 + x[k+1]/4``;
+    each phase's 3x3 kernel reads source rows ``i - 1 .. i + 1``."""
+    selector = torch.zeros(2, 3, 3, dtype=torch.float64)
+    for phase in range(2):
+        for d in range(3):
+            row = phase + d - 1  # upsampled row, relative to 2i
+            near, far = row // 2, row // 2 + (1 if row % 2 else -1)
+            selector[phase, near + 1, d] += 0.75
+            selector[phase, far + 1, d] += 0.25
+    return selector
 
 
-def subpixel_kernels(weight: torch.Tensor) -> torch.Tensor:
-    """(out, in, 3, 3) -> (4 * out, in, 2, 2): phase (row, col) major, then output channel."""
-    selector = _SUBPIXEL.to(weight)
+_SUBPIXEL = {"nearest": _nearest_selector(), "bilinear": _bilinear_selector()}
+
+
+def subpixel_kernels(weight: torch.Tensor, upsampling: str = "nearest") -> torch.Tensor:
+    """(out, in, 3, 3) -> (4 * out, in, k, k), k = 2 (nearest) or 3 (bilinear):
+    phase (row, col) major, then output channel."""
+    selector = _SUBPIXEL[upsampling].to(weight)
     kernels = torch.einsum("atd,bse,ocde->abocts", selector, selector, weight)
-    return kernels.reshape(4 * weight.shape[0], weight.shape[1], 2, 2)
+    taps = selector.shape[1]
+    return kernels.reshape(4 * weight.shape[0], weight.shape[1], taps, taps)
 
 
 def subpixel_conv(padded: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -49,12 +68,32 @@ def subpixel_conv(padded: torch.Tensor, kernels: torch.Tensor, bias: torch.Tenso
     phases = torch.nn.functional.conv2d(padded, kernels, None if bias is None else bias.repeat(4))
     height, width = padded.shape[-2] - 2, padded.shape[-1] - 2
     phases = phases.unflatten(1, (2, 2, out_channels))
-    # Output pixel (2i + row, 2j + col) is phase (row, col) at (i + row, j + col).
-    rows = [
-        torch.stack([phases[:, row, col, :, row : row + height, col : col + width] for col in range(2)], dim=-1)
-        for row in range(2)
-    ]
+    # Output pixel (2i + row, 2j + col) is phase (row, col) at (i + row, j + col)
+    # for 2x2 kernels (whose window starts at the phase's row), at (i, j) for 3x3.
+    shift = 3 - kernels.shape[-1]
+
+    def phase(row: int, col: int) -> torch.Tensor:
+        top, left = row * shift, col * shift
+        return phases[:, row, col, :, top : top + height, left : left + width]
+
+    rows = [torch.stack([phase(row, col) for col in range(2)], dim=-1) for row in range(2)]
     return torch.stack(rows, dim=-3).reshape(padded.shape[0], out_channels, 2 * height, 2 * width)
+
+
+# Zhang (2019), "Making Convolutional Networks Shift-Invariant Again": a binomial
+# low-pass before subsampling, so a stride-2 layer does not alias fine detail
+# into a pattern locked to its grid.
+_BLUR = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64) / 4
+
+
+def blurred_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """(out, in, k, k) -> (out, in, k + 2, k + 2): the kernel that convolves the
+    [1, 2, 1]² / 16 blur of a map with ``weight`` in one pass."""
+    blur = (_BLUR[:, None] * _BLUR[None, :]).to(weight)
+    flat = weight.reshape(-1, 1, *weight.shape[-2:])
+    # A full 2-D convolution of each k x k kernel with the (symmetric) 3x3 blur.
+    composed = torch.nn.functional.conv2d(torch.nn.functional.pad(flat, (2, 2, 2, 2)), blur[None, None])
+    return composed.reshape(*weight.shape[:2], *composed.shape[-2:])
 
 
 def _space_to_depth_selector(kernel: int, factor: int, taps: int) -> torch.Tensor:

@@ -4,9 +4,9 @@
 rewritten, weights and all, into forms that compute the same output faster:
 
 - eval-mode batch norm folded into the convolution before it;
-- nearest 2x upsampling + 3x3 convolution (``up1``, ``up2``) as four 2x2
-  convolutions on the small map, interleaved ("sub-pixel"): 2.25x fewer FLOPs,
-  and the 4x larger upsampled map is never built;
+- 2x upsampling + 3x3 convolution (``up1``, ``up2``) as four convolutions on
+  the small map, interleaved ("sub-pixel"): the 4x larger upsampled map is
+  never built (and nearest upsampling takes 2.25x fewer FLOPs);
 - the 9x9 convolution to 3 channels (``conv_out``) as a 3x3 convolution on the
   4x4 space-to-depth map (512 -> 48 channels): 1.8x the FLOPs, but a shape
   oneDNN runs about 3x faster than a GEMM with 3 output columns;
@@ -89,8 +89,8 @@ class FastReflectConv(BandedConv):
 
     def __init__(self, source: ReflectConv, band_scale: int):
         conv = source.conv2d
-        super().__init__(pad=conv.kernel_size[0] // 2, stride=conv.stride[0], band_scale=band_scale)
-        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        super().__init__(pad=source.padding, stride=conv.stride[0], band_scale=band_scale)
+        self.weight = nn.Parameter(source.kernel().detach().clone(), requires_grad=False)
         self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
 
     def band(self, x: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
@@ -104,7 +104,7 @@ class SubpixelConv(BandedConv):
     def __init__(self, source: UpsampleConv, band_scale: int):
         super().__init__(pad=1, upscale=2, band_scale=band_scale)
         conv = source.conv2d
-        kernels = subpixel_kernels(conv.weight.detach().double())
+        kernels = subpixel_kernels(conv.weight.detach().double(), source.upsampling)
         self.weight = nn.Parameter(kernels.to(conv.weight.dtype), requires_grad=False)
         self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
 

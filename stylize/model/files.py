@@ -227,9 +227,8 @@ def _read_torch_file(path: Path) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
             name=path.stem, path=path, config=checkpoint.net_config, style=checkpoint.style
         ), checkpoint.weights
     if isinstance(state, dict) and _is_examples_state(state):
-        info = ModelInfo(
-            name=path.stem, path=path, config=NetConfig(norm="instance", input_scale=255.0, bounded_output=False)
-        )
+        examples = NetConfig(norm="instance", input_scale=255.0, bounded_output=False, resampling="nearest")
+        info = ModelInfo(name=path.stem, path=path, config=examples)
         return info, _from_examples(state)
     raise StylizeError(f"{path} is not a stylize model, training checkpoint or fast_neural_style model")
 

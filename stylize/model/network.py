@@ -1,10 +1,19 @@
 """The Johnson et al. (2016) image transformation network.
 
 Three convolutions down (9x9, then two stride-2 3x3), five residual blocks at 128
-channels, two nearest-upsample + 3x3 convolutions up (no transposed convolutions,
-so no checkerboard), and a 9x9 convolution out, with reflection padding
-throughout. Every normalization layer comes from ``norms.create_norm``. The
-upsampling and output convolutions run in cheaper but equal forms (``convforms``).
+channels, two upsample + 3x3 convolutions up (no transposed convolutions, so no
+checkerboard), and a 9x9 convolution out, with reflection padding throughout.
+Every normalization layer comes from ``norms.create_norm``. The upsampling and
+output convolutions run in cheaper but equal forms (``convforms``).
+
+``NetConfig.resampling`` picks how the network changes resolution:
+
+- ``nearest``: Johnson et al.'s strided convolutions and nearest upsampling.
+  Detail generated at 1/4 resolution reaches the output as a pattern locked to
+  a 4-pixel grid: the fine diagonal weave on flat areas.
+- ``antialiased``: a [1, 2, 1]² blur before each stride-2 convolution (Zhang,
+  2019, "Making Convolutional Networks Shift-Invariant Again") and bilinear
+  upsampling, so neither direction keeps the grid's frequency.
 """
 
 from __future__ import annotations
@@ -16,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylize.model.convforms import space_to_depth_conv, space_to_depth_kernels, subpixel_conv, subpixel_kernels
+from stylize.errors import StylizeError
+from stylize.model.convforms import (
+    blurred_kernel,
+    space_to_depth_conv,
+    space_to_depth_kernels,
+    subpixel_conv,
+    subpixel_kernels,
+)
 from stylize.model.norms import DEFAULT_GROUPS, ConvNormalizer, check_groups, check_norm, create_norm
 
 # Space-to-depth factor of conv_out: 4x4 blocks turn 32 channels into 512.
@@ -24,6 +40,8 @@ SPACE_TO_DEPTH = 4
 # Reflection padding needs every feature map to be larger than its padding;
 # smaller images are padded up to this size and cropped back.
 MIN_SIZE = 16
+# resampling name -> the upsampling it pairs with blurred (or plain) stride-2 convolutions.
+RESAMPLINGS: dict[str, str] = {"nearest": "nearest", "antialiased": "bilinear"}
 
 
 @dataclass(frozen=True)
@@ -41,10 +59,14 @@ class NetConfig:
     # flat blobs. False: the raw last convolution (pytorch/examples models,
     # and stylize models made before this setting existed).
     bounded_output: bool = True
+    # How resolution changes (module docstring); "nearest" for models made
+    # before this setting existed and for pytorch/examples models.
+    resampling: str = "antialiased"
 
     def __post_init__(self) -> None:
         check_norm(self.norm)
         check_groups(self.groups)
+        check_resampling(self.resampling)
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -53,8 +75,14 @@ class NetConfig:
     def from_dict(cls, values: dict[str, object]) -> NetConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         # A stored config that predates a setting was made without it.
-        legacy = {"bounded_output": False}
+        legacy = {"bounded_output": False, "resampling": "nearest"}
         return cls(**{**legacy, **{key: value for key, value in values.items() if key in known}})
+
+
+def check_resampling(name: str) -> str:
+    if name not in RESAMPLINGS:
+        raise StylizeError(f"unknown resampling {name!r}; choose one of: {', '.join(RESAMPLINGS)}")
+    return name
 
 
 def _norm(config: NetConfig, channels: int, site: str) -> nn.Module:
@@ -74,21 +102,42 @@ class ReflectConv(nn.Module):
         self.padding = kernel_size // 2
         self.conv2d = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
 
+    def kernel(self) -> torch.Tensor:
+        """The kernel this layer convolves its ``padding``-padded input with."""
+        return self.conv2d.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2d(pad(x, (self.padding,) * 4, "reflect"))
 
 
-class UpsampleConv(nn.Module):
-    """Nearest-neighbour 2x upsampling, then a reflection-padded 3x3 convolution
-    (Odena et al., 2016), computed in the sub-pixel form of ``convforms``."""
+class BlurredConv(ReflectConv):
+    """A strided convolution of the [1, 2, 1]²-blurred input (Zhang, 2019), as one
+    convolution with a kernel two taps wider (``convforms.blurred_kernel``)."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int):
+        super().__init__(in_channels, out_channels, kernel_size, stride)
+        self.padding += 1
+
+    def kernel(self) -> torch.Tensor:
+        return blurred_kernel(self.conv2d.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = pad(x, (self.padding,) * 4, "reflect")
+        return F.conv2d(padded, self.kernel(), self.conv2d.bias, self.conv2d.stride)
+
+
+class UpsampleConv(nn.Module):
+    """2x upsampling (nearest or bilinear), then a 3x3 convolution (Odena et al.,
+    2016), computed in the sub-pixel form of ``convforms``."""
+
+    def __init__(self, in_channels: int, out_channels: int, upsampling: str = "nearest"):
         super().__init__()
+        self.upsampling = upsampling
         self.conv2d = nn.Conv2d(in_channels, out_channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded = pad(x, (1, 1, 1, 1), "replicate")
-        return subpixel_conv(padded, subpixel_kernels(self.conv2d.weight), self.conv2d.bias)
+        return subpixel_conv(padded, subpixel_kernels(self.conv2d.weight, self.upsampling), self.conv2d.bias)
 
 
 class BlockConv(ReflectConv):
@@ -152,14 +201,16 @@ class TransformerNet(nn.Module):
         self.config = config
         self.conv1 = ReflectConv(3, 32, 9)
         self.norm1 = _norm(config, 32, "norm1")
-        self.conv2 = ReflectConv(32, 64, 3, stride=2)
+        down = BlurredConv if config.resampling == "antialiased" else ReflectConv
+        upsampling = RESAMPLINGS[config.resampling]
+        self.conv2 = down(32, 64, 3, stride=2)
         self.norm2 = _norm(config, 64, "norm2")
-        self.conv3 = ReflectConv(64, 128, 3, stride=2)
+        self.conv3 = down(64, 128, 3, stride=2)
         self.norm3 = _norm(config, 128, "norm3")
         self.res = nn.Sequential(*(ResidualBlock(128, config, f"res.{i}") for i in range(RESIDUAL_BLOCKS)))
-        self.up1 = UpsampleConv(128, 64)
+        self.up1 = UpsampleConv(128, 64, upsampling)
         self.norm4 = _norm(config, 64, "norm4")
-        self.up2 = UpsampleConv(64, 32)
+        self.up2 = UpsampleConv(64, 32, upsampling)
         self.norm5 = _norm(config, 32, "norm5")
         self.conv_out = BlockConv(32, 3, 9)
         for site, conv_path in NORMALIZED_CONVS.items():

@@ -15,7 +15,7 @@ from stylize.devices import DEFAULT_DEVICE, DEFAULT_PRECISION, check_precision
 from stylize.errors import InvalidSetting, StylizeError
 from stylize.model.checkpoints import Checkpoint, checkpoint_dir, checkpoint_files
 from stylize.model.files import MODEL_SUFFIX
-from stylize.model.network import MIN_SIZE, NetConfig
+from stylize.model.network import MIN_SIZE, NetConfig, check_resampling
 from stylize.model.norms import DEFAULT_GROUPS, check_groups, check_norm
 from stylize.training.losses import LossWeights
 from stylize.training.schedule import check_lr_schedule
@@ -53,6 +53,7 @@ class TrainConfig:
     out: Path
     norm: str = "instance"
     groups: int = DEFAULT_GROUPS
+    resampling: str = NetConfig.resampling
     steps: int | None = None
     batch_size: int = 4
     image_size: int | None = None
@@ -87,6 +88,7 @@ class TrainConfig:
         _check_ranges(self)
         check_norm(self.norm)
         check_groups(self.groups)
+        check_resampling(self.resampling)
         check_loss_network(self.loss_network)
         check_lr_schedule(self.lr_schedule)
         check_precision(self.precision)
@@ -103,7 +105,7 @@ class TrainConfig:
 
     @property
     def net_config(self) -> NetConfig:
-        return NetConfig(norm=self.norm, groups=self.groups)
+        return NetConfig(norm=self.norm, groups=self.groups, resampling=self.resampling)
 
     @property
     def style_layer_weighting(self) -> dict[str, float]:

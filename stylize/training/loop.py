@@ -404,7 +404,7 @@ def _start_from(network: TransformerNet, config: TrainConfig) -> str:
 def _describe(config: NetConfig) -> str:
     groups = f" ({config.groups} groups)" if config.norm == "group" else ""
     legacy = "" if config.bounded_output and config.input_scale == 1 else " unbounded-output"
-    return f"{config.norm}-norm{groups}{legacy}"
+    return f"{config.norm}-norm{groups}{legacy} ({config.resampling} resampling)"
 
 
 def _sha256(path: Path) -> str:
