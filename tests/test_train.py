@@ -582,6 +582,22 @@ def test_default_style_layers_weigh_the_palette_layer_a_quarter_and_given_layers
     assert given.to_dict()["style_layer_weights"] == [1.0, 1.0]
 
 
+def test_a_checkpoint_from_before_antialiased_resampling_resumes_only_as_nearest(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    out = tmp_path / "m.safetensors"
+    args = train_args(style_image, photos, out, vgg_weights, "--steps", "3", "--checkpoint-every", "2")
+    assert cli(*args, "--resampling", "nearest").code == 0
+    path = tmp_path / "m.ckpt" / "step-00000002.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["config"]["resampling"], checkpoint["net_config"]["resampling"]
+    torch.save(checkpoint, path)
+    refused = cli(*args, "--resume", path)
+    assert refused.code == 2 and "resampling='nearest', not 'antialiased'" in refused.err
+    assert cli(*args, "--resume", path, "--resampling", "nearest").code == 0
+    assert load_model(out).info.config.resampling == "nearest"
+
+
 def test_a_checkpoint_from_before_schedules_and_bounded_output_is_not_resumed_silently(
     cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
 ) -> None:

@@ -175,7 +175,7 @@ RUN_SETTINGS = frozenset(
 )
 # What training did before these settings existed (no learning-rate schedule),
 # and settings since renamed.
-_BEFORE_SETTINGS_EXISTED = {"lr_schedule": "constant", "warmup_steps": 0}
+_BEFORE_SETTINGS_EXISTED = {"lr_schedule": "constant", "warmup_steps": 0, "resampling": "nearest"}
 _RENAMED = {"loss_weights": "loss_network_weights"}
 
 
