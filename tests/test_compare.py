@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from stylize import load_model, save_model
+from stylize.errors import InvalidSetting
 from stylize.images import encode_thumbnail, load_image, resize_long_side, to_uint8
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.report.compare import (
@@ -226,6 +227,8 @@ def test_losses_are_measured_as_the_model_was_trained(
         "style_layers": ["relu1_2", "relu2_2"],
         "style_image": str(style_image),
         "style_size": 32,
+        "data": str(tmp_path),
+        "out": str(tmp_path / "m.safetensors"),
     }
     model = write_model(tmp_path / "m.safetensors", training=record)
     comparison = compare(contents, [model], CompareSettings(size=32, device="cpu"))
@@ -262,6 +265,62 @@ def test_losses_are_measured_as_the_model_was_trained(
     assert missing.content_loss is None and missing.loss_source == "no loss network: /gone.pth not found"
     given = CompareSettings(size=32, device="cpu", loss_network_weights=vgg_weights)
     assert compare(contents, [lost], given).reports[0].content_loss == pytest.approx(report.content_loss)
+
+
+def _trained_record(tmp_path: Path, style_image: Path, vgg_weights: Path) -> dict[str, object]:
+    return {
+        "style_image": str(style_image), "data": str(tmp_path), "out": str(tmp_path / "m.safetensors"),
+        "loss_network_weights": str(vgg_weights), "content_layer": "relu2_2", "style_layers": ["relu1_2", "relu2_2"],
+        "style_size": 32, "style_weight": 4.0,
+    }  # fmt: skip
+
+
+def test_the_reference_column_optimises_the_first_models_loss(
+    cli, tmp_path: Path, contents: list[Path], style_image: Path, vgg_weights: Path
+) -> None:
+    thumbnail = encode_thumbnail(load_image(style_image).rgb)
+    record = _trained_record(tmp_path, style_image, vgg_weights)
+    model = write_model(tmp_path / "m.safetensors", training=record, style_thumbnail=thumbnail)
+    comparison = compare(contents, [model], CompareSettings(size=32, device="cpu", reference_steps=8))
+    reference, report = comparison.reference, comparison.reports[0]
+    assert reference is not None and reference.steps == 8
+    assert [out.shape for out in reference.outputs] == [image.shape for image in comparison.contents]
+    # Measured as the model is: the same loss, and far closer to the painting than the photo.
+    assert reference.losses.source == report.loss_source == "vgg16 (vgg16-small.pth), style image"
+    assert reference.losses.style_vs_photo is not None and reference.losses.style_vs_photo < 0.8
+    assert set(reference.losses.style_vs_photo_per_layer) == {"relu1_2", "relu2_2"}
+    # On the sheet: one more column, filled on the plain rows only.
+    grid = sheet_rows(comparison)
+    layout = SheetLayout.of(comparison, grid)
+    sheet = np.asarray(render_sheet(comparison))
+    left = layout.column_left(2)
+    assert layout.size[0] == 16 * 2 + 210 + 6 + 3 * 32 + 2 * 6
+    rows = 1 + len(CONTRAST_FACTORS) + len(NEIGHBOURS)
+    for index, output in enumerate(reference.outputs):
+        expected = to_uint8(output)[0].permute(1, 2, 0).numpy()
+        top = layout.row_top(index * rows)
+        assert np.array_equal(sheet[top : top + expected.shape[0], left : left + expected.shape[1]], expected)
+        below = layout.row_top(index * rows + 1)
+        assert (sheet[below : below + expected.shape[0], left : left + expected.shape[1]] == sheet[0, 0]).all()
+    out = tmp_path / "sheet.png"
+    result = cli("compare", *contents, "--model", model, "--out", out, "--size", "32", "--device", "cpu",
+                 "--reference-steps", "2")  # fmt: skip
+    assert result.code == 0, result.err
+    assert "optimisation, 2 steps" in result.out
+    numbers = json.loads(out.with_suffix(".json").read_text())["reference"]
+    assert numbers["steps"] == 2 and 0 < numbers["style_vs_photo"] < 1
+
+
+def test_a_reference_needs_the_first_models_loss(cli, tmp_path: Path, pair: Path, contents: list[Path]) -> None:
+    result = cli("compare", *contents, "--model", pair, "--out", tmp_path / "s.png", "--size", "32",
+                 "--device", "cpu", "--reference-steps", "2")  # fmt: skip
+    assert result.code == 2 and result.error_lines == [
+        "error: --reference-steps needs swirls-instance's loss network and style image: "
+        "no loss network: vgg16's ImageNet weights are not downloaded"
+    ]
+    assert not (tmp_path / "s.png").exists()
+    with pytest.raises(InvalidSetting, match="must not be negative"):
+        CompareSettings(reference_steps=-1)
 
 
 def test_mean_abs_difference_is_on_the_0_255_scale() -> None:

@@ -22,7 +22,7 @@ from stylize.devices import compute_dtype, keep_freed_memory
 from stylize.images import decode_thumbnail
 from stylize.model.checkpoints import Checkpoint
 from stylize.model.network import NetConfig, TransformerNet
-from stylize.training.config import CPU_RECIPE, GPU_RECIPE
+from stylize.training.config import CPU_RECIPE, GPU_RECIPE, TrainingRecord
 from stylize.training.data import batches
 from stylize.training.losses import LossTerms, LossWeights
 
@@ -580,6 +580,27 @@ def test_default_style_layers_weigh_the_palette_layer_a_quarter_and_given_layers
     given = dataclasses.replace(default, style_layers=("relu1_2", "relu3_3"))
     assert given.term_weights.style_layers == (("relu1_2", 1.0), ("relu3_3", 1.0))
     assert given.to_dict()["style_layer_weights"] == [1.0, 1.0]
+
+
+def test_a_stored_training_record_reads_back_in_todays_names_and_defaults(tmp_path: Path) -> None:
+    config = TrainConfig(
+        style_image=tmp_path / "s.jpg", data=tmp_path, out=tmp_path / "m.safetensors", style_size=300,
+        loss_network="vgg16_bn", loss_network_weights=tmp_path / "w.pth", style_layers=("relu2_2",), init="x",
+    )  # fmt: skip
+    stored = {**config.to_dict(), "steps_done": 12, "images_seen": 48, "training_seconds": 3.5}
+    record = TrainingRecord.of(json.loads(json.dumps(stored)))
+    assert record is not None and (record.steps_done, record.images_seen, record.seconds) == (12, 48, 3.5)
+    assert record.settings.to_dict() == config.to_dict() and record.settings.loss_network_weights == tmp_path / "w.pth"
+    # A model from before the renames and the newer settings: what its training did then.
+    old = {key: value for key, value in stored.items() if key not in ("lr_schedule", "warmup_steps", "resampling")}
+    old["loss_weights"] = old.pop("loss_network_weights")
+    settings = TrainingRecord.of(old).settings
+    assert settings.loss_network_weights == tmp_path / "w.pth" and settings.lr_schedule == "constant"
+    assert (settings.warmup_steps, settings.resampling) == (0, "nearest")
+    # Imported models and bare records have none.
+    assert TrainingRecord.of({}) is None and TrainingRecord.of({"image_size": 32, "steps_done": 0}) is None
+    with pytest.raises(StylizeError, match="the recorded training settings lack data, out"):
+        TrainConfig.from_dict({"style_image": "s.jpg"})
 
 
 def test_a_checkpoint_from_before_antialiased_resampling_resumes_only_as_nearest(

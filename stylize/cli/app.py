@@ -33,14 +33,14 @@ from stylize.inference.stylizer import (
     load_stylizer,
 )
 from stylize.inference.video import ENCODERS, VideoSettings, count_frames, encoder_for, stylize_video
-from stylize.model.files import DEFAULT_STYLE, ModelInfo, bundled_models, default_model_name, load_model, models_dir
+from stylize.model.files import DEFAULT_STYLE, bundled_models, default_model_name, load_model, models_dir
 from stylize.model.network import RESAMPLINGS
 from stylize.model.norms import norm_names
 from stylize.report.compare import CompareSettings
 from stylize.report.compare import compare as run_comparison
 from stylize.report.curves import write_curves
 from stylize.report.sheet import numbers_path, write_sheet
-from stylize.training.config import CPU_RECIPE, GPU_RECIPE, TrainConfig, plan_norm_runs
+from stylize.training.config import CPU_RECIPE, GPU_RECIPE, TrainConfig, TrainingRecord, plan_norm_runs
 from stylize.training.distributed import rank_label
 from stylize.training.loop import StepReport, train_norms
 from stylize.training.losses import LossWeights
@@ -545,6 +545,13 @@ def compare(
         bool,
         typer.Option("--stylized-only", help="Show one row per photo, the plain result (a gallery); same numbers."),
     ] = False,
+    reference_steps: Annotated[
+        int,
+        typer.Option(
+            help="Add a column: each photo optimised for N L-BFGS steps against the first model's own "
+            "training loss (the ceiling it allows; 100-300 steps, about a minute each at 256 px on a CPU). 0: none."
+        ),
+    ] = CompareSettings.reference_steps,
 ) -> None:
     """Compare models (instance vs batch norm, ...) side by side: a sheet and its numbers."""
     settings = CompareSettings(
@@ -553,6 +560,7 @@ def compare(
         loss_network=loss_network,
         loss_network_weights=loss_network_weights,
         stylized_only=stylized_only,
+        reference_steps=reference_steps,
     )
     output_format(out)
     for content in contents:
@@ -562,15 +570,17 @@ def compare(
     with ProgressBars(transient=True) as bars:
         task = bars.add("comparing")
 
-        def show(index: int, count: int, info: ModelInfo) -> None:
-            bars.update(task, total=count, completed=index, status=info.name)
+        def show(index: int, count: int, name: str) -> None:
+            bars.update(task, total=count, completed=index, status=name)
 
-        comparison = run_comparison(contents, model, settings, on_model=show)
+        comparison = run_comparison(contents, model, settings, on_stage=show)
     numbers = write_sheet(comparison, out)
     table = Table("model", "norm", "Δ contrast", "Δ batch", "Δ train/eval", "lattice", "content loss", "style loss",
                   "style vs photo", title="output change (Δ): mean |difference|, 0..255")  # fmt: skip
     for report in comparison.reports:
         table.add_row(report.info.name, report.info.config.norm, *report.shown())
+    if comparison.reference is not None:
+        table.add_row(f"optimisation, {comparison.reference.steps} steps", "", *comparison.reference.shown())
     print_table(table)
     for note in dict.fromkeys(report.loss_source for report in comparison.reports if report.content_loss is None):
         typer.echo(f"losses: {note} (pass --loss-network-weights)", err=True)
@@ -596,14 +606,19 @@ def models() -> None:
         return
     table = Table("name", "norm", "style", "image size", "steps", "started from")
     for info in found:
-        init = info.training.get("init")
+        record = TrainingRecord.of(info.training)
+        if record is None:  # imported, or without its settings
+            table.add_row(info.name, info.config.norm, info.style, "", "", "")
+            continue
+        init = record.settings.init
+        started_from = Path(init).stem if init else "scratch"
         table.add_row(
             info.name,
             info.config.norm,
             info.style,
-            str(info.training.get("image_size", "")),
-            str(info.training.get("steps_done", "")),
-            Path(init).stem if init else "scratch",
+            str(record.settings.image_size),
+            str(record.steps_done),
+            started_from,
         )
     print_table(table)
 

@@ -6,6 +6,10 @@ first layer (up to its epsilon) while batch norm's fixed statistics pass it on;
 and in train mode inside batches of different neighbours, where batch norm
 normalizes with the batch's statistics instead of the image's own. Differences
 are mean absolute differences on the 0..255 scale.
+
+With ``reference_steps``, each photo is also stylized by optimising its pixels
+against the first model's own training loss: the ceiling that loss allows, so
+how far a trained network is from it reads off one column.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import torch
 from stylize.devices import DEFAULT_DEVICE, memory_format, resolve_device
 from stylize.errors import InvalidSetting
 from stylize.images import decode_thumbnail, load_image, resize_long_side
+from stylize.inference.optimization import OptimizationSettings, StyleImage, StyleOptimizer
 from stylize.inference.stylizer import InferenceSettings, Stylizer
 from stylize.model.files import ModelInfo, load_model, resolve_models
 from stylize.model.network import MIN_SIZE
-from stylize.training.losses import content_loss, style_loss_per_layer, style_targets
+from stylize.training.config import TrainConfig, TrainingRecord
+from stylize.training.losses import LossWeights, content_loss, style_loss_per_layer, style_targets
 from stylize.training.vgg import (
     DEFAULT_CONTENT_LAYER,
     LossNetwork,
@@ -93,10 +99,14 @@ class CompareSettings:
     loss_network: str | None = None  # default: each model's training loss network
     loss_network_weights: Path | None = None  # default: each model's training weights file
     stylized_only: bool = False  # the sheet shows only the plain results (a gallery); same numbers
+    # L-BFGS steps of the optimisation column (0: none): the first model's loss, optimised per photo.
+    reference_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.size < MIN_SIZE:
             raise InvalidSetting("size", f"must be at least {MIN_SIZE} pixels")
+        if self.reference_steps < 0:
+            raise InvalidSetting("reference_steps", "must not be negative")
         if self.loss_network is not None:
             check_loss_network(self.loss_network)
 
@@ -155,14 +165,45 @@ class ModelReport:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """The optimisation of the first model's own training loss for each photo
+    (Gatys et al. 2016, single scale, L-BFGS): what its loss network allows at
+    best, so a model's distance from it is one number and one picture."""
+
+    steps: int
+    outputs: list[torch.Tensor]  # one per content image, NCHW in [0, 1]
+    lattice: float  # as ModelReport's
+    losses: Losses
+
+    def shown(self) -> list[str]:
+        """The sheet's and the table's cells; the changes measure networks, so n/a."""
+        losses = (self.losses.content, self.losses.style, self.losses.style_vs_photo)
+        return ["n/a"] * 3 + [f"{self.lattice:+.1f} dB", *("n/a" if v is None else f"{v:.3g}" for v in losses)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": "optimisation (Gatys et al. 2016), L-BFGS, single scale, from the photo",
+            "steps": self.steps,
+            "lattice_db": round(self.lattice, 2),
+            "content_loss": self.losses.content,
+            "style_loss": self.losses.style,
+            "style_vs_photo": self.losses.style_vs_photo,
+            "style_vs_photo_per_layer": self.losses.style_vs_photo_per_layer,
+            "loss_source": self.losses.source,
+        }
+
+
+@dataclass(frozen=True)
 class Comparison:
     content_names: list[str]
     contents: list[torch.Tensor]
     reports: list[ModelReport]
     outputs: list[list[Stylizations]]  # [model][content]
     settings: CompareSettings
+    reference: Reference | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        reference = {"reference": self.reference.to_dict()} if self.reference is not None else {}
         return {
             "contents": self.content_names,
             "size": self.settings.size,
@@ -170,6 +211,7 @@ class Comparison:
             "neighbours": {"per_batch": NEIGHBOURS_PER_BATCH, "kinds": list(NEIGHBOURS)},
             "units": "mean absolute difference, 0..255",
             "models": [report.to_dict() for report in self.reports],
+            **reference,
         }
 
 
@@ -198,6 +240,24 @@ def stylize_variants(stylizer: Stylizer, image: torch.Tensor) -> Stylizations:
     )
 
 
+@dataclass(frozen=True)
+class _LossSetup:
+    """The loss a model's numbers are measured with, and its reference optimises."""
+
+    name: str
+    weights: Path | None
+    content_layer: str
+    layer_weights: dict[str, float]
+    style: torch.Tensor | None
+    style_source: str
+    trained: TrainConfig | None  # the model's recorded settings, if any
+
+    @property
+    def source(self) -> str:
+        style = self.style_source if self.style is not None else "no style image"
+        return f"{self.name} ({self.weights.name if self.weights else 'ImageNet'}), {style}"
+
+
 class _LossMeter:
     """Content and style loss of a model's outputs, measured as its training did
     (same loss network, layers and style image) unless settings override."""
@@ -213,33 +273,37 @@ class _LossMeter:
             self._networks[key] = LossNetwork(name, layers, weights).to(self.device)
         return self._networks[key]
 
-    def _style_image(self, info: ModelInfo) -> tuple[torch.Tensor | None, str]:
-        recorded = info.training.get("style_image")
-        if recorded and Path(recorded).is_file():
-            style = load_image(Path(recorded)).rgb
-            return resize_long_side(style, int(info.training.get("style_size", 512))), "style image"
-        thumbnail = decode_thumbnail(info.style_thumbnail)
-        return thumbnail, "style thumbnail"
+    def _style_image(self, info: ModelInfo, trained: TrainConfig | None) -> tuple[torch.Tensor | None, str]:
+        if trained is not None and trained.style_image.is_file():
+            style = load_image(trained.style_image).rgb
+            sized = style if trained.style_size is None else resize_long_side(style, trained.style_size)
+            return sized, "style image"
+        return decode_thumbnail(info.style_thumbnail), "style thumbnail"
+
+    def setup(self, info: ModelInfo) -> _LossSetup | str:
+        """The model's loss, or why it cannot be measured."""
+        record = TrainingRecord.of(info.training)
+        trained = record.settings if record is not None else None
+        trained_with = trained.loss_network if trained is not None else TrainConfig.loss_network
+        name = self.settings.loss_network or trained_with
+        same = trained if name == trained_with else None  # what the model's own training measured
+        weights = self.settings.loss_network_weights or (same.loss_network_weights if same is not None else None)
+        if weights is not None and not weights.is_file():
+            return f"no loss network: {weights} not found"
+        if weights is None and not imagenet_weights_cached(name):
+            return f"no loss network: {name}'s ImageNet weights are not downloaded"
+        content_layer = same.content_layer if same is not None else DEFAULT_CONTENT_LAYER
+        layer_weights = same.style_layer_weighting if same is not None else style_layer_weights(name)
+        return _LossSetup(name, weights, content_layer, layer_weights, *self._style_image(info, trained), trained)
 
     @torch.no_grad()
     def measure(self, info: ModelInfo, contents: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> Losses:
-        record = info.training
-        trained_with = record.get("loss_network", "vgg16")
-        name = self.settings.loss_network or trained_with
-        recorded_file = record.get("loss_network_weights", record.get("loss_weights"))  # the old name
-        same_network = name == trained_with
-        weights = self.settings.loss_network_weights or (
-            Path(recorded_file) if recorded_file and same_network else None
-        )
-        if weights is not None and not weights.is_file():
-            return Losses(source=f"no loss network: {weights} not found")
-        if weights is None and not imagenet_weights_cached(name):
-            return Losses(source=f"no loss network: {name}'s ImageNet weights are not downloaded")
-        content_layer = record.get("content_layer", DEFAULT_CONTENT_LAYER) if same_network else DEFAULT_CONTENT_LAYER
-        recorded_layers = (record.get("style_layers") or (), record.get("style_layer_weights") or ())
-        layer_weights = style_layer_weights(name, *recorded_layers) if same_network else style_layer_weights(name)
-        network = self._network(name, (content_layer, *layer_weights), weights)
-        style, style_source = self._style_image(info)
+        setup = self.setup(info)
+        if isinstance(setup, str):
+            return Losses(source=setup)
+        layer_weights, content_layer = setup.layer_weights, setup.content_layer
+        network = self._network(setup.name, (content_layer, *layer_weights), setup.weights)
+        style = setup.style
         targets = style_targets(network(style.to(self.device)), tuple(layer_weights)) if style is not None else None
         content_total = 0.0
         styles = {"output": dict.fromkeys(layer_weights, 0.0), "photo": dict.fromkeys(layer_weights, 0.0)}
@@ -249,11 +313,10 @@ class _LossMeter:
             for image, sums in styles.items():
                 for layer, term in (style_loss_per_layer(features[image], targets) if targets else {}).items():
                     sums[layer] += float(term)
-        source = f"{name} ({weights.name if weights else 'ImageNet'}), {style_source if targets else 'no style image'}"
         if targets is None:
-            return Losses(content_total / len(contents), source=source)
+            return Losses(content_total / len(contents), source=setup.source)
         count = len(contents)
-        return Losses.of(content_total / count, styles["output"], styles["photo"], layer_weights, count, source)
+        return Losses.of(content_total / count, styles["output"], styles["photo"], layer_weights, count, setup.source)
 
 
 @dataclass(frozen=True)
@@ -321,32 +384,68 @@ def content_labels(contents: Sequence[Path]) -> list[str]:
     return [name if names.count(name) == 1 else str(path) for name, path in zip(names, contents, strict=True)]
 
 
+def _reference(
+    info: ModelInfo, images: Sequence[torch.Tensor], meter: _LossMeter, content_lattices: Sequence[float]
+) -> Reference:
+    """Optimise each photo against ``info``'s own training loss (see ``Reference``)."""
+    steps = meter.settings.reference_steps
+    setup = meter.setup(info)
+    if isinstance(setup, str) or setup.style is None:
+        why = setup if isinstance(setup, str) else "no style image or thumbnail"
+        raise InvalidSetting("reference_steps", f"needs {info.name}'s loss network and style image: {why}")
+    weights = setup.trained.term_weights if setup.trained is not None else LossWeights()
+    optimizer = StyleOptimizer(
+        [StyleImage(setup.style)],
+        OptimizationSettings(
+            steps=steps, levels=1, content_weight=weights.content, style_weight=weights.style,
+            tv_weight=weights.tv, style_size=max(setup.style.shape[-2:]), loss_network=setup.name,
+            loss_network_weights=setup.weights, content_layer=setup.content_layer,
+            style_layers=tuple(setup.layer_weights), style_layer_weights=tuple(setup.layer_weights.values()),
+            precision="fp32", device=str(meter.device),
+        ),
+    )  # fmt: skip
+    outputs = [optimizer.optimize(image).cpu() for image in images]
+    lattice = sum(lattice_strength(out) - photo for out, photo in zip(outputs, content_lattices, strict=True))
+    return Reference(steps, outputs, lattice / len(images), meter.measure(info, images, outputs))
+
+
 def compare(
     contents: Sequence[Path],
     models: Sequence[str | Path],
     settings: CompareSettings = CompareSettings(),
-    on_model: Callable[[int, int, ModelInfo], None] | None = None,
+    on_stage: Callable[[int, int, str], None] | None = None,
 ) -> Comparison:
-    """Run the experiment for every model on every content image;
-    ``on_model(index, count, info)`` hears when each model starts."""
+    """Run the experiment for every model on every content image, then the
+    reference if asked; ``on_stage(index, count, name)`` hears when each starts.
+
+    Raises StylizeError for unreadable images or models, and InvalidSetting
+    (``reference_steps``) when the first model's loss cannot be rebuilt.
+    """
     device = resolve_device(settings.device)
     images = [resize_long_side(load_image(path).rgb, settings.size) for path in contents]
     paths = resolve_models(models)
     meter = _LossMeter(settings, device)
     content_lattices = [lattice_strength(image) for image in images]
+    stages = len(paths) + (1 if settings.reference_steps else 0)
     reports, outputs = [], []
     for index, path in enumerate(paths):
         stylizer = Stylizer(load_model(path, device), device, EXPERIMENT_SETTINGS)
-        if on_model is not None:
-            on_model(index, len(paths), stylizer.model.info)
+        if on_stage is not None:
+            on_stage(index, stages, stylizer.model.info.name)
         runs = [stylize_variants(stylizer, image) for image in images]
         losses = meter.measure(stylizer.model.info, images, [run.plain for run in runs])
         reports.append(_report(stylizer.model.info, content_lattices, runs, losses))
         outputs.append(runs)
+    reference = None
+    if settings.reference_steps:
+        if on_stage is not None:
+            on_stage(len(paths), stages, f"optimisation, {settings.reference_steps} steps")
+        reference = _reference(reports[0].info, images, meter, content_lattices)
     return Comparison(
         content_names=content_labels(contents),
         contents=images,
         reports=reports,
         outputs=outputs,
         settings=settings,
+        reference=reference,
     )

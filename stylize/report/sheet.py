@@ -1,9 +1,10 @@
 """The comparison sheet: a labelled grid of a ``Comparison``, drawn with Pillow.
 
 Columns: row labels, the content as fed to the models, one column per model
-(its style thumbnail and norm on top, its numbers at the bottom). Each content
-image gets one block of rows (``sheet_rows``): plain, each contrast factor,
-each neighbour batch; or the plain row alone, as a gallery.
+(its style thumbnail and norm on top, its numbers at the bottom), and the
+optimisation reference if the comparison has one. Each content image gets one
+block of rows (``sheet_rows``): plain, each contrast factor, each neighbour
+batch; or the plain row alone, as a gallery. The reference fills plain rows only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from stylize.fileio import atomic_path
 from stylize.images import decode_thumbnail, fit_into, output_format, resize_long_side, save_pil, tensor_to_image
+from stylize.model.files import ModelInfo
 from stylize.report.compare import CONTRAST_FACTORS, NEIGHBOURS, NEIGHBOURS_PER_BATCH, Comparison, adjust_contrast
 from stylize.report.drawing import BACKGROUND, FAINT_INK, draw_lines, fit_text, font, line_height, wrap
 
@@ -45,7 +47,7 @@ FOOTER_LABELS = (
 class SheetRow:
     label: str
     content: torch.Tensor  # the content cell, as the models were fed it
-    outputs: list[torch.Tensor]  # one cell per model
+    outputs: list[torch.Tensor | None]  # one cell per column after the content; None: left empty
 
 
 def norm_label(norm: str) -> str:
@@ -59,24 +61,28 @@ def sheet_rows(comparison: Comparison) -> list[SheetRow]:
     rows = []
     for index, (name, image) in enumerate(zip(comparison.content_names, comparison.contents, strict=True)):
         runs = [outputs[index] for outputs in comparison.outputs]
-        rows.append(SheetRow(f"{name}: stylized (eval mode)", image, [run.plain for run in runs]))
+        reference = [comparison.reference.outputs[index]] if comparison.reference is not None else []
+        empty = [None] * len(reference)
+        plain: list[torch.Tensor | None] = [run.plain for run in runs]
+        rows.append(SheetRow(f"{name}: stylized (eval mode)", image, plain + reference))
         if comparison.settings.stylized_only:
             continue
         for factor in CONTRAST_FACTORS:
             cells = [run.contrast[factor] for run in runs]
-            rows.append(SheetRow(f"contrast x{factor:g} (eval mode)", adjust_contrast(image, factor), cells))
+            rows.append(SheetRow(f"contrast x{factor:g} (eval mode)", adjust_contrast(image, factor), cells + empty))
         for kind, make in NEIGHBOURS.items():
             label = f"train mode, in a batch with {NEIGHBOURS_PER_BATCH} {kind} neighbours"
-            rows.append(SheetRow(label, _with_inset(image, make(image)), [run.in_batch[kind] for run in runs]))
+            cells = [run.in_batch[kind] for run in runs]
+            rows.append(SheetRow(label, _with_inset(image, make(image)), cells + empty))
     return rows
 
 
 @dataclass(frozen=True)
 class SheetLayout:
     """Pixel geometry of the sheet; cell (row, column) holds one image,
-    column 0 the content, column k the k-th model."""
+    column 0 the content, column k the k-th model (then the reference)."""
 
-    models: int
+    columns: int  # after the content
     cell_width: int
     row_heights: tuple[int, ...]
     thumbnail_height: int
@@ -89,7 +95,8 @@ class SheetLayout:
         rows = tuple(
             max(row.content.shape[-2], len(wrap(row.label, text, LABEL_WIDTH)) * line_height(text)) for row in grid
         )
-        layout = cls(len(comparison.reports), cell_width, rows, thumbnail_height=cell_width * 2 // 3)
+        columns = len(comparison.reports) + (comparison.reference is not None)
+        layout = cls(columns, cell_width, rows, thumbnail_height=cell_width * 2 // 3)
         title = wrap(heading(comparison), font(TITLE_SIZE), layout.size[0] - 2 * MARGIN)
         return dataclasses.replace(layout, title=tuple(title))
 
@@ -125,7 +132,7 @@ class SheetLayout:
 
     @property
     def size(self) -> tuple[int, int]:
-        width = self.column_left(self.models + 1) - GAP + MARGIN
+        width = self.column_left(self.columns + 1) - GAP + MARGIN
         return width, self.footer_top + self.footer_height + MARGIN
 
 
@@ -149,6 +156,10 @@ def heading(comparison: Comparison) -> str:
     return f"stylize compare: {norms}. Changes are mean |difference| of the output, 0..255."
 
 
+def _model_heading(info: ModelInfo) -> list[str]:
+    return [norm_label(info.config.norm), f"style: {info.style or '?'}", info.name]
+
+
 def render_sheet(comparison: Comparison) -> Image.Image:
     grid = sheet_rows(comparison)
     layout = SheetLayout.of(comparison, grid)
@@ -160,27 +171,33 @@ def render_sheet(comparison: Comparison) -> Image.Image:
     header_top = MARGIN + layout.title_height
     text_top = header_top + layout.thumbnail_height + GAP
     draw_lines(draw, (layout.column_left(0), text_top), ["content"], text)
-    for column, report in enumerate(comparison.reports, start=1):
+    headings = [(report.info, _model_heading(report.info)) for report in comparison.reports]
+    footers = [report.shown() for report in comparison.reports]
+    if comparison.reference is not None:
+        first = comparison.reports[0].info
+        headings.append((first, ["optimisation (ceiling)", f"{comparison.reference.steps} L-BFGS steps", first.name]))
+        footers.append(comparison.reference.shown())
+    for column, (info, lines) in enumerate(headings, start=1):
         left = layout.column_left(column)
-        thumbnail = decode_thumbnail(report.info.style_thumbnail)
+        thumbnail = decode_thumbnail(info.style_thumbnail)
         if thumbnail is not None:
             _paste(sheet, fit_into(thumbnail, layout.cell_width, layout.thumbnail_height), (left, header_top))
         else:
             draw_lines(draw, (left, header_top), wrap("(no style image in the model file)", text, layout.cell_width),
                        text, FAINT_INK)  # fmt: skip
-        lines = [norm_label(report.info.config.norm), f"style: {report.info.style or '?'}", report.info.name]
         draw_lines(draw, (left, text_top), [fit_text(line, text, layout.cell_width) for line in lines], text)
 
     for index, row in enumerate(grid):
         top = layout.row_top(index)
         draw_lines(draw, (MARGIN, top), wrap(row.label, text, LABEL_WIDTH), text)
         for column, cell in enumerate([row.content, *row.outputs]):
-            _paste(sheet, cell, (layout.column_left(column), top))
+            if cell is not None:
+                _paste(sheet, cell, (layout.column_left(column), top))
 
     footer_top = layout.footer_top
     draw_lines(draw, (MARGIN, footer_top), list(FOOTER_LABELS), text, FAINT_INK)
-    for column, report in enumerate(comparison.reports, start=1):
-        draw_lines(draw, (layout.column_left(column), footer_top), report.shown(), text)
+    for column, cells in enumerate(footers, start=1):
+        draw_lines(draw, (layout.column_left(column), footer_top), cells, text)
     return sheet
 
 

@@ -131,6 +131,25 @@ class TrainConfig:
         values["style_layer_weights"] = list(self.style_layer_weighting.values())
         return values
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Settings as ``to_dict`` stored them, in today's names; a setting added
+        since takes the value that reproduces what training did before it existed.
+
+        Raises StylizeError if a required setting is missing or one is invalid.
+        """
+        names = {field.name for field in dataclasses.fields(cls)}
+        known = {key: value for key, value in _saved_settings(values).items() if key in names}
+        missing = [name for name in _REQUIRED if known.get(name) is None]
+        if missing:
+            raise StylizeError(f"the recorded training settings lack {', '.join(missing)}")
+        for name in _PATHS:
+            if known.get(name) is not None:
+                known[name] = Path(known[name])
+        for name in ("style_layers", "style_layer_weights"):
+            known[name] = tuple(known.get(name) or ())
+        return cls(**known)
+
     def check_resumable(self, checkpoint: Checkpoint, source: Path, processes: int = 1) -> None:
         """Refuse a checkpoint of a different run: only ``RUN_SETTINGS`` may change."""
         if checkpoint.global_batch != self.batch_size * processes:
@@ -139,11 +158,11 @@ class TrainConfig:
                 f"{self.batch_size} x {processes} process(es); resume with batch_size x processes = "
                 f"{checkpoint.global_batch}"
             )
-        saved = _saved_settings(checkpoint.config)
+        saved = TrainConfig.from_dict(checkpoint.config).to_dict()
         for key, value in self.to_dict().items():
-            if key not in RUN_SETTINGS and saved.get(key, value) != value:
+            if key not in RUN_SETTINGS and saved[key] != value:
                 raise StylizeError(
-                    f"{source} was trained with {key}={saved.get(key)!r}, not {value!r}; "
+                    f"{source} was trained with {key}={saved[key]!r}, not {value!r}; "
                     "resume with the run's original settings"
                 )
         if checkpoint.net_config != self.net_config:
@@ -179,10 +198,34 @@ _BEFORE_SETTINGS_EXISTED = {"lr_schedule": "constant", "warmup_steps": 0, "resam
 _RENAMED = {"loss_weights": "loss_network_weights"}
 
 
+_REQUIRED = ("style_image", "data", "out")
+_PATHS = ("style_image", "data", "out", "loss_network_weights", "resume")
+
+
 def _saved_settings(recorded: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's or model's recorded settings in today's names and defaults."""
     renamed = {_RENAMED.get(key, key): value for key, value in recorded.items()}
     return {**_BEFORE_SETTINGS_EXISTED, **renamed}
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What a model file says of the run that made it (``ModelInfo.training``)."""
+
+    settings: TrainConfig
+    steps_done: int | None = None
+    images_seen: int | None = None
+    seconds: float | None = None  # training time, all processes at once
+
+    @classmethod
+    def of(cls, recorded: dict[str, Any]) -> TrainingRecord | None:
+        """The record of a stylize model; None for a model without one (imported
+        from pytorch/examples, or whose settings are incomplete)."""
+        try:
+            settings = TrainConfig.from_dict(recorded)
+        except (StylizeError, TypeError, ValueError):
+            return None
+        return cls(settings, recorded.get("steps_done"), recorded.get("images_seen"), recorded.get("training_seconds"))
 
 
 def metrics_log_path(out: Path) -> Path:
