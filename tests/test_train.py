@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import stylize.model.checkpoints as checkpoints
 import stylize.training.loop as training
-from stylize import StylizeError, TrainConfig, TrainingInterrupted, load_model, train
+from stylize import StylizeError, TrainConfig, TrainingInterrupted, load_model, save_model, train
 from stylize.devices import compute_dtype, keep_freed_memory
 from stylize.images import decode_thumbnail
 from stylize.model.checkpoints import Checkpoint
@@ -26,7 +26,7 @@ from stylize.training.config import CPU_RECIPE, GPU_RECIPE, TrainingRecord
 from stylize.training.data import batches
 from stylize.training.losses import LossTerms, LossWeights
 
-from .helpers import assert_same_weights, count_steps, train_args, write_model
+from .helpers import assert_same_weights, count_steps, random_network, train_args, write_model
 
 
 def test_train_through_the_cli_writes_model_metrics_and_checkpoints(
@@ -439,6 +439,19 @@ def test_init_refuses_a_different_network(
         and len(result.error_lines) == 1
         and result.error_lines[0].startswith("error: the model to start from")
     )
+
+
+def test_init_keeps_the_parents_resampling_unless_told(
+    tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    start = tmp_path / "start.safetensors"
+    save_model(start, random_network(resampling="nearest"), style="s", training={})
+    config = _init_run(tmp_path, style_image, photos, vgg_weights, start, steps=1)
+    train(config)
+    assert load_model(config.out).info.config.resampling == "nearest"
+    assert load_model(config.out).info.training["resampling"] == "nearest"
+    scratch = dataclasses.replace(config, init=None, out=tmp_path / "scratch.safetensors")
+    assert scratch.for_device(torch.device("cpu")).resampling == "antialiased"
 
 
 def test_init_refuses_an_unknown_model(cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path) -> None:

@@ -137,13 +137,13 @@ def train(
     ] = ["instance"],  # noqa: B006 - Typer reads list defaults this way
     groups: Annotated[int, typer.Option(help="Channel groups of the group norm (divides 32).")] = TrainConfig.groups,
     resampling: Annotated[
-        str,
+        str | None,
         typer.Option(
             help=f"{' or '.join(RESAMPLINGS)}: how the network changes resolution. antialiased (blur before "
             "each stride-2 convolution, bilinear upsampling) paints no weave locked to a 4-pixel grid; "
-            "nearest (Johnson et al.'s) is needed for --init from a model made with it."
+            "nearest is Johnson et al.'s. Default: the --init model's, else antialiased."
         ),
-    ] = TrainConfig.resampling,
+    ] = None,
     steps: Annotated[int | None, typer.Option(help=f"Total optimizer steps; default {_by_device('steps')}.")] = None,
     batch_size: Annotated[int, typer.Option(help="Photos per step.")] = TrainConfig.batch_size,
     image_size: Annotated[

@@ -14,7 +14,7 @@ import torch
 from stylize.devices import DEFAULT_DEVICE, DEFAULT_PRECISION, check_precision
 from stylize.errors import InvalidSetting, StylizeError
 from stylize.model.checkpoints import Checkpoint, checkpoint_dir, checkpoint_files
-from stylize.model.files import MODEL_SUFFIX
+from stylize.model.files import MODEL_SUFFIX, load_model, resolve_model
 from stylize.model.network import MIN_SIZE, NetConfig, check_resampling
 from stylize.model.norms import DEFAULT_GROUPS, check_groups, check_norm
 from stylize.training.losses import LossWeights
@@ -53,7 +53,7 @@ class TrainConfig:
     out: Path
     norm: str = "instance"
     groups: int = DEFAULT_GROUPS
-    resampling: str = NetConfig.resampling
+    resampling: str | None = None  # None: the init model's, else NetConfig's default
     steps: int | None = None
     batch_size: int = 4
     image_size: int | None = None
@@ -88,7 +88,8 @@ class TrainConfig:
         _check_ranges(self)
         check_norm(self.norm)
         check_groups(self.groups)
-        check_resampling(self.resampling)
+        if self.resampling is not None:
+            check_resampling(self.resampling)
         check_loss_network(self.loss_network)
         check_lr_schedule(self.lr_schedule)
         check_precision(self.precision)
@@ -98,14 +99,22 @@ class TrainConfig:
             raise InvalidSetting("style_layer_weights", "must not be negative")
 
     def for_device(self, device: torch.device) -> TrainConfig:
-        """Every ``None`` replaced by the device's recipe."""
+        """Every ``None`` replaced by the device's recipe, and the resampling by
+        the init model's (a fine-tune keeps its parent's network).
+
+        Raises StylizeError if the init model cannot be found or read.
+        """
         recipe = recipe_for(device)
         unset = {key: getattr(recipe, key) for key in dataclasses.asdict(recipe) if getattr(self, key) is None}
+        if self.resampling is None:
+            parent = load_model(resolve_model(self.init)).info.config if self.init else NetConfig()
+            unset["resampling"] = parent.resampling
         return dataclasses.replace(self, **unset)
 
     @property
     def net_config(self) -> NetConfig:
-        return NetConfig(norm=self.norm, groups=self.groups, resampling=self.resampling)
+        resampling = self.resampling or NetConfig.resampling
+        return NetConfig(norm=self.norm, groups=self.groups, resampling=resampling)
 
     @property
     def style_layer_weighting(self) -> dict[str, float]:
