@@ -23,7 +23,7 @@ from stylize.fileio import atomic_path
 from stylize.images import load_image, resize_long_side
 from stylize.inference.stylizer import InferenceSettings, Stylizer
 from stylize.model.files import ModelInfo, StyleModel, load_model
-from stylize.model.network import NetConfig, ReflectConv, TransformerNet
+from stylize.model.network import NetConfig, ReflectConv, TransformerNet, UpsampleConv
 
 # Wide enough for every column when the output goes to a file.
 console = Console(width=None if sys.stdout.isatty() else 220)
@@ -127,13 +127,16 @@ def bench_network(model: str | None) -> TransformerNet:
 class _PlainUpsampleConv(torch.nn.Module):
     """Upsample, then convolve: how pytorch/examples computes what ``UpsampleConv`` does."""
 
-    def __init__(self, conv2d: torch.nn.Conv2d):
+    def __init__(self, source: UpsampleConv):
         super().__init__()
-        self.conv2d = conv2d
+        self.conv2d = source.conv2d
+        self.upsampling = source.upsampling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        upsampled = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
-        return self.conv2d(torch.nn.functional.pad(upsampled, (1, 1, 1, 1), mode="reflect"))
+        # Reflection padding of a nearest-upsampled map; bilinear pads by replication.
+        padding = "reflect" if self.upsampling == "nearest" else "replicate"
+        upsampled = torch.nn.functional.interpolate(x, scale_factor=2, mode=self.upsampling)
+        return self.conv2d(torch.nn.functional.pad(upsampled, (1, 1, 1, 1), mode=padding))
 
 
 def examples_form(network: TransformerNet) -> TransformerNet:
@@ -141,8 +144,8 @@ def examples_form(network: TransformerNet) -> TransformerNet:
     pytorch/examples' network does: a 4x upsampled map through a 3x3 conv, and
     the plain 9x9 output conv, not the cheaper forms of ``convforms``."""
     plain = copy.deepcopy(network)
-    plain.up1 = _PlainUpsampleConv(plain.up1.conv2d)
-    plain.up2 = _PlainUpsampleConv(plain.up2.conv2d)
+    plain.up1 = _PlainUpsampleConv(plain.up1)
+    plain.up2 = _PlainUpsampleConv(plain.up2)
     plain.conv_out.__class__ = ReflectConv  # BlockConv's plain parent: same pad and weights
     return plain
 

@@ -38,10 +38,11 @@ from stylize.devices import keep_freed_memory, native_bf16, resolve_device
 from stylize.images import load_image, resize_long_side
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.model.norms import check_norm, norm_names
-from stylize.training.config import TrainConfig, metrics_log_path
+from stylize.training.config import TrainConfig
 from stylize.training.data import crop_loader, training_files
 from stylize.training.loop import train
 from stylize.training.losses import LossWeights, perceptual_loss, style_targets
+from stylize.training.metrics import metrics_log_path
 from stylize.training.vgg import LossNetwork
 from tests.reference_fast_neural_style import ExamplesTransformerNet
 

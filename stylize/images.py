@@ -161,6 +161,7 @@ def to_srgb(image: Image.Image, mode: str) -> Image.Image:
     if transform is None:
         return image.convert(mode)
     converted = ImageCms.applyTransform(image.convert(colour), transform)
+    assert converted is not None  # only an in-place transform returns None
     if mode == "RGBA":
         converted.putalpha(image.convert("RGBA").getchannel("A"))
     return converted
@@ -259,6 +260,9 @@ def _opaque_if_so(image: LoadedImage) -> LoadedImage:
     return image
 
 
+_ALPHA_ANIMATION_OPTIONS: dict[str, dict[str, object]] = {"GIF": {"disposal": 2}, "WEBP": {"lossless": True}}
+
+
 def save_animation(path: Path, animation: Animation) -> None:
     """Write atomically as an animated GIF, PNG (APNG) or WebP, as the extension says."""
     fmt = output_format(path)
@@ -272,7 +276,7 @@ def save_animation(path: Path, animation: Animation) -> None:
     if any(frame.alpha is not None for frame in animation.frames):
         # Each frame replaces the one before, transparent pixels included (GIF's
         # default lets them pile up); Pillow's lossy animated WebP drops alpha.
-        options.update({"GIF": {"disposal": 2}, "WEBP": {"lossless": True}}.get(fmt, {}))
+        options.update(_ALPHA_ANIMATION_OPTIONS.get(fmt, {}))
     with atomic_path(path) as temporary:
         first.save(temporary, format=fmt, **options)
 
@@ -328,6 +332,12 @@ def save_pil(path: Path, image: Image.Image) -> None:
         options["icc_profile"] = SRGB_PROFILE  # what every result is in, said in the file
     with atomic_path(path) as temporary:
         image.save(temporary, format=fmt, **options)
+
+
+def spatial_size(images: torch.Tensor) -> tuple[int, int]:
+    """(height, width) of an NCHW (or CHW, HW) tensor."""
+    height, width = images.shape[-2:]
+    return height, width
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:

@@ -33,7 +33,8 @@ def test_speed_benchmark_writes_medians_ratios_and_differences(tmp_path: Path, m
     assert len(fp32["runs_s"]) == 2 and fp32["speedup"] == pytest.approx(reference["median_s"] / fp32["median_s"])
     assert fp32["settings"]["precision"] == "fp32" and fp32["dtype"] == "torch.float32"
     assert fp32["max_diff_levels"] <= 1 and bf16["dtype"] == "torch.bfloat16"
-    assert 0 < fp32["gflop"] < reference["gflop"]  # the fast form does fewer FLOPs
+    # Counted, not guessed; the fast form's FLOPs may be more (space-to-depth) or fewer (nearest sub-pixel).
+    assert 0.2 < fp32["gflop"] / reference["gflop"] < 5
     assert 0.2 < fp32["peak_rss_gib"] < 64  # GiB of a process that has torch loaded, not bytes or MiB
 
 

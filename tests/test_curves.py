@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylize.report.curves import COLOURS, MARGIN, PANEL_WIDTH, log_ticks, moving_median, nice_ticks, read_metrics
+from stylize.report.curves import COLOURS, MARGIN, PANEL_WIDTH, log_ticks, moving_median, nice_ticks
+from stylize.training.metrics import read_metrics
 
 
 def _write_metrics(path: Path, steps: int, start: float, decay: float) -> Path:

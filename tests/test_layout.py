@@ -74,3 +74,18 @@ def test_the_public_api_resolves_every_name_it_lists() -> None:
     assert set(stylize.__all__) <= set(dir(stylize))
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         stylize.__getattr__("nonsense")
+
+
+def test_type_checkers_see_every_public_name_where_it_is_imported_from() -> None:
+    """The lazy ``__getattr__`` hides the API from editors; the TYPE_CHECKING
+    imports show it, and must name the same things from the same modules."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    guarded = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    seen = {
+        alias.asname: node.module
+        for node in guarded.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+        if alias.asname == alias.name  # "import X as X": a re-export
+    }
+    assert seen == stylize._HOME

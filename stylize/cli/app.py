@@ -10,7 +10,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -56,8 +56,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Typer bundles its own copy of click in new releases and uses click in old ones;
-# its BadParameter derives from whichever ClickException is in use.
-_UsageProblem = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException")
+# its BadParameter derives from whichever ClickException is in use (so no static type).
+_UsageProblem: Any = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException")
 
 DEVICE_HELP = f"where to run: {', '.join(DEVICE_CHOICES)} or cuda:N"
 

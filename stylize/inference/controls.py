@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from stylize.errors import InvalidSetting, StylizeError
-from stylize.images import max_pixels_setting, resize, scaled_size
+from stylize.images import max_pixels_setting, resize, scaled_size, spatial_size
 
 MAX_SCALE = 4.0
 
@@ -100,7 +100,7 @@ def apply_controls(
         return photos.clone()
     if controls.is_plain:
         return stylize(photos)
-    size = tuple(photos.shape[-2:])
+    size = spatial_size(photos)
     small = resize(photos, scaled_size(*size, controls.scale))
     stylized = resize(stylize(small).float(), size)
     photo_lab = srgb_to_oklab(photos)

@@ -115,6 +115,7 @@ def _export_onnx(network: torch.nn.Module, example: torch.Tensor, metadata: dict
         output_names=[OUTPUT_NAME],
         dynamic_shapes={"x": {0: batch, 2: height, 3: width}},
     )
+    assert program is not None  # the dynamo exporter always returns one
     program.model.metadata_props.update(metadata)
     program.save(str(path), external_data=False)
 

@@ -30,7 +30,7 @@ from stylize.devices import (
     resolve_device,
 )
 from stylize.errors import InvalidSetting, StylizeError
-from stylize.images import resize, resize_long_side, scaled_size
+from stylize.images import resize, resize_long_side, scaled_size, spatial_size
 from stylize.inference.controls import PLAIN, StyleControls
 from stylize.inference.stylizer import ImageStylizer
 from stylize.model.network import MIN_SIZE
@@ -159,7 +159,7 @@ class StyleOptimizer(ImageStylizer):
 
     def optimize(self, photo: torch.Tensor) -> torch.Tensor:
         """One photo (1x3xHxW in [0, 1]) -> its stylization, the same size, in [0, 1]."""
-        sizes = level_sizes(*photo.shape[-2:], self.settings.levels)
+        sizes = level_sizes(*spatial_size(photo), self.settings.levels)
         photo = photo.to(self.device, torch.float32)
         change = torch.zeros_like(photo[..., :1, :1])
         for level, size in enumerate(sizes):
@@ -261,5 +261,5 @@ class _LevelLoss:
 
     def report(self, evaluations: int, value: float) -> LevelReport:
         steps = self.owner.settings.steps
-        size = tuple(self.pixels.shape[-2:])
+        size = spatial_size(self.pixels)
         return LevelReport(self.level * steps + evaluations, steps * self.levels, self.level, size, value)

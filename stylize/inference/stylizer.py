@@ -33,6 +33,7 @@ from stylize.images import (
     resize_long_side,
     save_animation,
     save_image,
+    spatial_size,
     tensor_to_image,
 )
 from stylize.inference.controls import PLAIN, StyleControls, apply_controls, check_working_size
@@ -111,7 +112,7 @@ class ImageStylizer(ABC):
             rgb = resize_long_side(rgb, max_size)
             if alpha is not None and alpha.shape[-2:] != rgb.shape[-2:]:
                 alpha = F.interpolate(alpha, size=rgb.shape[-2:], mode="bilinear", antialias=True)
-        check_working_size(*rgb.shape[-2:], self.controls, max_pixels)
+        check_working_size(*spatial_size(rgb), self.controls, max_pixels)
         return LoadedImage(rgb=self(rgb), alpha=alpha)
 
     def stylize_pil(self, image: Image.Image, max_size: int | None = None) -> Image.Image:
@@ -164,7 +165,7 @@ class Stylizer(ImageStylizer):
     @torch.inference_mode()
     def run(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, memory_format=memory_format(self.device))
-        tile = self.settings.tile_for(*x.shape[-2:], compiled=self._compiled is not None)
+        tile = self.settings.tile_for(*spatial_size(x), compiled=self._compiled is not None)
         with autocast(self.device, self.dtype):
             y = self._run_compiled(x) if self._compiled is not None and tile is None else None
             if y is None:
@@ -178,8 +179,11 @@ class Stylizer(ImageStylizer):
         import torch._dynamo  # loaded by torch.compile already; costs a second otherwise
 
         set_tile(self.network, None)
+        compiled = self._compiled
+        if compiled is None:
+            return None
         try:
-            return self._compiled(x)
+            return compiled(x)
         except torch._dynamo.exc.TorchDynamoException as error:
             self._compiled = None
             if self.on_notice is not None:

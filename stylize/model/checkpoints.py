@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -68,7 +68,7 @@ class Checkpoint:
         )
 
 
-def is_checkpoint_state(state: object) -> bool:
+def is_checkpoint_state(state: object) -> TypeGuard[dict[str, Any]]:
     return isinstance(state, dict) and _REQUIRED <= state.keys()
 
 

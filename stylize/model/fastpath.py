@@ -25,7 +25,15 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from stylize.model.convforms import space_to_depth_conv, space_to_depth_kernels, subpixel_conv, subpixel_kernels
-from stylize.model.network import NORMALIZED_CONVS, SPACE_TO_DEPTH, ReflectConv, TransformerNet, UpsampleConv, pad
+from stylize.model.network import (
+    NORMALIZED_CONVS,
+    SPACE_TO_DEPTH,
+    ReflectConv,
+    TransformerNet,
+    UpsampleConv,
+    conv_at,
+    pad,
+)
 
 # A band's rows are given in image rows; a layer working at 1/scale resolution
 # takes tile // scale of its own rows per band.
@@ -80,6 +88,11 @@ class BandedConv(nn.Module):
         return out
 
 
+def _frozen_bias(conv: nn.Conv2d) -> nn.Parameter:
+    assert conv.bias is not None  # every convolution of the network has one
+    return nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+
+
 def _memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
@@ -91,7 +104,7 @@ class FastReflectConv(BandedConv):
         conv = source.conv2d
         super().__init__(pad=source.padding, stride=conv.stride[0], band_scale=band_scale)
         self.weight = nn.Parameter(source.kernel().detach().clone(), requires_grad=False)
-        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.bias = _frozen_bias(conv)
 
     def band(self, x: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
         padded = pad(x, (self.pad, self.pad, top, bottom), "reflect")
@@ -106,7 +119,7 @@ class SubpixelConv(BandedConv):
         conv = source.conv2d
         kernels = subpixel_kernels(conv.weight.detach().double(), source.upsampling)
         self.weight = nn.Parameter(kernels.to(conv.weight.dtype), requires_grad=False)
-        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.bias = _frozen_bias(conv)
 
     def band(self, x: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
         return subpixel_conv(pad(x, (1, 1, top, bottom), "replicate"), self.weight, self.bias)
@@ -124,7 +137,7 @@ class SpaceToDepthConv(BandedConv):
         self.weight = nn.Parameter(
             kernels.to(conv.weight.dtype).contiguous(memory_format=torch.channels_last), requires_grad=False
         )
-        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.bias = _frozen_bias(conv)
 
     def set_tile(self, tile: int | None) -> None:
         super().set_tile(tile)  # bands of whole blocks
@@ -141,9 +154,10 @@ def fold_batch_norms(net: TransformerNet) -> None:
     convolution before it and drop the layer (in place)."""
     for site, conv_path in NORMALIZED_CONVS.items():
         norm = net.get_submodule(site)
-        if type(norm) is not nn.BatchNorm2d or norm.running_mean is None:
+        # Not its subclasses: batch-instance norm mixes in each image's own statistics.
+        if type(norm) is not nn.BatchNorm2d or norm.running_mean is None or norm.running_var is None:
             continue
-        conv = net.get_submodule(conv_path).conv2d
+        conv = conv_at(net, conv_path)
         conv.weight, conv.bias = fuse_conv_bn_weights(
             conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
         )

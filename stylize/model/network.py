@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,11 +73,18 @@ class NetConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, object]) -> NetConfig:
+    def from_dict(cls, values: dict[str, Any]) -> NetConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         # A stored config that predates a setting was made without it.
-        legacy = {"bounded_output": False, "resampling": "nearest"}
+        legacy: dict[str, Any] = {"bounded_output": False, "resampling": "nearest"}
         return cls(**{**legacy, **{key: value for key, value in values.items() if key in known}})
+
+
+def conv_at(network: nn.Module, path: str) -> nn.Conv2d:
+    """The ``nn.Conv2d`` of the layer at ``path`` (every layer keeps it as ``conv2d``)."""
+    conv = network.get_submodule(f"{path}.conv2d")
+    assert isinstance(conv, nn.Conv2d)
+    return conv
 
 
 def check_resampling(name: str) -> str:
@@ -216,7 +224,7 @@ class TransformerNet(nn.Module):
         for site, conv_path in NORMALIZED_CONVS.items():
             norm = self.get_submodule(site)
             if isinstance(norm, ConvNormalizer):
-                norm.normalize_conv(self.get_submodule(conv_path).conv2d)
+                norm.normalize_conv(conv_at(self, conv_path))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]

@@ -8,7 +8,6 @@ matplotlib: three line charts do not justify a plotting stack as a dependency.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -17,56 +16,16 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from stylize.errors import StylizeError
 from stylize.images import output_format, save_pil
 from stylize.report.drawing import BACKGROUND, FAINT_INK, INK, draw_lines, fit_text, font, line_height
+from stylize.training.metrics import TERMS, Run, read_metrics
 
-TERMS = ("content", "style", "total")
 COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
            (140, 86, 75), (227, 119, 194))  # fmt: skip
 PANEL_WIDTH, PANEL_HEIGHT = 420, 320
 MARGIN, AXIS_LEFT, AXIS_BOTTOM = 20, 64, 40
 TEXT_SIZE, TITLE_SIZE = 13, 16
 SMOOTHING_POINTS = 50  # the moving median spans about 1/50 of the run
-
-
-@dataclass(frozen=True)
-class Run:
-    name: str
-    steps: list[int]
-    losses: dict[str, list[float]]  # term -> one value per step
-
-
-def run_name(path: Path) -> str:
-    """``starry-night-instance.metrics.jsonl`` -> ``starry-night-instance``."""
-    return path.name.removesuffix(".jsonl").removesuffix(".metrics")
-
-
-def read_metrics(path: Path) -> Run:
-    path = Path(path)
-    if not path.is_file():
-        raise StylizeError(f"no such metrics file: {path}")
-    steps: list[int] = []
-    losses: dict[str, list[float]] = {term: [] for term in TERMS}
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise StylizeError(f"cannot read {path}: {error}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            values = [float(record[term]) for term in TERMS]
-            step = int(record["step"])
-        except (ValueError, KeyError, TypeError):
-            raise StylizeError(f"line {number} of {path} is not a training metrics record") from None
-        steps.append(step)
-        for term, value in zip(TERMS, values, strict=True):
-            losses[term].append(value)
-    if not steps:
-        raise StylizeError(f"{path} holds no training steps")
-    return Run(run_name(path), steps, losses)
 
 
 def moving_median(values: Sequence[float], window: int) -> list[float]:

@@ -61,7 +61,9 @@ def sheet_rows(comparison: Comparison) -> list[SheetRow]:
     rows = []
     for index, (name, image) in enumerate(zip(comparison.content_names, comparison.contents, strict=True)):
         runs = [outputs[index] for outputs in comparison.outputs]
-        reference = [comparison.reference.outputs[index]] if comparison.reference is not None else []
+        reference: list[torch.Tensor | None] = []
+        if comparison.reference is not None:
+            reference.append(comparison.reference.outputs[index])
         empty = [None] * len(reference)
         plain: list[torch.Tensor | None] = [run.plain for run in runs]
         rows.append(SheetRow(f"{name}: stylized (eval mode)", image, plain + reference))

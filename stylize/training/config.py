@@ -140,6 +140,14 @@ class TrainConfig:
         values["style_layer_weights"] = list(self.style_layer_weighting.values())
         return values
 
+    @property
+    def recipe(self) -> Recipe:
+        """The device-dependent settings, as ``for_device`` resolved them."""
+        steps, image_size, style_size, workers = self.steps, self.image_size, self.style_size, self.workers
+        if steps is None or image_size is None or style_size is None or workers is None:
+            raise StylizeError("internal: the run's settings were not resolved for a device (for_device)")
+        return Recipe(steps, image_size, style_size, workers)
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Settings as ``to_dict`` stored them, in today's names; a setting added
@@ -235,11 +243,6 @@ class TrainingRecord:
         except (StylizeError, TypeError, ValueError):
             return None
         return cls(settings, recorded.get("steps_done"), recorded.get("images_seen"), recorded.get("training_seconds"))
-
-
-def metrics_log_path(out: Path) -> Path:
-    """The per-step losses of the run writing the model ``out``."""
-    return out.with_name(f"{out.stem}.metrics.jsonl")
 
 
 def plan_norm_runs(config: TrainConfig, norms: Sequence[str]) -> list[TrainConfig]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import math
 import signal
 import threading
@@ -20,13 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 import torch
 
 from stylize.devices import autocast, compute_dtype, keep_freed_memory, memory_format, resolve_device
 from stylize.errors import StylizeError, TrainingDiverged, TrainingInterrupted
-from stylize.fileio import atomic_path, check_writable
+from stylize.fileio import check_writable
 from stylize.images import encode_thumbnail, load_image, resize_long_side
 from stylize.model.checkpoints import (
     Checkpoint,
@@ -38,7 +37,7 @@ from stylize.model.checkpoints import (
 )
 from stylize.model.files import load_model, resolve_model, save_model
 from stylize.model.network import NetConfig, TransformerNet
-from stylize.training.config import TrainConfig, metrics_log_path
+from stylize.training.config import TrainConfig
 from stylize.training.data import batches, crop_loader, training_files
 from stylize.training.distributed import (
     World,
@@ -51,6 +50,7 @@ from stylize.training.distributed import (
     wait_for_all,
 )
 from stylize.training.losses import perceptual_loss, style_targets
+from stylize.training.metrics import MetricsLog, metrics_log_path
 from stylize.training.schedule import learning_rate
 from stylize.training.vgg import LossNetwork, announce_download
 from stylize.version import VERSION
@@ -149,15 +149,15 @@ def train(
 
 
 def _train(run: _Run, reporter: _Reporter) -> None:
-    config, world = run.config, run.world
+    config, world, recipe = run.config, run.world, run.config.recipe
     loader = crop_loader(
         run.files,
-        image_size=config.image_size,
+        image_size=recipe.image_size,
         batch_size=config.batch_size,
         seed=config.seed,
         start_step=run.step,
-        steps=config.steps,
-        workers=config.workers,
+        steps=recipe.steps,
+        workers=recipe.workers,
         pin_memory=run.device.type == "cuda",
         rank=world.rank,
         processes=world.size,
@@ -166,17 +166,15 @@ def _train(run: _Run, reporter: _Reporter) -> None:
         for images, unreadable in batches(loader):
             run.unreadable.update(unreadable)
             reporter.add(_step(run, images))
-            checkpoint_due = bool(config.checkpoint_every) and (
-                run.step % config.checkpoint_every == 0 or run.step == config.steps
-            )
-            # Processes must meet at the same steps, so they vote on stopping at
-            # their regular reports; a lone process stops at once.
-            lone_stop = stop.requested and not world.is_distributed
-            voted_stop = False
-            if reporter.due or checkpoint_due or lone_stop or run.step == config.steps:
-                voted_stop = reporter.flush(stop.requested)
+            last = run.step == recipe.steps
+            checkpoint_due = bool(config.checkpoint_every) and (run.step % config.checkpoint_every == 0 or last)
+            # The rule: every process meets the others (an all-reduce of the losses)
+            # at the same steps, the reports, checkpoints and the last one; a stop
+            # request (Ctrl-C) is voted on there. A lone process stops at once.
+            meeting = reporter.due or checkpoint_due or last or stop.alone(world)
+            voted_stop = reporter.flush(stop.requested) if meeting else False
             saved = _save_checkpoint(run) if checkpoint_due else None
-            if voted_stop or (stop.requested and not world.is_distributed):  # Ctrl-C may come during the report
+            if voted_stop or stop.alone(world):  # Ctrl-C may come during the report
                 _stop(run, saved)
 
 
@@ -198,11 +196,12 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
         config.check_resumable(checkpoint, source, world.size)
 
     torch.manual_seed(config.seed)
-    network = TransformerNet(config.net_config).to(device, memory_format=memory_format(device)).train()
+    network = TransformerNet(config.net_config).to(device).to(memory_format=memory_format(device)).train()
     if config.sync_bn and world.is_distributed:
         check_sync_batch_norm(network, device, config.norm)
     dtype = compute_dtype(config.precision, device)
-    loss_network, targets = _loss_network(config, resize_long_side(style, config.style_size), device, dtype, on_notice)
+    sized_style = resize_long_side(style, config.recipe.style_size)
+    loss_network, targets = _loss_network(config, sized_style, device, dtype, on_notice)
     run = _Run(
         config=config,
         world=world,
@@ -219,7 +218,7 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
     if checkpoint is not None:
         run.restore(checkpoint)
     elif config.init is not None:
-        run.init_sha256 = _start_from(network, config)
+        run.init_sha256 = _start_from(network, config.init)
     run.trained = parallel(network, world, device, config.sync_bn)  # same parameters: the optimizer still fits
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -243,7 +242,7 @@ def _loss_network(
     layers = tuple(config.style_layer_weighting)
     announce_download(config.loss_network, config.loss_network_weights, on_notice)
     network = LossNetwork(config.loss_network, [config.content_layer, *layers], config.loss_network_weights)
-    network = network.to(device, memory_format=memory_format(device))
+    network = network.to(device).to(memory_format=memory_format(device))
     if dtype != torch.float32:  # frozen, so cast once instead of at every call
         network.features.to(dtype)
     with torch.no_grad(), autocast(device, dtype):
@@ -256,7 +255,7 @@ def _step(run: _Run, images: torch.Tensor) -> torch.Tensor:
     config = run.config
     images = images.to(run.device, non_blocking=True, memory_format=memory_format(run.device))
     for group in run.optimizer.param_groups:
-        group["lr"] = learning_rate(run.step, config.steps, config.lr, config.lr_schedule, config.warmup_steps)
+        group["lr"] = learning_rate(run.step, config.recipe.steps, config.lr, config.lr_schedule, config.warmup_steps)
     with autocast(run.device, run.dtype):
         output = run.trained(images)
         with torch.no_grad():
@@ -314,12 +313,12 @@ class _Reporter:
                 f"Last good checkpoint: {latest_checkpoint(self.run.checkpoints)}. "
                 "Try a lower learning rate or style weight"
             )
-        record = {"step": step, "content": content, "style": style, "tv": tv, "total": total}
+        record: dict[str, Any] = {"step": step, "content": content, "style": style, "tv": tv, "total": total}
         if self.log is not None:
             self.log.write({**record, "images_per_s": round(speed, 2), "seconds": round(self.run.seconds, 3)})
         if self.on_progress is not None:
             unreadable = len(self.run.unreadable)
-            steps = self.run.config.steps
+            steps = self.run.config.recipe.steps
             self.on_progress(StepReport(**record, steps=steps, images_per_second=speed, unreadable_files=unreadable))
 
     def close(self) -> None:
@@ -388,9 +387,9 @@ def _save_trained_model(run: _Run) -> None:
     save_model(config.out, run.network, config.style_image.stem, training, run.style_thumbnail)
 
 
-def _start_from(network: TransformerNet, config: TrainConfig) -> str:
+def _start_from(network: TransformerNet, init: str) -> str:
     """Copy a trained model's weights into ``network``; the model's sha256."""
-    path = resolve_model(config.init)
+    path = resolve_model(init)
     trained = load_model(path).network
     if trained.config != network.config:
         raise StylizeError(
@@ -415,36 +414,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class MetricsLog:
-    """Per-step losses as JSON lines; a resumed run drops lines after its
-    checkpoint. The file is made with the first line: a run that stops before
-    its first step leaves none."""
-
-    def __init__(self, path: Path, keep_until_step: int):
-        self.path = path
-        self.keep_until_step = keep_until_step
-        self._handle: TextIO | None = None
-
-    def _open(self) -> TextIO:
-        kept = []
-        if self.keep_until_step > 0 and self.path.is_file():
-            lines = self.path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line)["step"] <= self.keep_until_step]
-        with atomic_path(self.path) as temporary:
-            temporary.write_text("".join(f"{line}\n" for line in kept))
-        return open(self.path, "a")
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self._handle is None:
-            self._handle = self._open()
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-
-
 class _StopRequest:
     """The first Ctrl-C asks to stop after the current step (and checkpoint);
     a second one interrupts at once."""
@@ -466,6 +435,10 @@ class _StopRequest:
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+    def alone(self, world: World) -> bool:
+        """Requested in a run of one process, which needs no vote to stop."""
+        return self.requested and not world.is_distributed
 
 
 def train_norms(

@@ -144,6 +144,8 @@ class LossNetwork(nn.Module):
             state = read_state_dict(weights_file)
         self._load_features(state, depth, source=str(weights_file or name))
 
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
