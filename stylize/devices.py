@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from stylize.errors import InvalidSetting, StylizeError
+from stylize.errors import InvalidSetting, StylizeError, check_choice, invalid_choice
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DEFAULT_DEVICE = "auto"  # CUDA when present
@@ -21,7 +21,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     kind, _, index = name.partition(":")
     if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
-        raise StylizeError(f"unknown device {name!r}; choose one of: auto, cpu, cuda, cuda:N")
+        raise invalid_choice("device", name, ("auto", "cpu", "cuda", "cuda:N"))
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise InvalidSetting("device", "is cuda but no CUDA GPU is available; use cpu")
@@ -35,9 +35,7 @@ DEFAULT_PRECISION = "auto"  # bf16 where it is native and keeps the output, see 
 
 
 def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise StylizeError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    return precision
+    return check_choice("precision", precision, PRECISIONS)
 
 
 def compute_dtype(precision: str, device: torch.device, bf16_keeps_output: bool = True) -> torch.dtype:

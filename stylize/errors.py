@@ -1,5 +1,6 @@
 """The exceptions the CLI turns into one line on stderr and an exit code."""
 
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -33,3 +34,15 @@ class InvalidSetting(StylizeError):
         super().__init__(f"{setting} {problem}")
         self.setting = setting
         self.problem = problem
+
+
+def check_choice(setting: str, value: str, choices: Iterable[str]) -> str:
+    """``value`` if it is one of ``choices``. Raises InvalidSetting naming them all."""
+    options = list(choices)
+    if value not in options:
+        raise invalid_choice(setting, value, options)
+    return value
+
+
+def invalid_choice(setting: str, value: object, choices: Iterable[str]) -> InvalidSetting:
+    return InvalidSetting(setting, f"must be one of: {', '.join(choices)}; not {value!r}")

@@ -335,7 +335,7 @@ def test_mean_abs_difference_is_on_the_0_255_scale() -> None:
         (["{content}", "--model", "nope"], "no model file or bundled model named 'nope'"),
         (["{content}", "--model", "{pair}", "--out", "{tmp}/sheet.xyz"], "cannot write images with extension '.xyz'"),
         (["{content}", "--model", "{pair}", "--size", "4"], "--size must be at least 16 pixels"),
-        (["{content}", "--model", "{pair}", "--loss-network", "alexnet"], "unknown loss network 'alexnet'"),
+        (["{content}", "--model", "{pair}", "--loss-network", "alexnet"], "--loss-network must be one of: vgg16"),
         (["{content}", "--model", "{tmp}"], "no model files (*.safetensors) in folder"),
         (["{content}", "--model", "{pair}", "--out", "{content}"], "refusing to overwrite the input"),
         (["{json}", "{content}", "--model", "{pair}", "--out", "{sheet}"], "refusing to overwrite the input"),

@@ -125,7 +125,7 @@ def test_export_defaults_to_the_model_name_in_the_current_folder(cli, tmp_path: 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--format", "tflite"], "error: unknown export format 'tflite'; choose one of: onnx, torchscript"),
+        (["--format", "tflite"], "error: --format must be one of: onnx, torchscript; not 'tflite'"),
         (["--out", "{tmp}"], "error: --out {tmp} is a folder; give a file name"),
     ],
 )

@@ -332,7 +332,7 @@ def test_compile_pays_off_only_for_many_images() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"precision": "fp16"}, "unknown precision 'fp16'; choose one of: auto, fp32, bf16"),
+        ({"precision": "fp16"}, "precision must be one of: auto, fp32, bf16; not 'fp16'"),
         ({"tile": -1}, "tile must be 0 (off) or a number of rows"),
     ],
 )
@@ -354,7 +354,7 @@ def test_cli_fast_path_options(tmp_path: Path, cli) -> None:
     assert result.code == 0
     assert np.array_equal(_pixels(plain), _pixels(tiled))
     bad = cli("image", str(source), "--model", str(model), "--out", str(tmp_path / "x.png"), "--precision", "fp16")
-    assert bad.code == 2 and bad.error_lines == ["error: unknown precision 'fp16'; choose one of: auto, fp32, bf16"]
+    assert bad.code == 2 and bad.error_lines == ["error: --precision must be one of: auto, fp32, bf16; not 'fp16'"]
     assert not (tmp_path / "x.png").exists()
 
 

@@ -108,7 +108,7 @@ def test_instance_norm_keeps_no_running_statistics() -> None:
 
 
 def test_unknown_norm_lists_the_valid_ones() -> None:
-    with pytest.raises(StylizeError, match="unknown norm 'groupy'; choose one of: instance, batch, layer, group"):
+    with pytest.raises(StylizeError, match="norm must be one of: instance, batch, layer, group"):
         create_norm("groupy", 8, "norm1")
     with pytest.raises(StylizeError, match="instance, batch, layer, group, none, weight, ibn, batch-instance"):
         NetConfig(norm="groupy")
@@ -289,5 +289,5 @@ def test_antialiased_resampling_follows_a_one_pixel_shift_where_nearest_does_not
 
 
 def test_unknown_resampling_lists_the_valid_ones() -> None:
-    with pytest.raises(StylizeError, match="unknown resampling 'bicubic'; choose one of: nearest, antialiased"):
+    with pytest.raises(StylizeError, match="resampling must be one of: nearest, antialiased; not 'bicubic'"):
         NetConfig(resampling="bicubic")

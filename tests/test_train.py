@@ -295,10 +295,10 @@ def test_a_nan_or_infinite_loss_stops_and_keeps_the_last_good_checkpoint(
         ("image_size", 4, "image_size must be at least 16"),
         ("style_weight", -1.0, "style_weight must not be negative"),
         ("lr", 0.0, "lr must be positive"),
-        ("norm", "layer-ish", "unknown norm"),
-        ("loss_network", "resnet", "unknown loss network"),
-        ("lr_schedule", "step", "unknown learning-rate schedule 'step'"),
-        ("precision", "fp8", "unknown precision 'fp8'"),
+        ("norm", "layer-ish", "norm must be one of"),
+        ("loss_network", "resnet", "loss_network must be one of"),
+        ("lr_schedule", "step", "lr_schedule must be one of: constant, cosine, linear; not 'step'"),
+        ("precision", "fp8", "precision must be one of: auto, fp32, bf16; not 'fp8'"),
         ("style_layer_weights", (1.0,), "give a weight for every style layer, or for none"),
     ],
 )
@@ -350,7 +350,7 @@ def test_same_seed_gives_every_norm_the_same_initial_convolutions() -> None:
     [
         (["--norm", "instance", "--norm", "batch"], "--out must be a folder to train 2 norms (one model each)"),
         (["--norm", "batch", "--norm", "batch"], "--norm batch is given twice"),
-        (["--norm", "instance", "--norm", "blob"], "unknown norm 'blob'"),
+        (["--norm", "instance", "--norm", "blob"], "--norm must be one of: instance, batch"),
         (["--norm", "group", "--groups", "5"], "--groups must divide 32"),
     ],
 )

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from stylize.errors import StylizeError
+from stylize.errors import StylizeError, check_choice
 from stylize.fileio import atomic_path
 from stylize.model.fastpath import optimize_for_inference, set_tile
 from stylize.model.files import StyleModel
@@ -41,9 +41,7 @@ ONNX_EXTRA = "pip install 'stylize[onnx]'"
 
 
 def check_format(fmt: str) -> str:
-    if fmt not in EXPORT_FORMATS:
-        raise StylizeError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
-    return fmt
+    return check_choice("format", fmt, EXPORT_FORMATS)
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from stylize.devices import (
     compute_dtype,
     resolve_device,
 )
-from stylize.errors import InvalidSetting, StylizeError
+from stylize.errors import InvalidSetting, StylizeError, check_choice
 from stylize.images import resize, resize_long_side, scaled_size, spatial_size
 from stylize.inference.controls import PLAIN, StyleControls
 from stylize.inference.stylizer import ImageStylizer
@@ -71,8 +71,7 @@ class OptimizationSettings:
         for name in ("steps", "levels"):
             if getattr(self, name) < (0 if name == "steps" else 1):
                 raise InvalidSetting(name, f"must be at least {0 if name == 'steps' else 1}")
-        if self.optimizer not in OPTIMIZERS:
-            raise InvalidSetting("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
         for name in ("content_weight", "style_weight", "tv_weight"):
             if getattr(self, name) < 0:
                 raise InvalidSetting(name, "must not be negative")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylize.errors import StylizeError
+from stylize.errors import check_choice
 from stylize.model.convforms import (
     blurred_kernel,
     space_to_depth_conv,
@@ -88,9 +88,7 @@ def conv_at(network: nn.Module, path: str) -> nn.Conv2d:
 
 
 def check_resampling(name: str) -> str:
-    if name not in RESAMPLINGS:
-        raise StylizeError(f"unknown resampling {name!r}; choose one of: {', '.join(RESAMPLINGS)}")
-    return name
+    return check_choice("resampling", name, RESAMPLINGS)
 
 
 def _norm(config: NetConfig, channels: int, site: str) -> nn.Module:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from stylize.errors import InvalidSetting, StylizeError
+from stylize.errors import InvalidSetting, check_choice
 
 NormConstructor = Callable[[int, str, int], nn.Module]
 
@@ -45,9 +45,7 @@ def norm_names() -> list[str]:
 
 
 def check_norm(name: str) -> str:
-    if name not in _REGISTRY:
-        raise StylizeError(f"unknown norm {name!r}; choose one of: {', '.join(norm_names())}")
-    return name
+    return check_choice("norm", name, norm_names())
 
 
 def check_groups(groups: int) -> int:

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import math
 
-from stylize.errors import StylizeError
+from stylize.errors import check_choice
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 def check_lr_schedule(name: str) -> str:
-    if name not in LR_SCHEDULES:
-        raise StylizeError(f"unknown learning-rate schedule {name!r}; choose one of: {', '.join(LR_SCHEDULES)}")
-    return name
+    return check_choice("lr_schedule", name, LR_SCHEDULES)
 
 
 def learning_rate(step: int, steps: int, peak: float, schedule: str, warmup: int = 0) -> float:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stylize.errors import InvalidSetting, StylizeError
+from stylize.errors import InvalidSetting, StylizeError, check_choice
 from stylize.fileio import load_torch_file
 
 # name -> (torchvision layer config, batch norm, torchvision's ImageNet weights
@@ -74,9 +74,7 @@ def relu_indices(features: nn.Sequential) -> dict[str, int]:
 
 
 def check_loss_network(name: str) -> str:
-    if name not in _ARCHITECTURES:
-        raise StylizeError(f"unknown loss network {name!r}; choose one of: {', '.join(loss_network_names())}")
-    return name
+    return check_choice("loss_network", name, loss_network_names())
 
 
 def _imagenet_weights(name: str) -> Any:
