@@ -33,8 +33,11 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 @dataclass(frozen=True)
 class LoadedImage:
+    """An image's pixels as ``load_image`` gives them: ``rgb`` in sRGB and, kept
+    aside, ``alpha`` (1: opaque); H and W in pixels."""
+
     rgb: torch.Tensor  # (1, 3, H, W) float in [0, 1]
-    alpha: torch.Tensor | None  # (1, 1, H, W) float in [0, 1], or None when opaque
+    alpha: torch.Tensor | None  # (1, 1, H, W) float in [0, 1], or None for an image without alpha
 
 
 # A pixel-count limit against decompression bombs: a tiny file that decodes to
@@ -194,6 +197,14 @@ def image_to_tensor(image: Image.Image) -> LoadedImage:
 
 
 def load_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
+    """An image file (an animation's first frame) as 1x3xHxW float RGB in [0, 1],
+    converted to sRGB with EXIF orientation applied, and its alpha if it has one.
+
+    Raises StylizeError if the file is missing, a folder or not a readable image,
+    if it has more than ``max_pixels`` pixels (default: $STYLIZE_MAX_PIXELS, else
+    150 million) or $STYLIZE_MAX_PIXELS is not a positive whole number, or if its
+    floating-point pixels are not finite or in a range stylize knows.
+    """
     image = open_image(path, max_pixels)
     try:
         return image_to_tensor(image)
@@ -308,7 +319,13 @@ _COMMON_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tiff", ".bmp")
 
 
 def save_image(path: Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> None:
-    """Write atomically; the extension picks the format; alpha kept where it can be."""
+    """Write atomically; the extension picks the format; alpha kept where it can be.
+
+    ``rgb``: 1x3xHxW (or 3xHxW) float in [0, 1], clamped and rounded to 8 bits;
+    ``alpha``: 1x1xHxW in [0, 1], written for PNG, WebP and TIFF only. Raises
+    StylizeError if the extension names no image format Pillow writes, or the
+    file cannot be written (a file where a folder should be, no permission, disk full).
+    """
     save_pil(path, tensor_to_image(rgb, alpha if output_format(path) in _ALPHA_FORMATS else None))
 
 

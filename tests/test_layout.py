@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +91,22 @@ def test_type_checkers_see_every_public_name_where_it_is_imported_from() -> None
         if alias.asname == alias.name  # "import X as X": a re-export
     }
     assert seen == stylize._HOME
+
+
+# Public functions that raise StylizeError for what a user gives them; their docstrings say when.
+RAISING_FUNCTIONS = (
+    "load_model", "load_stylizer", "train", "compare", "save_model", "load_image", "export_model", "stylize_video",
+)  # fmt: skip
+
+
+def test_every_public_name_has_a_docstring_of_its_own() -> None:
+    """Not inherited, and not the signature ``dataclass`` writes when there is none;
+    functions that raise StylizeError, and settings that validate themselves, say when."""
+    for name in stylize.__all__:
+        value = getattr(stylize, name)
+        doc = inspect.getdoc(value)
+        assert value.__doc__ and doc, f"{name} has no docstring"
+        assert not doc.startswith(f"{name}("), f"{name} has only the dataclass signature as its docstring"
+        validates = dataclasses.is_dataclass(value) and "__post_init__" in vars(value)
+        if name in RAISING_FUNCTIONS or validates:
+            assert "Raises" in doc, f"{name}'s docstring does not say what it raises"

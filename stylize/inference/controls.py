@@ -55,6 +55,13 @@ def oklab_to_srgb(lab: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class StyleControls:
+    """How a stylization is applied to the photo (module docstring): its colours
+    kept, a blend strength, and a stroke scale of at most 4.
+
+    Raises InvalidSetting for a ``strength`` outside [0, 1] or a ``scale``
+    outside (0, 4].
+    """
+
     preserve_color: bool = False
     strength: float = 1.0  # 0: the photo, 1: the full stylization
     # Stroke size: the network sees the image at this scale, so 0.5 paints

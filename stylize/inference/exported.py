@@ -82,7 +82,13 @@ class _ClampedOutput(torch.nn.Module):
 
 
 def export_model(model: StyleModel, fmt: str, out: Path) -> Path:
-    """Write ``model`` to ``out`` (atomically) as ONNX or TorchScript."""
+    """Write ``model`` to ``out`` (atomically) as ONNX or TorchScript; returns ``out``.
+
+    ``fmt``: ``onnx`` or ``torchscript``. The graph maps NCHW float in [0, 1] to
+    the same, clamped, with batch, height and width free (ONNX: sides of 16 to
+    32768 pixels). Raises InvalidSetting for another ``fmt``, and StylizeError
+    for ONNX without the onnx extra installed or an ``out`` that cannot be written.
+    """
     check_format(fmt)
     network = _ClampedOutput(optimize_for_inference(model.network).cpu().float())
     set_tile(network, None)  # whole maps: one static graph
@@ -145,6 +151,9 @@ class ExportedNetwork:
 
     The graphs need sides of at least ``MIN_SIZE`` (the original pads smaller
     images itself); this pads and crops around them the same way.
+
+    Raises StylizeError if ``path`` is not a file ``export_model`` wrote or
+    cannot be read, or is ONNX and onnxruntime is not installed.
     """
 
     def __init__(self, path: Path, device: torch.device, on_notice: Callable[[str], None] | None = None):

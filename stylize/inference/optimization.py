@@ -50,7 +50,12 @@ ADAM_LR = 0.02
 
 @dataclass(frozen=True)
 class OptimizationSettings:
-    """How the pixels are optimised; the loss settings mean what they mean in training."""
+    """How the pixels are optimised; the loss settings mean what they mean in training.
+
+    Raises InvalidSetting for ``steps`` below 0, ``levels`` below 1, a negative
+    weight, a ``style_size`` under 16 pixels, or an unknown optimizer, loss
+    network or precision.
+    """
 
     steps: int = 30  # loss evaluations at each level: 512 px in about 80 s on a 2-core CPU in fp32
     levels: int = 3  # 1: full size only; 3: a quarter, half, then full size
@@ -91,7 +96,10 @@ class OptimizationSettings:
 
 @dataclass(frozen=True)
 class StyleImage:
-    """A painting (1x3xHxW in [0, 1]) and its share of a blend."""
+    """A painting (1x3xHxW in [0, 1]) and its share of a blend.
+
+    Raises InvalidSetting for a side under 16 pixels or a negative weight.
+    """
 
     image: torch.Tensor
     weight: float = 1.0
@@ -123,7 +131,13 @@ def level_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]]:
 
 class StyleOptimizer(ImageStylizer):
     """Stylizes every image by optimising its pixels against ``styles``; an
-    ``ImageStylizer``, so files, controls and output naming work as for models."""
+    ``ImageStylizer``, so files, controls and output naming work as for models.
+
+    Making one raises InvalidSetting if no style has a positive weight, and what
+    resolving ``settings.device`` and building the ``LossNetwork`` raise
+    (InvalidSetting, StylizeError). Stylizing raises StylizeError if the loss
+    stops being finite, besides what ``ImageStylizer``'s methods say.
+    """
 
     def __init__(
         self,

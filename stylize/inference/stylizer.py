@@ -60,7 +60,10 @@ AUTO_TILE_PIXELS = 4_000_000
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """How a model runs; the defaults pick the fastest way to the same output."""
+    """How a model runs; the defaults pick the fastest way to the same output.
+
+    Raises InvalidSetting for an unknown ``precision`` or a negative ``tile``.
+    """
 
     precision: str = DEFAULT_PRECISION  # see devices.compute_dtype
     # None (auto): compile when told, via for_images, of enough images to pay for it.
@@ -88,7 +91,10 @@ class InferenceSettings:
 
 class ImageStylizer(ABC):
     """Tensors, images and files in, stylized out, on top of one raw function
-    (``run``); the controls apply here, so every kind of model has them."""
+    (``run``); the controls apply here, so every kind of model has them.
+
+    ``stylize`` and ``stylize_file`` raise StylizeError as they say.
+    """
 
     controls: StyleControls
 
@@ -106,7 +112,11 @@ class ImageStylizer(ABC):
 
     def stylize(self, image: LoadedImage, max_size: int | None = None, max_pixels: int | None = None) -> LoadedImage:
         """Stylize, shrinking first when ``max_size`` asks; alpha follows the pixels.
-        The working size of the scale control must stay within ``max_pixels``."""
+        The working size of the scale control must stay within ``max_pixels``.
+
+        ``max_size``: the long side at most, px. Raises StylizeError if the working
+        size is over ``max_pixels`` (default: ``max_pixels_setting()``).
+        """
         rgb, alpha = image.rgb, image.alpha
         if max_size is not None and max(rgb.shape[-2:]) > max_size:
             rgb = resize_long_side(rgb, max_size)
@@ -123,7 +133,13 @@ class ImageStylizer(ABC):
         self, source: Path, destination: Path, max_size: int | None = None, max_pixels: int | None = None
     ) -> None:
         """Stylize an image file; an animated one (GIF, APNG, WebP) frame by
-        frame, keeping each frame's duration and the loop count."""
+        frame, keeping each frame's duration and the loop count.
+
+        Raises StylizeError if ``destination`` is ``source``; if the source cannot
+        be read, or it or the scale control's working size is over ``max_pixels``;
+        or if ``destination``'s extension names no image format (for an
+        animation: GIF, PNG or WebP) or it cannot be written.
+        """
         refuse_overwriting(source, destination)
         animation = load_animation(source, max_pixels)
         if animation is None:
@@ -136,7 +152,11 @@ class ImageStylizer(ABC):
 
 class Stylizer(ImageStylizer):
     """A model ready to stylize: the inference form of its network (see fastpath),
-    in the settings' precision, compiled if asked, channels_last on CUDA."""
+    in the settings' precision, compiled if asked, channels_last on CUDA.
+
+    Usually made by ``load_stylizer``. Making one raises no StylizeError; its
+    methods raise as ``ImageStylizer``'s say.
+    """
 
     def __init__(
         self,
@@ -229,6 +249,10 @@ def load_stylizer(
 
     Exported files run as they were exported (fp32, whole maps, their own
     runtime); ``settings`` other than the defaults earn a notice there.
+
+    Raises InvalidSetting for an unknown ``device`` or ``cuda`` without a CUDA
+    GPU, and StylizeError for a GPU index this machine lacks or a model that
+    cannot be found or read (see ``load_model`` and ``ExportedNetwork``).
     """
     resolved = resolve_device(device) if isinstance(device, str) else device
     if exported_format(Path(model)) is None:

@@ -34,6 +34,12 @@ PIXEL_FORMAT = "yuv420p"
 
 @dataclass(frozen=True)
 class VideoSettings:
+    """How ``stylize_video`` batches, sizes and encodes the frames.
+
+    Raises InvalidSetting for a ``batch_size`` under 1, a ``quality`` outside
+    0..51 or a ``max_size`` under 2 pixels.
+    """
+
     batch_size: int = 8  # frames per network call: fills a GPU, amortizes a CPU's overheads
     quality: int = 18  # the encoder's CRF: 0 best .. 51 worst; 18 looks like the source
     max_size: int | None = None  # shrink frames so the long side is at most this, px
@@ -335,7 +341,15 @@ def stylize_video(
 ) -> VideoResult:
     """Write ``source`` stylized to ``destination`` (atomically): same frame
     timestamps and rate, sound copied unless ``settings.audio`` is off.
-    ``on_progress(frames done, frames in all or None)`` hears after each batch."""
+    ``on_progress(frames done, frames in all or None)`` hears after each batch.
+
+    ``destination``'s extension picks the encoder (.mp4, .mov, .mkv: H.264;
+    .webm: VP9); frames keep the first frame's size, shrunk to ``max_size`` and
+    cropped to even sides. Raises StylizeError if PyAV is not installed, the
+    extension is not one of those, ``destination`` is ``source``, the source is
+    missing or has no decodable video, the scale control's working size is over
+    the pixel limit, or ``destination`` cannot be written or encoded.
+    """
     av = _av()
     encoder = encoder_for(destination)
     refuse_overwriting(source, destination)

@@ -50,6 +50,9 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class StyleModel:
+    """A loaded model, as ``load_model`` returns it: what its file says, and its
+    network in eval mode."""
+
     info: ModelInfo
     network: TransformerNet
 
@@ -73,6 +76,12 @@ def models_in(folder: Path) -> list[ModelInfo]:
 
 
 def bundled_models() -> list[ModelInfo]:
+    """The models shipped with stylize ($STYLIZE_MODELS, else the package's
+    models folder), by style, then by norm in registry order; empty without
+    that folder. Reads metadata only.
+
+    Raises StylizeError if a model file there is not a readable stylize model.
+    """
     folder = models_dir()
     return models_in(folder) if folder.is_dir() else []
 
@@ -124,6 +133,13 @@ def resolve_models(names: Sequence[str | Path]) -> list[Path]:
 def save_model(
     path: Path, network: TransformerNet, style: str, training: dict[str, Any], style_thumbnail: str = ""
 ) -> None:
+    """Write ``network`` to ``path`` (atomically) as a stylize model file:
+    safetensors with float weights stored as float16, and as metadata its
+    ``NetConfig``, the ``style``'s name, the ``training`` record (JSON-able
+    values) and ``style_thumbnail`` (base64 JPEG, see images.encode_thumbnail).
+
+    Raises StylizeError if ``path`` cannot be written.
+    """
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -234,7 +250,13 @@ def _read_torch_file(path: Path) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
 
 
 def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> StyleModel:
-    """Rebuild the network a model file describes, in eval mode on ``device``."""
+    """Rebuild the network a model file describes, in eval mode on ``device``.
+
+    ``name_or_path``: a bundled model's name, a stylize model file, a training
+    checkpoint, or a pytorch/examples fast_neural_style state dict. Raises
+    StylizeError if there is no such file or bundled model, the file is none of
+    those or cannot be read, or its weights do not fit the network it describes.
+    """
     path = resolve_model(name_or_path)
     try:
         if _is_safetensors(path):

@@ -47,7 +47,11 @@ RESAMPLINGS: dict[str, str] = {"nearest": "nearest", "antialiased": "bilinear"}
 
 @dataclass(frozen=True)
 class NetConfig:
-    """Everything needed to rebuild a network; stored inside every model file."""
+    """Everything needed to rebuild a network; stored inside every model file.
+
+    Raises InvalidSetting for a ``norm`` or ``resampling`` not known, or
+    ``groups`` that does not divide 32 (checked whatever the norm).
+    """
 
     norm: str = "instance"
     groups: int = DEFAULT_GROUPS  # for the "group" norm

@@ -32,6 +32,12 @@ IBN_INSTANCE_SITES = frozenset({"norm1", "norm2", "norm3"})
 
 
 def register_norm(name: str) -> Callable[[NormConstructor], NormConstructor]:
+    """Decorator: make ``constructor(channels, site, groups) -> nn.Module`` the
+    norm called ``name`` for ``create_norm`` and ``NetConfig.norm``. A new name
+    comes last in ``norm_names``; one registered again is replaced in place.
+    Nothing is raised.
+    """
+
     def decorate(constructor: NormConstructor) -> NormConstructor:
         _REGISTRY[name] = constructor
         return constructor
@@ -56,6 +62,13 @@ def check_groups(groups: int) -> int:
 
 
 def create_norm(name: str, channels: int, site: str, groups: int = DEFAULT_GROUPS) -> nn.Module:
+    """The norm layer registered as ``name`` for ``channels`` channels at
+    ``site`` (its place in the network, see ``network.NORM_SITES``); ``groups``
+    is read by ``group`` only.
+
+    Raises InvalidSetting for a ``name`` not registered, or for ``group`` with
+    ``groups`` that does not divide 32.
+    """
     return _REGISTRY[check_norm(name)](channels, site, groups)
 
 

@@ -94,6 +94,12 @@ def mean_abs_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @dataclass(frozen=True)
 class CompareSettings:
+    """What ``compare`` measures with (sizes in pixels).
+
+    Raises InvalidSetting for a ``size`` under 16, a negative
+    ``reference_steps`` or an unknown ``loss_network``.
+    """
+
     size: int = 256  # long side of every content image, px
     device: str = DEFAULT_DEVICE
     loss_network: str | None = None  # default: each model's training loss network
@@ -195,6 +201,10 @@ class Reference:
 
 @dataclass(frozen=True)
 class Comparison:
+    """What ``compare`` found: the content images (1x3xHxW in [0, 1], long side
+    ``settings.size`` px) and their labels, each model's report (changes on the
+    0..255 scale) and outputs, and the optimisation reference if asked."""
+
     content_names: list[str]
     contents: list[torch.Tensor]
     reports: list[ModelReport]
@@ -418,8 +428,12 @@ def compare(
     """Run the experiment for every model on every content image, then the
     reference if asked; ``on_stage(index, count, name)`` hears when each starts.
 
+    ``contents``: image files; ``models``: model files, folders of them, bundled
+    names, or bundled style names (every norm of that style).
+
     Raises StylizeError for unreadable images or models, and InvalidSetting
-    (``reference_steps``) when the first model's loss cannot be rebuilt.
+    (``reference_steps``) when the first model's loss cannot be rebuilt, or
+    (``device``) for an unknown device or one this machine lacks.
     """
     device = resolve_device(settings.device)
     images = [resize_long_side(load_image(path).rgb, settings.size) for path in contents]

@@ -140,7 +140,12 @@ def render_curves(runs: Sequence[Run]) -> Image.Image:
 
 
 def write_curves(metrics: Sequence[Path], out: Path) -> list[Run]:
-    """Draw the runs' curves into ``out``; returns the runs read."""
+    """Draw the runs' curves into ``out``; returns the runs read.
+
+    ``metrics``: training metrics logs (``*.metrics.jsonl``); ``out``'s extension
+    picks the image format. Raises StylizeError if it names none Pillow writes,
+    a log is missing or not a metrics log, or ``out`` cannot be written.
+    """
     output_format(out)
     runs = [read_metrics(path) for path in metrics]
     save_pil(out, render_curves(runs))

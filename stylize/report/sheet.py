@@ -209,7 +209,11 @@ def numbers_path(sheet: Path) -> Path:
 
 
 def write_sheet(comparison: Comparison, out: Path) -> Path:
-    """Write the sheet image and its numbers as JSON beside it; returns the JSON's path."""
+    """Write the sheet image and its numbers as JSON beside it; returns the JSON's path.
+
+    Raises StylizeError if ``out``'s extension names no image format Pillow
+    writes, or the image or the JSON cannot be written.
+    """
     output_format(out)
     save_pil(out, render_sheet(comparison))
     numbers = numbers_path(out)

@@ -46,7 +46,14 @@ def recipe_for(device: torch.device) -> Recipe:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A run's settings; ``None`` means the recipe's value for the device it runs on."""
+    """A run's settings; ``None`` means the recipe's value for the device it runs on.
+
+    ``image_size`` is the side of the square training crops and ``style_size``
+    the style image's long side, both in pixels. Raises InvalidSetting for a
+    value out of range, ``groups`` that does not divide 32, an unknown norm,
+    resampling, loss network, schedule or precision, or ``style_layer_weights``
+    that do not match ``style_layers``.
+    """
 
     style_image: Path
     data: Path

@@ -61,6 +61,10 @@ GPU_SYNC_EVERY = 20
 
 @dataclass(frozen=True)
 class StepReport:
+    """What ``train``'s ``on_progress`` hears after a step: ``step`` of ``steps``,
+    the weighted loss terms (means over the processes), photos per second of
+    all processes together, and the training files found unreadable so far."""
+
     step: int
     steps: int
     content: float
@@ -73,6 +77,10 @@ class StepReport:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What ``train`` did: the model file and metrics log it wrote, the steps and
+    training seconds in all (a resumed run's earlier ones included), and the
+    training files that could not be read (skipped)."""
+
     model: Path
     metrics: Path
     steps: int
@@ -134,6 +142,14 @@ def train(
     ``on_notice`` about a long wait (the loss network's download).
 
     Under torchrun every process calls this; they train as one (see distributed).
+
+    Raises InvalidSetting for an unknown device or a setting this machine cannot
+    run (no CUDA GPU, ``sync_bn`` without batch norm or CUDA, ImageNet weights
+    that cannot be downloaded); StylizeError for a style image, training data,
+    loss network weights file, init model or resume checkpoint that is missing,
+    unreadable or does not fit the run, or an ``out`` that is a folder or cannot
+    be written; TrainingDiverged when the loss stops being finite; and
+    TrainingInterrupted on Ctrl-C, once a checkpoint is saved.
     """
     world = World.from_environment()
     with process_group(world):

@@ -46,7 +46,11 @@ class _Gram(torch.autograd.Function):
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C, C) in float32, normalized by C*H*W so image size drops out."""
+    """(N, C, H, W) -> (N, C, C) in float32, normalized by C*H*W so image size drops out.
+
+    The Gram matrix of Gatys et al. (2016), with the C*H*W normalization of
+    Johnson et al. (2016); differentiable.
+    """
     n, c, h, w = features.shape
     return _Gram.apply(features.reshape(n, c, h * w), 1.0 / (c * h * w))
 
@@ -93,6 +97,10 @@ def style_loss(
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """The total variation regularizer of Johnson et al. (2016), after Mahendran
+    & Vedaldi (2015), in its L1 form: the mean absolute difference of vertical
+    neighbours plus that of horizontal ones, over (..., H, W) images in [0, 1];
+    a scalar, 0 for flat images."""
     dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
     dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
     return dx + dy
@@ -100,7 +108,8 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Defaults: the training recipe's (see README, "The training recipe")."""
+    """The loss terms' multipliers, and each style layer's share of the style
+    term. Defaults: the training recipe's (see README, "The training recipe")."""
 
     content: float = 1.0
     style: float = 1.0
@@ -139,6 +148,17 @@ def perceptual_loss(
     content_layer: str,
     weights: LossWeights,
 ) -> LossTerms:
+    """The perceptual loss of Johnson et al. (2016), weighted by ``weights``:
+    content (feature reconstruction at ``content_layer``), style (Gram matrices,
+    Gatys et al. 2016, at every layer of ``target_grams``) and total variation,
+    relative as the module docstring says.
+
+    ``output``: the network's NCHW images in [0, 1]; ``output_features`` and
+    ``input_features``: the loss network's activations (layer -> NCHW) of the
+    output and of the photos; ``target_grams``: the style's Gram matrices
+    (layer -> 1xCxC, see ``style_targets``). Raises no StylizeError (a KeyError
+    for a layer missing from the features).
+    """
     return LossTerms(
         content=weights.content * content_loss(output_features[content_layer], input_features[content_layer]),
         style=weights.style * style_loss(output_features, target_grams, dict(weights.style_layers)),

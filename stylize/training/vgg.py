@@ -120,7 +120,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 class LossNetwork(nn.Module):
-    """Frozen VGG features; ``forward`` returns the requested layers' activations."""
+    """Frozen VGG features; ``forward`` returns the requested layers' activations.
+
+    ``name``: ``vgg16``, ``vgg19`` or ``vgg16_bn``; ``layers``: names such as
+    ``relu3_3``; ``weights_file``: a torchvision-format state dict, else the
+    ImageNet weights, downloaded once. ``forward`` takes NCHW in [0, 1] (the
+    ImageNet normalization is inside). Raises InvalidSetting for an unknown
+    ``name`` or ImageNet weights that cannot be downloaded, and StylizeError for
+    a layer the network lacks or a weights file missing, unreadable or unfit.
+    """
 
     def __init__(self, name: str, layers: Sequence[str], weights_file: Path | None = None):
         super().__init__()
