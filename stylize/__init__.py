@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from stylize.version import VERSION
 
 _MODULES = {
-    "stylize.errors": ("StylizeError", "TrainingDiverged", "TrainingInterrupted"),
+    "stylize.errors": ("InvalidSetting", "StylizeError", "TrainingDiverged", "TrainingInterrupted"),
     "stylize.images": ("LoadedImage", "load_image", "save_image"),
     "stylize.model.files": ("ModelInfo", "StyleModel", "bundled_models", "load_model", "save_model"),
     "stylize.model.network": ("NetConfig", "TransformerNet"),
@@ -32,7 +32,7 @@ _MODULES = {
     "stylize.inference.exported": ("ExportedNetwork", "export_model"),
     "stylize.inference.optimization": ("OptimizationSettings", "StyleImage", "StyleOptimizer"),
     "stylize.inference.stylizer": ("ImageStylizer", "InferenceSettings", "Stylizer", "load_stylizer"),
-    "stylize.inference.video": ("VideoSettings", "stylize_video"),
+    "stylize.inference.video": ("VideoResult", "VideoSettings", "stylize_video"),
     "stylize.report.compare": ("CompareSettings", "Comparison", "compare"),
     "stylize.report.curves": ("write_curves",),
     "stylize.report.sheet": ("write_sheet",),
@@ -43,6 +43,7 @@ __all__ = sorted(_HOME)
 __version__ = VERSION
 
 if TYPE_CHECKING:  # what editors and type checkers follow; at run time, __getattr__ imports
+    from stylize.errors import InvalidSetting as InvalidSetting
     from stylize.errors import StylizeError as StylizeError
     from stylize.errors import TrainingDiverged as TrainingDiverged
     from stylize.errors import TrainingInterrupted as TrainingInterrupted
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # what editors and type checkers follow; at run time, __getat
     from stylize.inference.stylizer import InferenceSettings as InferenceSettings
     from stylize.inference.stylizer import Stylizer as Stylizer
     from stylize.inference.stylizer import load_stylizer as load_stylizer
+    from stylize.inference.video import VideoResult as VideoResult
     from stylize.inference.video import VideoSettings as VideoSettings
     from stylize.inference.video import stylize_video as stylize_video
     from stylize.model.files import ModelInfo as ModelInfo

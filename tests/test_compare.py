@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from stylize import load_model, save_model
-from stylize.errors import InvalidSetting
+from stylize.errors import InvalidSetting, StylizeError
 from stylize.images import encode_thumbnail, load_image, resize_long_side, to_uint8
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.report.compare import (
@@ -321,6 +321,8 @@ def test_a_reference_needs_the_first_models_loss(cli, tmp_path: Path, pair: Path
     assert not (tmp_path / "s.png").exists()
     with pytest.raises(InvalidSetting, match="must not be negative"):
         CompareSettings(reference_steps=-1)
+    with pytest.raises(StylizeError, match="at least one content image and one model"):
+        compare([], [pair], CompareSettings(reference_steps=2))
 
 
 def test_mean_abs_difference_is_on_the_0_255_scale() -> None:

@@ -56,6 +56,9 @@ class VideoSettings:
 
 @dataclass(frozen=True)
 class VideoResult:
+    """What ``stylize_video`` wrote: the file, its frame count and rate (frames
+    per second), picture size in pixels, sound streams and wall-clock seconds."""
+
     path: Path
     frames: int
     rate: Fraction

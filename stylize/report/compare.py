@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from stylize.devices import DEFAULT_DEVICE, memory_format, resolve_device
-from stylize.errors import InvalidSetting
+from stylize.errors import InvalidSetting, StylizeError
 from stylize.images import decode_thumbnail, load_image, resize_long_side
 from stylize.inference.optimization import OptimizationSettings, StyleImage, StyleOptimizer
 from stylize.inference.stylizer import InferenceSettings, Stylizer
@@ -435,6 +435,8 @@ def compare(
     (``reference_steps``) when the first model's loss cannot be rebuilt, or
     (``device``) for an unknown device or one this machine lacks.
     """
+    if not contents or not models:
+        raise StylizeError("compare needs at least one content image and one model")
     device = resolve_device(settings.device)
     images = [resize_long_side(load_image(path).rgb, settings.size) for path in contents]
     paths = resolve_models(models)
