@@ -31,7 +31,8 @@ _MODULES = {
     "stylize.inference.controls": ("StyleControls",),
     "stylize.inference.exported": ("ExportedNetwork", "export_model"),
     "stylize.inference.optimization": ("OptimizationSettings", "StyleImage", "StyleOptimizer"),
-    "stylize.inference.stylizer": ("ImageStylizer", "InferenceSettings", "Stylizer", "load_stylizer"),
+    "stylize.inference.outputs": ("FilesResult", "plan_outputs", "stylize_files"),
+    "stylize.inference.stylizer": ("ImageLimits", "ImageStylizer", "InferenceSettings", "Stylizer", "load_stylizer"),
     "stylize.inference.video": ("VideoResult", "VideoSettings", "stylize_video"),
     "stylize.report.compare": ("CompareSettings", "Comparison", "compare"),
     "stylize.report.curves": ("write_curves",),
@@ -56,6 +57,10 @@ if TYPE_CHECKING:  # what editors and type checkers follow; at run time, __getat
     from stylize.inference.optimization import OptimizationSettings as OptimizationSettings
     from stylize.inference.optimization import StyleImage as StyleImage
     from stylize.inference.optimization import StyleOptimizer as StyleOptimizer
+    from stylize.inference.outputs import FilesResult as FilesResult
+    from stylize.inference.outputs import plan_outputs as plan_outputs
+    from stylize.inference.outputs import stylize_files as stylize_files
+    from stylize.inference.stylizer import ImageLimits as ImageLimits
     from stylize.inference.stylizer import ImageStylizer as ImageStylizer
     from stylize.inference.stylizer import InferenceSettings as InferenceSettings
     from stylize.inference.stylizer import Stylizer as Stylizer

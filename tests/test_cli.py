@@ -13,7 +13,8 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from safetensors.torch import save_file
 
-from stylize import load_image, load_model, load_stylizer
+from stylize import ImageLimits, InvalidSetting, load_image, load_model, load_stylizer, plan_outputs, stylize_files
+from stylize.images import expand_inputs
 from stylize.model.files import DEFAULT_STYLE
 
 from .helpers import photo, train_args, write_model
@@ -80,6 +81,23 @@ def test_many_inputs_go_to_a_folder(cli, tmp_path: Path, photos: Path, model_fil
     assert "nested/photo0-model.jpg" in written and "photo1-model.png" in written and len(written) == 6
     result = cli("image", str(photos / "*.png"), "--model", model_file, "--out", tmp_path / "globbed")
     assert result.code == 0 and len(list((tmp_path / "globbed").iterdir())) == 2
+
+
+def test_the_library_stylizes_a_folder_as_the_cli_does(tmp_path: Path, photos: Path, model_file: Path) -> None:
+    """Planning names, limits and per-file failures belong to the library; the CLI only shows them."""
+    shutil.copytree(photos, tmp_path / "in")
+    (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
+    stylizer = load_stylizer(model_file, device="cpu")
+    pairs = plan_outputs(expand_inputs([str(tmp_path / "in")]), tmp_path / "out", stylizer.name)
+    done: list[Path] = []
+    result = stylize_files(stylizer, pairs, ImageLimits(max_size=24), on_file=done.append)
+    assert len(result.written) == 6 and all(path.is_file() for path in result.written)
+    assert [source.name for source, _ in result.failures] == ["broken.png"] and len(done) == 7
+    assert max(load_image(result.written[0]).rgb.shape[-2:]) == 24
+    with pytest.raises(InvalidSetting, match="max_size must be at least 1"):
+        stylizer.stylize(load_image(result.written[0]), max_size=0)
+    with pytest.raises(InvalidSetting, match="max_pixels must be at least 1"):
+        ImageLimits(max_pixels=0)
 
 
 def test_default_output_is_the_current_folder(cli, tmp_path: Path, model_file: Path, monkeypatch) -> None:
@@ -292,7 +310,11 @@ BAD_INPUTS = [
     ("truncated jpeg", "image {tmp}/cut.jpg --model {model} --out {tmp}/r.png", "cannot read"),
     ("png with a bad crc", "image {tmp}/badcrc.png --model {model} --out {tmp}/r.png", "bad header checksum"),
     ("decompression bomb", "image {good} --model {model} --out {tmp}/r.png --max-pixels 399", "over the limit of 399"),
-    ("bad pixel limit", "image {good} --model {model} --out {tmp}/r.png --max-pixels 0", "--max-pixels must be"),
+    (
+        "bad pixel limit",
+        "image {good} --model {model} --out {tmp}/r.png --max-pixels 0",
+        "--max-pixels must be at least 1",
+    ),
     ("folder as style image", "train {tmp} --data {tmp} --out {tmp}/m.safetensors --device cpu", "is a folder, not"),
     ("truncated model", "image {good} --model {tmp}/trunc.safetensors --out {tmp}/r.png", "not a readable model"),
     ("pickle with a payload", "image {good} --model {tmp}/evil.pth --out {tmp}/r.png", "is not a model file"),

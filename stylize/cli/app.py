@@ -16,7 +16,6 @@ import typer
 from rich.table import Table
 
 from stylize.cli.display import ProgressBars, notice, print_table, stderr
-from stylize.cli.outputs import default_video_output, plan_outputs, result_name
 from stylize.devices import DEFAULT_DEVICE, DEVICE_CHOICES
 from stylize.errors import InvalidSetting, StylizeError, TrainingInterrupted
 from stylize.fileio import check_writable, refuse_overwriting
@@ -24,10 +23,12 @@ from stylize.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE, expand_input
 from stylize.inference.controls import MAX_SCALE, StyleControls
 from stylize.inference.exported import EXPORT_FORMATS, SUFFIXES, check_format, export_model
 from stylize.inference.optimization import OPTIMIZERS, LevelReport, OptimizationSettings, StyleImage, StyleOptimizer
+from stylize.inference.outputs import FilesResult, default_video_output, plan_outputs, result_name, stylize_files
 from stylize.inference.stylizer import (
     AUTO_TILE_PIXELS,
     AUTO_TILE_ROWS,
     COMPILE_MIN_IMAGES,
+    ImageLimits,
     ImageStylizer,
     InferenceSettings,
     load_stylizer,
@@ -358,10 +359,7 @@ def image(
 ) -> None:
     """Stylize images with a trained model or an exported (ONNX, TorchScript) file, or with
     any painting by optimisation (--style)."""
-    if max_size is not None and max_size < 1:
-        raise StylizeError("--max-size must be at least 1")
-    if max_pixels is not None and max_pixels < 1:
-        raise StylizeError("--max-pixels must be at least 1")
+    limits = ImageLimits(max_size, max_pixels)
     found = expand_inputs(inputs)
     controls = StyleControls(preserve_color=preserve_color, strength=strength, scale=scale)
     with ProgressBars() as bars:
@@ -379,7 +377,7 @@ def image(
             settings = InferenceSettings(precision=precision, compile=use_compile, tile=tile)
             stylizer = _load_stylizer(model, device, settings, controls, images=len(found))
         pairs = plan_outputs(found, out, stylizer.name)
-        _stylize_files(stylizer, pairs, max_size, max_pixels, bars)
+        _stylize_files(stylizer, pairs, limits, bars)
 
 
 def _style_optimizer(
@@ -408,33 +406,30 @@ def _style_spec(spec: str) -> tuple[Path, float]:
 
 
 def _stylize_files(
-    stylizer: ImageStylizer, pairs: list[tuple[Path, Path]], max_size: int | None, max_pixels: int | None,
-    bars: ProgressBars,
-) -> None:  # fmt: skip
+    stylizer: ImageStylizer, pairs: list[tuple[Path, Path]], limits: ImageLimits, bars: ProgressBars
+) -> None:
     """Stylize every (source, destination); bad files among many are listed at the end (exit 2)."""
     plain = {source: result_name(source, stylizer.name) for source, _ in pairs}
     renamed = [f"{source} -> {result.name}" for source, result in pairs if result.name != plain[source]]
     if len(pairs) > 1 and renamed:
         notice(f"{len(renamed)} results renamed so that none replaces another: {', '.join(renamed)}")
     if len(pairs) == 1:
-        stylizer.stylize_file(*pairs[0], max_size, max_pixels)
+        stylizer.stylize_file(*pairs[0], limits.max_size, limits.max_pixels)
         bars.stop()
         typer.echo(f"wrote {pairs[0][1]}")
         return
-    failures: list[tuple[Path, str]] = []
     task = bars.add("stylizing", total=len(pairs))
-    for source, destination in pairs:
-        try:
-            stylizer.stylize_file(source, destination, max_size, max_pixels)
-        except StylizeError as error:
-            failures.append((source, str(error).replace(str(source), source.name)))
-        bars.update(task, advance=1, status=source.name)
+    result = stylize_files(stylizer, pairs, limits, lambda source: bars.update(task, advance=1, status=source.name))
     bars.stop()
-    typer.echo(f"wrote {len(pairs) - len(failures)} of {len(pairs)} images")
-    if failures:
-        table = Table("file", "problem", title=f"{len(failures)} of {len(pairs)} images failed", title_justify="left")
-        for source, problem in failures:
-            table.add_row(str(source), problem)
+    _report_files(result, len(pairs))
+
+
+def _report_files(result: FilesResult, count: int) -> None:
+    typer.echo(f"wrote {len(result.written)} of {count} images")
+    if result.failures:
+        table = Table("file", "problem", title=f"{len(result.failures)} of {count} images failed", title_justify="left")
+        for source, problem in result.failures:
+            table.add_row(str(source), problem.replace(str(source), source.name))
         print_table(table, stderr)
         raise typer.Exit(2)
 

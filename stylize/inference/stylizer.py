@@ -89,6 +89,27 @@ class InferenceSettings:
         return self.tile or None
 
 
+@dataclass(frozen=True)
+class ImageLimits:
+    """How large an image may be: shrunk so its long side is at most ``max_size``
+    px; refused over ``max_pixels`` (None: ``max_pixels_setting()``).
+
+    Raises InvalidSetting if either is under 1.
+    """
+
+    max_size: int | None = None
+    max_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_size", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InvalidSetting(name, "must be at least 1")
+
+
+NO_LIMITS = ImageLimits()
+
+
 class ImageStylizer(ABC):
     """Tensors, images and files in, stylized out, on top of one raw function
     (``run``); the controls apply here, so every kind of model has them.
@@ -117,6 +138,7 @@ class ImageStylizer(ABC):
         ``max_size``: the long side at most, px. Raises StylizeError if the working
         size is over ``max_pixels`` (default: ``max_pixels_setting()``).
         """
+        ImageLimits(max_size, max_pixels)  # validates
         rgb, alpha = image.rgb, image.alpha
         if max_size is not None and max(rgb.shape[-2:]) > max_size:
             rgb = resize_long_side(rgb, max_size)

@@ -1,14 +1,47 @@
-"""Where the command line writes results when ``--out`` names no file."""
+"""Many files in, results out: where each result goes when ``out`` names no
+file, and stylizing them all with each file's failure collected, not fatal."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from stylize.errors import StylizeError
 from stylize.fileio import refuse_overwriting
 from stylize.images import output_format
+from stylize.inference.stylizer import NO_LIMITS, ImageLimits, ImageStylizer
 from stylize.inference.video import ENCODERS
+
+
+@dataclass(frozen=True)
+class FilesResult:
+    """What ``stylize_files`` did: the results written, and each source that
+    failed with its one-line reason."""
+
+    written: list[Path] = field(default_factory=list)
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def stylize_files(
+    stylizer: ImageStylizer,
+    pairs: Sequence[tuple[Path, Path]],
+    limits: ImageLimits = NO_LIMITS,
+    on_file: Callable[[Path], None] | None = None,
+) -> FilesResult:
+    """Stylize every (source, destination) of ``plan_outputs``; a file that
+    fails (unreadable, too large, unwritable) is recorded and the rest go on.
+    ``on_file(source)`` hears when each is done."""
+    result = FilesResult()
+    for source, destination in pairs:
+        try:
+            stylizer.stylize_file(source, destination, limits.max_size, limits.max_pixels)
+            result.written.append(destination)
+        except StylizeError as error:
+            result.failures.append((source, str(error)))
+        if on_file is not None:
+            on_file(source)
+    return result
 
 
 def plan_outputs(found: Sequence[tuple[Path, Path]], out: Path | None, model_name: str) -> list[tuple[Path, Path]]:
