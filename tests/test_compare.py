@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import stylize.report.compare as compare_module
 from stylize import load_model, save_model
 from stylize.errors import InvalidSetting, StylizeError
 from stylize.images import encode_thumbnail, load_image, resize_long_side, to_uint8
@@ -311,7 +312,9 @@ def test_the_reference_column_optimises_the_first_models_loss(
     assert numbers["steps"] == 2 and 0 < numbers["style_vs_photo"] < 1
 
 
-def test_a_reference_needs_the_first_models_loss(cli, tmp_path: Path, pair: Path, contents: list[Path]) -> None:
+def test_a_reference_needs_the_first_models_loss(
+    cli, tmp_path: Path, pair: Path, contents: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     result = cli("compare", *contents, "--model", pair, "--out", tmp_path / "s.png", "--size", "32",
                  "--device", "cpu", "--reference-steps", "2")  # fmt: skip
     assert result.code == 2 and result.error_lines == [
@@ -319,6 +322,13 @@ def test_a_reference_needs_the_first_models_loss(cli, tmp_path: Path, pair: Path
         "no loss network: vgg16's ImageNet weights are not downloaded"
     ]
     assert not (tmp_path / "s.png").exists()
+
+    def no_stylizing(*args: object) -> None:
+        raise AssertionError("models ran before the reference's loss was checked")
+
+    monkeypatch.setattr(compare_module, "stylize_variants", no_stylizing)
+    with pytest.raises(InvalidSetting, match="needs swirls-instance's loss network"):
+        compare(contents, [pair], CompareSettings(size=32, device="cpu", reference_steps=2))
     with pytest.raises(InvalidSetting, match="must not be negative"):
         CompareSettings(reference_steps=-1)
     with pytest.raises(StylizeError, match="at least one content image and one model"):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from stylize import StylizeError, bundled_models, load_model, save_model
@@ -126,6 +127,20 @@ def test_wrong_architecture_and_wrong_files(tmp_path: Path, model_file: Path) ->
     truncated.write_bytes(model_file.read_bytes()[:5000])
     with pytest.raises(StylizeError, match="not a readable model file"):
         load_model(truncated)
+
+
+def test_antialiased_models_are_format_2_so_older_readers_refuse_them(tmp_path: Path) -> None:
+    """Their weights fit a nearest network: a reader of version 1 must not run them as one."""
+    for resampling, version in (("nearest", "1"), ("antialiased", "2")):
+        path = tmp_path / f"{resampling}.safetensors"
+        save_model(path, TransformerNet(NetConfig(resampling=resampling)), style="s", training={})
+        with safe_open(str(path), framework="pt") as handle:
+            assert handle.metadata()["format_version"] == version
+        assert load_model(path).info.config.resampling == resampling
+    metadata = {"format": "stylize", "format_version": "2", "network": json.dumps({"resampling": "cubic"})}
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "future.safetensors"), metadata=metadata)
+    with pytest.raises(StylizeError, match="future.safetensors holds a network this stylize cannot build: resampling"):
+        load_model(tmp_path / "future.safetensors")
 
 
 def test_metadata_norm_must_agree_with_the_weights(tmp_path: Path) -> None:

@@ -544,7 +544,8 @@ def compare(
         int,
         typer.Option(
             help="Add a column: each photo optimised for N L-BFGS steps against the first model's own "
-            "training loss (the ceiling it allows; 100-300 steps, about a minute each at 256 px on a CPU). 0: none."
+            "training loss (a reference for what it allows; 100 steps: about 1.5 minutes a photo at 256 px "
+            "on one CPU core). 0: none."
         ),
     ] = CompareSettings.reference_steps,
 ) -> None:

@@ -18,14 +18,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from stylize.errors import StylizeError
+from stylize.errors import InvalidSetting, StylizeError
 from stylize.fileio import atomic_path, load_torch_file
 from stylize.model.checkpoints import Checkpoint, is_checkpoint_state
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.model.norms import norm_names
 
 FORMAT = "stylize"
-FORMAT_VERSION = 1
+# 2: antialiased resampling. Its weights have the names and shapes of a nearest
+# network's, so a reader of version 1 would run them wrongly without a word;
+# nearest models are still written as 1, which every reader runs right.
+FORMAT_VERSION = 2
 MODEL_SUFFIX = ".safetensors"
 DEFAULT_NORM = "instance"
 # Model files store float weights as float16: half the size, and stylized
@@ -142,7 +145,7 @@ def save_model(
     """
     metadata = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": "1" if network.config.resampling == "nearest" else str(FORMAT_VERSION),
         "network": json.dumps(network.config.to_dict()),
         "style": style,
         "style_thumbnail": style_thumbnail,
@@ -174,6 +177,8 @@ def _stylize_info(path: Path, metadata: dict[str, str] | None) -> ModelInfo:
     try:
         config = NetConfig.from_dict(json.loads(metadata["network"]))
         training = json.loads(metadata.get("training", "{}"))
+    except InvalidSetting as error:
+        raise StylizeError(f"{path} holds a network this stylize cannot build: {error}") from None
     except (KeyError, ValueError, TypeError) as error:
         raise StylizeError(f"{path} has broken metadata ({error})") from None
     return ModelInfo(

@@ -2,7 +2,8 @@
 
 Three convolutions down (9x9, then two stride-2 3x3), five residual blocks at 128
 channels, two upsample + 3x3 convolutions up (no transposed convolutions, so no
-checkerboard), and a 9x9 convolution out, with reflection padding throughout.
+checkerboard), and a 9x9 convolution out, with reflection padding (replication
+at the bilinear upsampling, which extends its map as a clamped edge would).
 Every normalization layer comes from ``norms.create_norm``. The upsampling and
 output convolutions run in cheaper but equal forms (``convforms``).
 
@@ -142,7 +143,7 @@ class UpsampleConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, upsampling: str = "nearest"):
         super().__init__()
-        self.upsampling = upsampling
+        self.upsampling = check_choice("upsampling", upsampling, RESAMPLINGS.values())
         self.conv2d = nn.Conv2d(in_channels, out_channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

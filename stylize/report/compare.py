@@ -394,15 +394,21 @@ def content_labels(contents: Sequence[Path]) -> list[str]:
     return [name if names.count(name) == 1 else str(path) for name, path in zip(names, contents, strict=True)]
 
 
-def _reference(
-    info: ModelInfo, images: Sequence[torch.Tensor], meter: _LossMeter, content_lattices: Sequence[float]
-) -> Reference:
-    """Optimise each photo against ``info``'s own training loss (see ``Reference``)."""
-    steps = meter.settings.reference_steps
+def _reference_setup(info: ModelInfo, meter: _LossMeter) -> _LossSetup:
+    """The loss the reference optimises: ``info``'s own, checked before any model runs."""
     setup = meter.setup(info)
     if isinstance(setup, str) or setup.style is None:
         why = setup if isinstance(setup, str) else "no style image or thumbnail"
         raise InvalidSetting("reference_steps", f"needs {info.name}'s loss network and style image: {why}")
+    return setup
+
+
+def _reference(
+    info: ModelInfo, setup: _LossSetup, images: Sequence[torch.Tensor], meter: _LossMeter, lattices: Sequence[float]
+) -> Reference:
+    """Optimise each photo against ``info``'s own training loss (see ``Reference``)."""
+    assert setup.style is not None  # _reference_setup checked
+    steps = meter.settings.reference_steps
     weights = setup.trained.term_weights if setup.trained is not None else LossWeights()
     optimizer = StyleOptimizer(
         [StyleImage(setup.style)],
@@ -415,7 +421,7 @@ def _reference(
         ),
     )  # fmt: skip
     outputs = [optimizer.optimize(image).cpu() for image in images]
-    lattice = sum(lattice_strength(out) - photo for out, photo in zip(outputs, content_lattices, strict=True))
+    lattice = sum(lattice_strength(out) - photo for out, photo in zip(outputs, lattices, strict=True))
     return Reference(steps, outputs, lattice / len(images), meter.measure(info, images, outputs))
 
 
@@ -444,8 +450,11 @@ def compare(
     content_lattices = [lattice_strength(image) for image in images]
     stages = len(paths) + (1 if settings.reference_steps else 0)
     reports, outputs = [], []
+    setup = None
     for index, path in enumerate(paths):
         stylizer = Stylizer(load_model(path, device), device, EXPERIMENT_SETTINGS)
+        if index == 0 and settings.reference_steps:
+            setup = _reference_setup(stylizer.model.info, meter)
         if on_stage is not None:
             on_stage(index, stages, stylizer.model.info.name)
         runs = [stylize_variants(stylizer, image) for image in images]
@@ -453,10 +462,10 @@ def compare(
         reports.append(_report(stylizer.model.info, content_lattices, runs, losses))
         outputs.append(runs)
     reference = None
-    if settings.reference_steps:
+    if setup is not None:
         if on_stage is not None:
             on_stage(len(paths), stages, f"optimisation, {settings.reference_steps} steps")
-        reference = _reference(reports[0].info, images, meter, content_lattices)
+        reference = _reference(reports[0].info, setup, images, meter, content_lattices)
     return Comparison(
         content_names=content_labels(contents),
         contents=images,

@@ -9,6 +9,7 @@ each have a function: ``_set_up``, ``_step``, ``_Reporter.flush`` (report),
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -407,7 +408,8 @@ def _start_from(network: TransformerNet, init: str) -> str:
     """Copy a trained model's weights into ``network``; the model's sha256."""
     path = resolve_model(init)
     trained = load_model(path).network
-    if trained.config != network.config:
+    # Resampling changes no weight's name or shape: a fine-tune may switch it.
+    if dataclasses.replace(trained.config, resampling=network.config.resampling) != network.config:
         raise StylizeError(
             f"the model to start from, {path}, is a {_describe(trained.config)} network; "
             f"this run trains a {_describe(network.config)} one"
@@ -419,7 +421,7 @@ def _start_from(network: TransformerNet, init: str) -> str:
 def _describe(config: NetConfig) -> str:
     groups = f" ({config.groups} groups)" if config.norm == "group" else ""
     legacy = "" if config.bounded_output and config.input_scale == 1 else " unbounded-output"
-    return f"{config.norm}-norm{groups}{legacy} ({config.resampling} resampling)"
+    return f"{config.norm}-norm{groups}{legacy}"
 
 
 def _sha256(path: Path) -> str:

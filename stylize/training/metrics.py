@@ -28,7 +28,7 @@ def metrics_log_path(out: Path) -> Path:
 
 def run_name(path: Path) -> str:
     """``starry-night-instance.metrics.jsonl`` -> ``starry-night-instance``."""
-    return path.name.removesuffix(".jsonl").removesuffix(".metrics")
+    return path.name.removesuffix(SUFFIX).removesuffix(".jsonl")
 
 
 class MetricsLog:
