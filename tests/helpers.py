@@ -68,10 +68,15 @@ def write_model(
     training: dict[str, object] | None = None,
     style_thumbnail: str = "",
 ) -> Path:
-    """A ``random_network`` saved as a model file."""
-    record = training if training is not None else {"image_size": 32, "steps_done": 0}
+    """A ``random_network`` saved as a model file, with a training record as ``train`` writes one."""
+    record = training if training is not None else {**minimal_record(path), "image_size": 32, "steps_done": 0}
     save_model(path, random_network(norm, seed), style=style, training=record, style_thumbnail=style_thumbnail)
     return path
+
+
+def minimal_record(out: Path) -> dict[str, object]:
+    """The settings every training record holds (``TrainConfig.from_dict`` needs them)."""
+    return {"style_image": "style.jpg", "data": "photos", "out": str(out)}
 
 
 def photo_tensor(height: int, width: int, seed: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from stylize import ImageLimits, InvalidSetting, load_image, load_model, load_st
 from stylize.images import expand_inputs
 from stylize.model.files import DEFAULT_STYLE
 
-from .helpers import photo, train_args, write_model
+from .helpers import minimal_record, photo, train_args, write_model
 from .reference_fast_neural_style import randomized, stylize_like_examples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,7 +237,8 @@ def test_bundled_models_by_name_and_the_models_listing(cli, tmp_path: Path, monk
     monkeypatch.setenv("STYLIZE_MODELS", str(tmp_path / "bundle"))
     assert "no bundled models" in cli("models").out
     write_model(tmp_path / "bundle" / "wave-instance.safetensors", style="great-wave")
-    tuned = {"image_size": 32, "steps_done": 5, "init": "somewhere/starry-night-batch.safetensors"}
+    tuned = {**minimal_record(tmp_path), "image_size": 32, "steps_done": 5,
+             "init": "somewhere/starry-night-batch.safetensors"}  # fmt: skip
     write_model(tmp_path / "bundle" / "wave-batch.safetensors", norm="batch", style="great-wave", training=tuned)
     rows = {line.split()[1]: line for line in cli("models").out.splitlines() if "wave-" in line}
     assert rows.keys() == {"wave-instance", "wave-batch"} and all("great-wave" in row for row in rows.values())
