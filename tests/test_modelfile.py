@@ -129,6 +129,11 @@ def test_wrong_architecture_and_wrong_files(tmp_path: Path, model_file: Path) ->
         load_model(truncated)
 
 
+def test_an_unknown_device_is_one_clear_error(model_file: Path) -> None:
+    with pytest.raises(StylizeError, match="device must be one of: auto, cpu, cuda, cuda:N; not 'tpu'"):
+        load_model(model_file, device="tpu")
+
+
 def test_antialiased_models_are_format_2_so_older_readers_refuse_them(tmp_path: Path) -> None:
     """Their weights fit a nearest network: a reader of version 1 must not run them as one."""
     for resampling, version in (("nearest", "1"), ("antialiased", "2")):

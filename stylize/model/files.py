@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from stylize.devices import resolve_device
 from stylize.errors import InvalidSetting, StylizeError
 from stylize.fileio import atomic_path, load_torch_file
 from stylize.model.checkpoints import Checkpoint, is_checkpoint_state
@@ -260,8 +261,10 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
     ``name_or_path``: a bundled model's name, a stylize model file, a training
     checkpoint, or a pytorch/examples fast_neural_style state dict. Raises
     StylizeError if there is no such file or bundled model, the file is none of
-    those or cannot be read, or its weights do not fit the network it describes.
+    those or cannot be read, or its weights do not fit the network it describes;
+    InvalidSetting for an unknown device name.
     """
+    target = resolve_device(device) if isinstance(device, str) else device
     path = resolve_model(name_or_path)
     try:
         if _is_safetensors(path):
@@ -277,7 +280,7 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu") -> 
     except RuntimeError as error:
         detail = _mismatch(network, state, error)
         raise StylizeError(f"{path} does not hold a {info.config.norm}-norm network: {detail}") from None
-    return StyleModel(info=info, network=network.to(device).eval())
+    return StyleModel(info=info, network=network.to(target).eval())
 
 
 def _mismatch(network: TransformerNet, state: dict[str, torch.Tensor], error: RuntimeError) -> str:
