@@ -146,11 +146,7 @@ class ModelReport:
         """The three changes and two losses as the sheet and the CLI's table show them."""
         changes = (self.contrast_sensitivity, self.batch_sensitivity, self.train_eval_gap)
         losses = (self.content_loss, self.style_loss, self.style_vs_photo)
-        return [
-            *(f"{value:.2f}" for value in changes),
-            f"{self.lattice:+.1f} dB",
-            *("n/a" if value is None else f"{value:.3g}" for value in losses),
-        ]
+        return [*(f"{value:.2f}" for value in changes), *_lattice_and_loss_cells(self.lattice, losses)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,6 +166,10 @@ class ModelReport:
         }
 
 
+def _lattice_and_loss_cells(lattice: float, losses: tuple[float | None, ...]) -> list[str]:
+    return [f"{lattice:+.1f} dB", *("n/a" if value is None else f"{value:.3g}" for value in losses)]
+
+
 @dataclass(frozen=True)
 class Reference:
     """The optimisation of the first model's own training loss for each photo
@@ -184,7 +184,7 @@ class Reference:
     def shown(self) -> list[str]:
         """The sheet's and the table's cells; the changes measure networks, so n/a."""
         losses = (self.losses.content, self.losses.style, self.losses.style_vs_photo)
-        return ["n/a"] * 3 + [f"{self.lattice:+.1f} dB", *("n/a" if v is None else f"{v:.3g}" for v in losses)]
+        return ["n/a"] * 3 + _lattice_and_loss_cells(self.lattice, losses)
 
     def to_dict(self) -> dict[str, Any]:
         return {
