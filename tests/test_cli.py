@@ -348,6 +348,7 @@ BAD_INPUTS = [
     ("unwritable model", TRAIN.replace("{tmp}/m.safetensors", "{tmp}/afile/m.safetensors"), "is a file, not a folder"),
     ("missing checkpoint", TRAIN + " --resume {tmp}/none.pt", "checkpoint not found"),
     ("garbage checkpoint", TRAIN + " --resume {tmp}/text.jpg", "not a training checkpoint"),
+    ("checkpoint of wrong types", TRAIN + " --resume {tmp}/odd.pt", "odd.pt is not a readable training checkpoint"),
     ("missing loss weights", TRAIN + " --loss-weights {tmp}/none.pth", "loss network weights file not found"),
     ("image as loss weights", TRAIN + " --loss-weights {good}", "not a PyTorch weights file"),
 ]
@@ -381,6 +382,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(
             return (Path.touch, (tmp_path / "pwned",))
 
     torch.save({"in1.weight": Payload()}, tmp_path / "evil.pth")
+    torch.save({"model": {}, "optimizer": {}, "step": "many", "config": []}, tmp_path / "odd.pt")
     honest = model_file.read_bytes()
     (tmp_path / "lying.safetensors").write_bytes(
         honest.replace(b'\\"norm\\": \\"instance\\"', b'\\"norm\\":    \\"batch\\"')

@@ -99,7 +99,10 @@ def read_checkpoint(path: Path) -> Checkpoint:
     state = load_torch_file(path, "a training checkpoint")
     if not is_checkpoint_state(state):
         raise StylizeError(f"{path} is not a training checkpoint")
-    return Checkpoint.from_state(state)
+    try:
+        return Checkpoint.from_state(state)
+    except (AttributeError, KeyError, TypeError, ValueError, StylizeError) as error:
+        raise StylizeError(f"{path} is not a readable training checkpoint ({error})") from None
 
 
 def write_checkpoint(folder: Path, checkpoint: Checkpoint) -> Path:
