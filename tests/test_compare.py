@@ -234,9 +234,9 @@ def test_losses_are_measured_as_the_model_was_trained(
     model = write_model(tmp_path / "m.safetensors", training=record)
     comparison = compare(contents, [model], CompareSettings(size=32, device="cpu"))
     report = comparison.reports[0]
-    assert report.content_loss is not None and report.content_loss > 0
-    assert report.style_loss is not None and report.style_loss > 0
-    assert report.loss_source == "vgg16 (vgg16-small.pth), style image"
+    assert report.losses.content is not None and report.losses.content > 0
+    assert report.losses.style is not None and report.losses.style > 0
+    assert report.losses.source == "vgg16 (vgg16-small.pth), style image"
     # The strength: the outputs' style loss over the photos' own, in all and per layer.
     network = LossNetwork("vgg16", ["relu1_2", "relu2_2"], vgg_weights)
     with torch.no_grad():
@@ -248,9 +248,10 @@ def test_losses_are_measured_as_the_model_was_trained(
             ratio = sum(float(style_loss(f, chosen)) for f in outputs) / sum(
                 float(style_loss(f, chosen)) for f in photos
             )
-            measured = report.style_vs_photo if layers is None else report.style_vs_photo_per_layer[layers[0]]
+            losses = report.losses
+            measured = losses.style_vs_photo if layers is None else losses.style_vs_photo_per_layer[layers[0]]
             assert measured == pytest.approx(ratio, rel=1e-5)
-    assert set(report.style_vs_photo_per_layer) == {"relu1_2", "relu2_2"}
+    assert set(report.losses.style_vs_photo_per_layer) == {"relu1_2", "relu2_2"}
 
     # Without the style image file the thumbnail in the model stands in; without weights, no numbers.
     thumbnail = encode_thumbnail(load_image(style_image).rgb)
@@ -259,13 +260,13 @@ def test_losses_are_measured_as_the_model_was_trained(
     assert (
         compare(contents, [moved], CompareSettings(size=32, device="cpu"))
         .reports[0]
-        .loss_source.endswith("style thumbnail")
+        .losses.source.endswith("style thumbnail")
     )
     lost = write_model(tmp_path / "lost.safetensors", training={**record, "loss_weights": "/gone.pth"})
     missing = compare(contents, [lost], CompareSettings(size=32, device="cpu")).reports[0]
-    assert missing.content_loss is None and missing.loss_source == "no loss network: /gone.pth not found"
+    assert missing.losses.content is None and missing.losses.source == "no loss network: /gone.pth not found"
     given = CompareSettings(size=32, device="cpu", loss_network_weights=vgg_weights)
-    assert compare(contents, [lost], given).reports[0].content_loss == pytest.approx(report.content_loss)
+    assert compare(contents, [lost], given).reports[0].losses.content == pytest.approx(report.losses.content)
 
 
 def _trained_record(tmp_path: Path, style_image: Path, vgg_weights: Path) -> dict[str, object]:
@@ -287,7 +288,7 @@ def test_the_reference_column_optimises_the_first_models_loss(
     assert reference is not None and reference.steps == 8
     assert [out.shape for out in reference.outputs] == [image.shape for image in comparison.contents]
     # Measured as the model is: the same loss, and far closer to the painting than the photo.
-    assert reference.losses.source == report.loss_source == "vgg16 (vgg16-small.pth), style image"
+    assert reference.losses.source == report.losses.source == "vgg16 (vgg16-small.pth), style image"
     assert reference.losses.style_vs_photo is not None and reference.losses.style_vs_photo < 0.8
     assert set(reference.losses.style_vs_photo_per_layer) == {"relu1_2", "relu2_2"}
     # On the sheet: one more column, filled on the plain rows only.

@@ -578,7 +578,7 @@ def compare(
     if comparison.reference is not None:
         table.add_row(f"optimisation, {comparison.reference.steps} steps", "", *comparison.reference.shown())
     print_table(table)
-    for note in dict.fromkeys(report.loss_source for report in comparison.reports if report.content_loss is None):
+    for note in dict.fromkeys(report.losses.source for report in comparison.reports if report.losses.content is None):
         typer.echo(f"losses: {note} (pass --loss-network-weights)", err=True)
     typer.echo(f"wrote {out} and {numbers}")
 

@@ -127,26 +127,65 @@ class Stylizations:
 
 
 @dataclass(frozen=True)
+class Losses:
+    """What ``_LossMeter`` measured of one model's outputs (means over the photos)."""
+
+    content: float | None = None  # unweighted, as the model's training measured it
+    style: float | None = None
+    # The strength of a stylization: its style loss relative to the photo's own
+    # (1: as far from the painting's statistics as the photo, 0: there), in all
+    # and per style layer, each a ratio of sums over the content images.
+    style_vs_photo: float | None = None
+    style_vs_photo_per_layer: dict[str, float] = field(default_factory=dict)
+    source: str = ""  # what measured the losses, or why they are missing
+
+    @classmethod
+    def of(
+        cls,
+        content: float,
+        outputs: dict[str, float],
+        photos: dict[str, float],
+        weights: dict[str, float],
+        count: int,
+        source: str,
+    ) -> Losses:
+        """From the per-layer sums, over ``count`` photos, of the outputs' and the photos' style losses."""
+        output, photo = (sum(weights[layer] * value for layer, value in sums.items()) for sums in (outputs, photos))
+        per_layer = {layer: outputs[layer] / max(photos[layer], _NONZERO) for layer in outputs}
+        return cls(content, output / count, output / max(photo, _NONZERO), per_layer, source)
+
+    def cells(self, lattice: float) -> list[str]:
+        """The lattice and loss cells of a column on the sheet and in the table."""
+        losses = (self.content, self.style, self.style_vs_photo)
+        return [f"{lattice:+.1f} dB", *("n/a" if value is None else f"{value:.3g}" for value in losses)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "content_loss": self.content,
+            "style_loss": self.style,
+            "style_vs_photo": self.style_vs_photo,
+            "style_vs_photo_per_layer": self.style_vs_photo_per_layer,
+            "loss_source": self.source,
+        }
+
+
+# Keeps a ratio finite where the photo already has the painting's statistics.
+_NONZERO = 1e-12
+
+
+@dataclass(frozen=True)
 class ModelReport:
     info: ModelInfo
     contrast_sensitivity: float  # output change between contrast x1 and x0.5
     batch_sensitivity: float  # output change between dark and bright neighbours, train mode
     train_eval_gap: float  # output change between train mode (either batch) and eval mode
     lattice: float  # lattice_strength of the output minus the photo's, dB
-    content_loss: float | None  # unweighted, as the model's training measured it
-    style_loss: float | None
-    loss_source: str  # what measured the losses, or why they are missing
-    # The strength of a stylization: its style loss relative to the photo's own
-    # (1: as far from the painting's statistics as the photo, 0: there), in all
-    # and per style layer, each a ratio of sums over the content images.
-    style_vs_photo: float | None = None
-    style_vs_photo_per_layer: dict[str, float] = field(default_factory=dict)
+    losses: Losses
 
     def shown(self) -> list[str]:
         """The three changes and two losses as the sheet and the CLI's table show them."""
         changes = (self.contrast_sensitivity, self.batch_sensitivity, self.train_eval_gap)
-        losses = (self.content_loss, self.style_loss, self.style_vs_photo)
-        return [*(f"{value:.2f}" for value in changes), *_lattice_and_loss_cells(self.lattice, losses)]
+        return [*(f"{value:.2f}" for value in changes), *self.losses.cells(self.lattice)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,16 +197,8 @@ class ModelReport:
             "batch_sensitivity": round(self.batch_sensitivity, 4),
             "train_eval_gap": round(self.train_eval_gap, 4),
             "lattice_db": round(self.lattice, 2),
-            "content_loss": self.content_loss,
-            "style_loss": self.style_loss,
-            "style_vs_photo": self.style_vs_photo,
-            "style_vs_photo_per_layer": self.style_vs_photo_per_layer,
-            "loss_source": self.loss_source,
+            **self.losses.to_dict(),
         }
-
-
-def _lattice_and_loss_cells(lattice: float, losses: tuple[float | None, ...]) -> list[str]:
-    return [f"{lattice:+.1f} dB", *("n/a" if value is None else f"{value:.3g}" for value in losses)]
 
 
 @dataclass(frozen=True)
@@ -183,19 +214,14 @@ class Reference:
 
     def shown(self) -> list[str]:
         """The sheet's and the table's cells; the changes measure networks, so n/a."""
-        losses = (self.losses.content, self.losses.style, self.losses.style_vs_photo)
-        return ["n/a"] * 3 + _lattice_and_loss_cells(self.lattice, losses)
+        return ["n/a"] * 3 + self.losses.cells(self.lattice)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": "optimisation (Gatys et al. 2016), L-BFGS, single scale, from the photo",
             "steps": self.steps,
             "lattice_db": round(self.lattice, 2),
-            "content_loss": self.losses.content,
-            "style_loss": self.losses.style,
-            "style_vs_photo": self.losses.style_vs_photo,
-            "style_vs_photo_per_layer": self.losses.style_vs_photo_per_layer,
-            "loss_source": self.losses.source,
+            **self.losses.to_dict(),
         }
 
 
@@ -329,36 +355,6 @@ class _LossMeter:
         return Losses.of(content_total / count, styles["output"], styles["photo"], layer_weights, count, setup.source)
 
 
-@dataclass(frozen=True)
-class Losses:
-    """What ``_LossMeter`` measured of one model's outputs (means over the photos)."""
-
-    content: float | None = None
-    style: float | None = None
-    style_vs_photo: float | None = None
-    style_vs_photo_per_layer: dict[str, float] = field(default_factory=dict)
-    source: str = ""
-
-    @classmethod
-    def of(
-        cls,
-        content: float,
-        outputs: dict[str, float],
-        photos: dict[str, float],
-        weights: dict[str, float],
-        count: int,
-        source: str,
-    ) -> Losses:
-        """From the per-layer sums, over ``count`` photos, of the outputs' and the photos' style losses."""
-        output, photo = (sum(weights[layer] * value for layer, value in sums.items()) for sums in (outputs, photos))
-        per_layer = {layer: outputs[layer] / max(photos[layer], _NONZERO) for layer in outputs}
-        return cls(content, output / count, output / max(photo, _NONZERO), per_layer, source)
-
-
-# Keeps a ratio finite where the photo already has the painting's statistics.
-_NONZERO = 1e-12
-
-
 def _report(
     info: ModelInfo,
     content_lattices: Sequence[float],
@@ -380,11 +376,7 @@ def _report(
         lattice=mean(
             [lattice_strength(run.plain) - photo for photo, run in zip(content_lattices, outputs, strict=True)]
         ),
-        content_loss=losses.content,
-        style_loss=losses.style,
-        loss_source=losses.source,
-        style_vs_photo=losses.style_vs_photo,
-        style_vs_photo_per_layer=losses.style_vs_photo_per_layer,
+        losses=losses,
     )
 
 
