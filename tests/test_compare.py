@@ -278,12 +278,16 @@ def _trained_record(tmp_path: Path, style_image: Path, vgg_weights: Path) -> dic
 
 
 def test_the_reference_column_optimises_the_first_models_loss(
-    cli, tmp_path: Path, contents: list[Path], style_image: Path, vgg_weights: Path
+    cli, tmp_path: Path, contents: list[Path], style_image: Path, vgg_weights: Path, monkeypatch
 ) -> None:
     thumbnail = encode_thumbnail(load_image(style_image).rgb)
     record = _trained_record(tmp_path, style_image, vgg_weights)
     model = write_model(tmp_path / "m.safetensors", training=record, style_thumbnail=thumbnail)
+    reads = []
+    read_style = compare_module._LossMeter._style_image
+    monkeypatch.setattr(compare_module._LossMeter, "_style_image", lambda *a: reads.append(1) or read_style(*a))
     comparison = compare(contents, [model], CompareSettings(size=32, device="cpu", reference_steps=8))
+    assert len(reads) == 1  # the model's loss is set up once, for its column and the reference's
     reference, report = comparison.reference, comparison.reports[0]
     assert reference is not None and reference.steps == 8
     assert [out.shape for out in reference.outputs] == [image.shape for image in comparison.contents]

@@ -333,8 +333,10 @@ class _LossMeter:
         return _LossSetup(name, weights, content_layer, layer_weights, *self._style_image(info, trained), trained)
 
     @torch.no_grad()
-    def measure(self, info: ModelInfo, contents: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> Losses:
-        setup = self.setup(info)
+    def measure(
+        self, setup: _LossSetup | str, contents: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]
+    ) -> Losses:
+        """The outputs' losses under ``setup`` (from ``setup``; a string says why there are none)."""
         if isinstance(setup, str):
             return Losses(source=setup)
         layer_weights, content_layer = setup.layer_weights, setup.content_layer
@@ -386,9 +388,8 @@ def content_labels(contents: Sequence[Path]) -> list[str]:
     return [name if names.count(name) == 1 else str(path) for name, path in zip(names, contents, strict=True)]
 
 
-def _reference_setup(info: ModelInfo, meter: _LossMeter) -> _LossSetup:
+def _reference_setup(info: ModelInfo, setup: _LossSetup | str) -> _LossSetup:
     """The loss the reference optimises: ``info``'s own, checked before any model runs."""
-    setup = meter.setup(info)
     if isinstance(setup, str) or setup.style is None:
         why = setup if isinstance(setup, str) else "no style image or thumbnail"
         raise InvalidSetting("reference_steps", f"needs {info.name}'s loss network and style image: {why}")
@@ -396,9 +397,9 @@ def _reference_setup(info: ModelInfo, meter: _LossMeter) -> _LossSetup:
 
 
 def _reference(
-    info: ModelInfo, setup: _LossSetup, images: Sequence[torch.Tensor], meter: _LossMeter, lattices: Sequence[float]
+    setup: _LossSetup, images: Sequence[torch.Tensor], meter: _LossMeter, lattices: Sequence[float]
 ) -> Reference:
-    """Optimise each photo against ``info``'s own training loss (see ``Reference``)."""
+    """Optimise each photo against the first model's own training loss (see ``Reference``)."""
     assert setup.style is not None  # _reference_setup checked
     steps = meter.settings.reference_steps
     weights = setup.trained.term_weights if setup.trained is not None else LossWeights()
@@ -414,7 +415,7 @@ def _reference(
     )  # fmt: skip
     outputs = [optimizer.optimize(image).cpu() for image in images]
     lattice = sum(lattice_strength(out) - photo for out, photo in zip(outputs, lattices, strict=True))
-    return Reference(steps, outputs, lattice / len(images), meter.measure(info, images, outputs))
+    return Reference(steps, outputs, lattice / len(images), meter.measure(setup, images, outputs))
 
 
 def compare(
@@ -445,19 +446,21 @@ def compare(
     setup = None
     for index, path in enumerate(paths):
         stylizer = Stylizer(load_model(path, device), device, EXPERIMENT_SETTINGS)
+        info = stylizer.model.info
+        loss_setup = meter.setup(info)
         if index == 0 and settings.reference_steps:
-            setup = _reference_setup(stylizer.model.info, meter)
+            setup = _reference_setup(info, loss_setup)
         if on_stage is not None:
-            on_stage(index, stages, stylizer.model.info.name)
+            on_stage(index, stages, info.name)
         runs = [stylize_variants(stylizer, image) for image in images]
-        losses = meter.measure(stylizer.model.info, images, [run.plain for run in runs])
-        reports.append(_report(stylizer.model.info, content_lattices, runs, losses))
+        losses = meter.measure(loss_setup, images, [run.plain for run in runs])
+        reports.append(_report(info, content_lattices, runs, losses))
         outputs.append(runs)
     reference = None
     if setup is not None:
         if on_stage is not None:
             on_stage(len(paths), stages, f"optimisation, {settings.reference_steps} steps")
-        reference = _reference(reports[0].info, setup, images, meter, content_lattices)
+        reference = _reference(setup, images, meter, content_lattices)
     return Comparison(
         content_names=content_labels(contents),
         contents=images,
