@@ -336,7 +336,7 @@ class _LossMeter:
     def measure(
         self, setup: _LossSetup | str, contents: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]
     ) -> Losses:
-        """The outputs' losses under ``setup`` (from ``setup``; a string says why there are none)."""
+        """The outputs' losses under ``setup``, what ``setup(info)`` returned (a string: why there are none)."""
         if isinstance(setup, str):
             return Losses(source=setup)
         layer_weights, content_layer = setup.layer_weights, setup.content_layer
