@@ -443,13 +443,13 @@ def compare(
     content_lattices = [lattice_strength(image) for image in images]
     stages = len(paths) + (1 if settings.reference_steps else 0)
     reports, outputs = [], []
-    setup = None
+    reference_setup = None
     for index, path in enumerate(paths):
         stylizer = Stylizer(load_model(path, device), device, EXPERIMENT_SETTINGS)
         info = stylizer.model.info
         loss_setup = meter.setup(info)
         if index == 0 and settings.reference_steps:
-            setup = _reference_setup(info, loss_setup)
+            reference_setup = _reference_setup(info, loss_setup)
         if on_stage is not None:
             on_stage(index, stages, info.name)
         runs = [stylize_variants(stylizer, image) for image in images]
@@ -457,10 +457,10 @@ def compare(
         reports.append(_report(info, content_lattices, runs, losses))
         outputs.append(runs)
     reference = None
-    if setup is not None:
+    if reference_setup is not None:
         if on_stage is not None:
             on_stage(len(paths), stages, f"optimisation, {settings.reference_steps} steps")
-        reference = _reference(setup, images, meter, content_lattices)
+        reference = _reference(reference_setup, images, meter, content_lattices)
     return Comparison(
         content_names=content_labels(contents),
         contents=images,
