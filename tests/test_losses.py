@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from urllib.error import URLError
 
@@ -14,6 +15,8 @@ from stylize.training.losses import (
     content_loss,
     gram_matrix,
     perceptual_loss,
+    shift_equivariance,
+    shift_image,
     style_loss,
     style_targets,
     total_variation,
@@ -61,6 +64,45 @@ def test_gram_matrix_gradient_under_bf16_is_the_float32_one_rounded() -> None:
     assert rounded.grad.dtype == torch.bfloat16  # what the convolution behind it takes
     relative = (rounded.grad.float() - exact.grad).norm() / exact.grad.norm()
     assert relative < 0.01
+
+
+def test_shift_image_moves_the_picture_down_and_right_and_reflects_into_the_gap() -> None:
+    images = torch.arange(2 * 3 * 6 * 7, dtype=torch.float32).view(2, 3, 6, 7)
+    moved = shift_image(images, (2, 1))
+    assert moved.shape == images.shape
+    torch.testing.assert_close(moved[..., 2:, 1:], images[..., :-2, :-1])
+    torch.testing.assert_close(moved[..., 0, 1:], images[..., 2, :-1])  # the row reflected about the new top row
+    torch.testing.assert_close(moved[..., 2:, 0], images[..., :-2, 1])
+
+
+def _lattice_network(images: torch.Tensor) -> torch.Tensor:
+    """Downsample by 4 and back: each output pixel shows its place in the 4x4 grid."""
+    return torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(images, 4), scale_factor=4.0)
+
+
+def test_shift_equivariance_is_zero_for_a_network_that_commutes_with_shifts_and_not_for_a_stride_4_one() -> None:
+    photos = torch.rand(2, 3, 40, 44)
+    for shift in ((1, 0), (0, 3), (2, 2)):
+        smooth = torch.nn.functional.conv2d(photos, torch.full((3, 3, 3, 3), 1 / 27), padding=1)
+        moved_smooth = torch.nn.functional.conv2d(
+            shift_image(photos, shift), torch.full((3, 3, 3, 3), 1 / 27), padding=1
+        )
+        assert shift_equivariance(smooth, moved_smooth, shift).item() < 1e-12
+        lattice = shift_equivariance(_lattice_network(photos), _lattice_network(shift_image(photos, shift)), shift)
+        assert lattice.item() > 1e-3
+    # A shift by the stride is exact for the stride-4 network too.
+    photos = torch.rand(1, 3, 40, 40)
+    moved = torch.cat([photos[..., :4, :], photos[..., :-4, :]], dim=-2)
+    assert shift_equivariance(_lattice_network(photos), _lattice_network(moved), (4, 0)).item() < 1e-12
+
+
+def test_shift_equivariance_by_hand_and_refuses_an_output_with_no_interior() -> None:
+    output, moved = torch.zeros(1, 1, 20, 20), torch.zeros(1, 1, 20, 20)
+    moved[..., 10, 10] = 0.5  # inside the compared rows 3-19, columns 2-19 of the moved output
+    assert shift_equivariance(output, moved, (3, 2), margin=0).item() == pytest.approx(0.25 / (17 * 18))
+    assert shift_equivariance(output, moved, (3, 2), margin=8).item() == 0.0  # row 11, columns 10-11 only
+    with pytest.raises(ValueError, match="no pixels 8 px inside"):
+        shift_equivariance(torch.zeros(1, 3, 18, 40), torch.zeros(1, 3, 18, 40), (3, 0))
 
 
 def test_content_and_tv_losses_by_hand() -> None:
@@ -114,7 +156,11 @@ def test_perceptual_loss_applies_weights_and_leaves_inputs_alone() -> None:
     assert terms.style.item() == pytest.approx(10.0 * style_loss(out_features, targets).item())
     assert terms.tv.item() == pytest.approx(0.5 * total_variation(output).item())
     assert terms.total.item() == pytest.approx((terms.content + terms.style + terms.tv).item())
-    assert terms.stacked().shape == (4,)
+    stacked = terms.stacked()
+    assert stacked[3].item() == 0.0 and stacked[4].item() == pytest.approx(terms.total.item())
+    with_shift = dataclasses.replace(terms, shift=torch.tensor(0.25))
+    assert with_shift.total.item() == pytest.approx(terms.total.item() + 0.25)
+    assert with_shift.stacked()[3].item() == 0.25
     for before, after in zip(copies, (output, out_features["c"], out_features["s"], in_features["c"]), strict=True):
         assert torch.equal(before, after)
 

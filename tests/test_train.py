@@ -117,6 +117,43 @@ class _Unreadable(torch.utils.data.Dataset):
         raise StylizeError(f"photo {index} went missing")
 
 
+def test_the_shift_term_is_measured_weighted_logged_and_trained_down(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    logs = {}
+    for weight in ("0", "2000"):
+        out = tmp_path / f"w{weight}.safetensors"
+        args = (
+            "--shift-weight",
+            weight,
+            "--steps",
+            "30",
+            "--lr",
+            "3e-3",
+            "--lr-schedule",
+            "constant",
+            "--warmup-steps",
+            "0",
+        )
+        result = cli(*train_args(style_image, photos, out, vgg_weights, *args))
+        assert result.code == 0, result.err
+        assert load_model(out).info.training["shift_weight"] == float(weight)
+        logs[weight] = [json.loads(line) for line in out.with_suffix(".metrics.jsonl").read_text().splitlines()]
+    assert all(line["shift"] == 0.0 for line in logs["0"])
+    shifted = logs["2000"]
+    assert all(
+        line["total"] == pytest.approx(line["content"] + line["style"] + line["tv"] + line["shift"]) for line in shifted
+    )
+    assert sum(line["shift"] for line in shifted[-5:]) < 0.5 * sum(line["shift"] for line in shifted[:5])
+
+
+def test_the_steps_shifts_are_fixed_by_seed_and_step_and_never_a_multiple_of_the_stride() -> None:
+    shifts = [training._shift(seed=42, step=step) for step in range(200)]
+    assert shifts == [training._shift(seed=42, step=step) for step in range(200)]
+    assert set(shifts) == {(rows, cols) for rows in range(4) for cols in range(4)} - {(0, 0)}
+    assert shifts != [training._shift(seed=43, step=step) for step in range(200)]
+
+
 def test_an_error_in_a_loader_process_comes_out_as_its_own_line() -> None:
     loader = torch.utils.data.DataLoader(_Unreadable(), batch_size=1, num_workers=1)
     with pytest.raises(StylizeError) as raised:
@@ -124,23 +161,29 @@ def test_an_error_in_a_loader_process_comes_out_as_its_own_line() -> None:
     assert str(raised.value) == "photo 0 went missing"
 
 
-@pytest.mark.parametrize("norm", ["instance", "batch", "weight"])
+@pytest.mark.parametrize("norm, shift_weight", [("instance", "0"), ("batch", "0"), ("weight", "0"), ("batch", "50")])
 def test_resumed_run_ends_with_the_same_weights_bit_for_bit(
-    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, norm: str, monkeypatch: pytest.MonkeyPatch
+    cli,
+    tmp_path: Path,
+    style_image: Path,
+    photos: Path,
+    vgg_weights: Path,
+    norm: str,
+    shift_weight: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    settings = ("--norm", norm, "--shift-weight", shift_weight)
     straight = tmp_path / "straight.safetensors"
-    assert cli(*train_args(style_image, photos, straight, vgg_weights, "--norm", norm)).code == 0
+    assert cli(*train_args(style_image, photos, straight, vgg_weights, *settings)).code == 0
 
     resumed = tmp_path / "resumed.safetensors"
     first = cli(
-        *train_args(
-            style_image, photos, resumed, vgg_weights, "--norm", norm, "--steps", "2", "--checkpoint-every", "2"
-        )
+        *train_args(style_image, photos, resumed, vgg_weights, *settings, "--steps", "2", "--checkpoint-every", "2")
     )
     assert first.code == 0, first.err
     # Resume in worker processes this time: the data order must not depend on them.
     steps_run = count_steps(monkeypatch)
-    second = cli(*train_args(style_image, photos, resumed, vgg_weights, "--norm", norm,
+    second = cli(*train_args(style_image, photos, resumed, vgg_weights, *settings,
                              "--resume", tmp_path / "resumed.ckpt", "--workers", "2"))  # fmt: skip
     assert second.code == 0, second.err
     assert len(steps_run) == 2  # only steps 3 and 4: it started from the checkpoint
@@ -294,6 +337,7 @@ def test_a_nan_or_infinite_loss_stops_and_keeps_the_last_good_checkpoint(
         ("batch_size", -1, "batch_size must be at least 1"),
         ("image_size", 4, "image_size must be at least 16"),
         ("style_weight", -1.0, "style_weight must not be negative"),
+        ("shift_weight", -0.5, "shift_weight must not be negative"),
         ("lr", 0.0, "lr must be positive"),
         ("norm", "layer-ish", "norm must be one of"),
         ("loss_network", "resnet", "loss_network must be one of"),
@@ -609,6 +653,8 @@ def test_a_stored_training_record_reads_back_in_todays_names_and_defaults(tmp_pa
     settings = TrainingRecord.of(old).settings
     assert settings.loss_network_weights == tmp_path / "w.pth" and settings.lr_schedule == "constant"
     assert (settings.warmup_steps, settings.resampling) == (0, "nearest")
+    before_shift = {key: value for key, value in stored.items() if key != "shift_weight"}
+    assert TrainingRecord.of({**before_shift, "shift_weight": 0.0}).settings == TrainingRecord.of(before_shift).settings
     # Imported models and bare records have none.
     assert TrainingRecord.of({}) is None and TrainingRecord.of({"image_size": 32, "steps_done": 0}) is None
     with pytest.raises(StylizeError, match="the recorded training settings lack data, out"):

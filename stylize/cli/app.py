@@ -163,6 +163,10 @@ def train(
         float, typer.Option(help="Weight of the style loss (relative to the style's Gram matrices).")
     ] = TrainConfig.style_weight,
     tv_weight: Annotated[float, typer.Option(help="Weight of the total-variation loss.")] = TrainConfig.tv_weight,
+    shift_weight: Annotated[
+        float,
+        typer.Option(help="Weight of the shift-equivariance loss (no lattice on flat areas, steadier video)."),
+    ] = TrainConfig.shift_weight,
     lr: Annotated[float, typer.Option(help="Peak Adam learning rate.")] = TrainConfig.lr,
     lr_schedule: Annotated[
         str, typer.Option(help=f"After the warm-up: {', '.join(LR_SCHEDULES)} (decays to 0 at the last step).")
@@ -217,6 +221,7 @@ def train(
         content_weight=content_weight,
         style_weight=style_weight,
         tv_weight=tv_weight,
+        shift_weight=shift_weight,
         lr=lr,
         lr_schedule=lr_schedule,
         warmup_steps=warmup_steps,
@@ -241,7 +246,8 @@ def train(
         def show(run: TrainConfig, report: StepReport) -> None:
             status = (
                 f"content {report.content:.3g}  style {report.style:.3g}  tv {report.tv:.3g}"
-                f"  {report.images_per_second:.1f} img/s"
+                + (f"  shift {report.shift:.3g}" if run.shift_weight else "")
+                + f"  {report.images_per_second:.1f} img/s"
             )
             bars.update(tasks[run.out], completed=report.step, total=report.steps, status=status)
 

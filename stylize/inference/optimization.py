@@ -91,7 +91,9 @@ class OptimizationSettings:
 
     @property
     def term_weights(self) -> LossWeights:
-        return LossWeights(self.content_weight, self.style_weight, self.tv_weight, tuple(self.layer_weights.items()))
+        return LossWeights(
+            self.content_weight, self.style_weight, self.tv_weight, style_layers=tuple(self.layer_weights.items())
+        )
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ class TrainConfig:
     content_weight: float = LossWeights.content
     style_weight: float = LossWeights.style
     tv_weight: float = LossWeights.tv
+    shift_weight: float = LossWeights.shift
     lr: float = 1e-3
     lr_schedule: str = "cosine"
     warmup_steps: int = 100
@@ -134,6 +135,7 @@ class TrainConfig:
             content=self.content_weight,
             style=self.style_weight,
             tv=self.tv_weight,
+            shift=self.shift_weight,
             style_layers=tuple(self.style_layer_weighting.items()),
         )
 
@@ -202,7 +204,8 @@ def _check_ranges(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value is not None and value < MIN_SIZE:
             raise InvalidSetting(name, f"must be at least {MIN_SIZE} pixels")
-    for name in ("content_weight", "style_weight", "tv_weight", "workers", "checkpoint_every", "warmup_steps"):
+    weights = ("content_weight", "style_weight", "tv_weight", "shift_weight")
+    for name in (*weights, "workers", "checkpoint_every", "warmup_steps"):
         value = getattr(config, name)
         if value is not None and value < 0:
             raise InvalidSetting(name, "must not be negative")
@@ -218,7 +221,7 @@ RUN_SETTINGS = frozenset(
 )
 # What training did before these settings existed (no learning-rate schedule),
 # and settings since renamed.
-_BEFORE_SETTINGS_EXISTED = {"lr_schedule": "constant", "warmup_steps": 0, "resampling": "nearest"}
+_BEFORE_SETTINGS_EXISTED = {"lr_schedule": "constant", "warmup_steps": 0, "resampling": "nearest", "shift_weight": 0.0}
 _RENAMED = {"loss_weights": "loss_network_weights"}
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+import random
 import signal
 import threading
 import time
@@ -50,7 +51,7 @@ from stylize.training.distributed import (
     union_over_processes,
     wait_for_all,
 )
-from stylize.training.losses import perceptual_loss, style_targets
+from stylize.training.losses import perceptual_loss, shift_equivariance, shift_image, style_targets
 from stylize.training.metrics import MetricsLog, metrics_log_path
 from stylize.training.schedule import learning_rate
 from stylize.training.vgg import LossNetwork, announce_download
@@ -71,6 +72,7 @@ class StepReport:
     content: float
     style: float
     tv: float
+    shift: float  # 0 when its weight is 0
     total: float
     images_per_second: float
     unreadable_files: int
@@ -273,18 +275,32 @@ def _step(run: _Run, images: torch.Tensor) -> torch.Tensor:
     images = images.to(run.device, non_blocking=True, memory_format=memory_format(run.device))
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(run.step, config.recipe.steps, config.lr, config.lr_schedule, config.warmup_steps)
+    weights = config.term_weights
+    shift = _shift(config.seed, run.step) if weights.shift > 0 else None
     with autocast(run.device, run.dtype):
-        output = run.trained(images)
+        # The moved photos ride in the same forward pass (one pass, as DDP needs).
+        both = run.trained(images if shift is None else torch.cat([images, shift_image(images, shift)]))
+        output = both[: len(images)]
         with torch.no_grad():
             input_features = run.loss_network(images, layers=(config.content_layer,))
         terms = perceptual_loss(
-            output, run.loss_network(output), input_features, run.targets, config.content_layer, config.term_weights
+            output, run.loss_network(output), input_features, run.targets, config.content_layer, weights
         )
+        if shift is not None:
+            equivariance = shift_equivariance(output, both[len(images) :], shift)
+            terms = dataclasses.replace(terms, shift=weights.shift * equivariance)
     run.optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
     run.optimizer.step()
     run.step += 1
     return terms.stacked()
+
+
+def _shift(seed: int, step: int) -> tuple[int, int]:
+    """The step's shift for the equivariance term: 1-3 px down and/or right (a
+    multiple of 4 commutes already), the same on every resume and process."""
+    rows, cols = divmod(random.Random(f"shift:{seed}:{step}").randrange(1, 16), 4)
+    return rows, cols
 
 
 class _Reporter:
@@ -311,7 +327,7 @@ class _Reporter:
         non-finite losses. Each process's stop request rides along in the same
         sync; the result is whether any process asked to stop."""
         run = self.run
-        stop_row = torch.full((1, 4), float(stop_requested), device=run.device)
+        stop_row = torch.full((1, 5), float(stop_requested), device=run.device)
         rows = torch.cat([torch.stack([terms for _, terms in self.pending]), stop_row])
         *values, stop_votes = mean_over_processes(rows, run.world).tolist()
         now = time.perf_counter()
@@ -323,14 +339,21 @@ class _Reporter:
         return stop_votes[0] > 0
 
     def _report(self, step: int, terms: list[float], speed: float) -> None:
-        content, style, tv, total = terms
-        if not all(map(math.isfinite, (content, style, tv))):
+        content, style, tv, shift, total = terms
+        if not all(map(math.isfinite, (content, style, tv, shift))):
             raise TrainingDiverged(
                 f"the loss became {total} at step {step}; stopped without saving it. "
                 f"Last good checkpoint: {latest_checkpoint(self.run.checkpoints)}. "
                 "Try a lower learning rate or style weight"
             )
-        record: dict[str, Any] = {"step": step, "content": content, "style": style, "tv": tv, "total": total}
+        record: dict[str, Any] = {
+            "step": step,
+            "content": content,
+            "style": style,
+            "tv": tv,
+            "shift": shift,
+            "total": total,
+        }
         if self.log is not None:
             self.log.write({**record, "images_per_s": round(speed, 2), "seconds": round(self.run.seconds, 3)})
         if self.on_progress is not None:

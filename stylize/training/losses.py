@@ -8,7 +8,9 @@ differ by orders of magnitude):
 - style: sum over layers of the MSE between Gram matrices (normalized by C*H*W),
   each relative to the mean square of the style's own Gram matrix, so every
   layer counts alike however loud or quiet it is;
-- total variation: mean absolute difference of neighbouring pixels (in [0, 1]).
+- total variation: mean absolute difference of neighbouring pixels (in [0, 1]);
+- shift: mean squared difference (in [0, 1]) between the output of a photo moved
+  by a few pixels and the output moved alike.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 
 class _Gram(torch.autograd.Function):
@@ -106,6 +109,37 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
+def shift_image(images: torch.Tensor, shift: tuple[int, int]) -> torch.Tensor:
+    """(..., H, W) images moved down by ``shift[0]`` and right by ``shift[1]``
+    pixels (each 0 to 3), the uncovered rows and columns filled by reflection."""
+    rows, cols = shift
+    height, width = images.shape[-2:]
+    return F.pad(images[..., : height - rows, : width - cols], (cols, 0, rows, 0), mode="reflect")
+
+
+def shift_equivariance(
+    output: torch.Tensor, moved_output: torch.Tensor, shift: tuple[int, int], margin: int = 8
+) -> torch.Tensor:
+    """Mean squared difference between ``moved_output``, the network's output of
+    ``shift_image(photos, shift)``, and ``output`` (of the photos) moved alike;
+    over the pixels ``margin`` or more away from every border and the reflected
+    strip. 0 for a network that commutes with the shift.
+
+    A network that downsamples by 4 commutes with shifts by multiples of 4 only;
+    others show its phase, as a period-4 lattice fixed to the frame (a weave on
+    flat areas, and texture crawling over a panned scene). The term penalizes
+    that, as the stability losses of Gupta et al. (ICCV 2017) do for video.
+    Raises ValueError if the interior is empty.
+    """
+    rows, cols = shift
+    height, width = output.shape[-2:]
+    if min(height - rows, width - cols) <= 2 * margin:
+        raise ValueError(f"a {height}x{width} output has no pixels {margin} px inside its borders")
+    moved = moved_output[..., rows + margin : height - margin, cols + margin : width - margin]
+    original = output[..., margin : height - rows - margin, margin : width - cols - margin]
+    return (moved.float() - original.float()).square().mean()
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """The loss terms' multipliers, and each style layer's share of the style
@@ -114,6 +148,7 @@ class LossWeights:
     content: float = 1.0
     style: float = 1.0
     tv: float = 0.5
+    shift: float = 0.0
     # (layer, weight) pairs: each style layer's share; layers not listed weigh 1.
     style_layers: tuple[tuple[str, float], ...] = ()
 
@@ -125,14 +160,18 @@ class LossTerms:
     content: torch.Tensor
     style: torch.Tensor
     tv: torch.Tensor
+    shift: torch.Tensor | None = None  # None: not computed (weight 0)
 
     @property
     def total(self) -> torch.Tensor:
-        return self.content + self.style + self.tv
+        total = self.content + self.style + self.tv
+        return total if self.shift is None else total + self.shift
 
     def stacked(self) -> torch.Tensor:
-        """All four numbers in one tensor, so reading them costs one device sync."""
-        return torch.stack([self.content, self.style, self.tv, self.total]).detach()
+        """content, style, tv, shift (0 if not computed) and total in one tensor,
+        so reading them costs one device sync."""
+        shift = torch.zeros_like(self.tv) if self.shift is None else self.shift
+        return torch.stack([self.content, self.style, self.tv, shift, self.total]).detach()
 
 
 def style_targets(style_features: Mapping[str, torch.Tensor], layers: Sequence[str]) -> dict[str, torch.Tensor]:
