@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks import common, memory, optimise, precision, process, speed, train
+from benchmarks import common, flicker, memory, optimise, precision, process, speed, train
 from stylize.model.network import ReflectConv
 
-from .helpers import photo, photo_tensor, random_network
+from .helpers import photo, photo_tensor, random_network, write_model
 
 
 def _run(module, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
@@ -155,6 +155,28 @@ def test_precision_benchmark_covers_every_bundled_model(tmp_path: Path, monkeypa
     for model in record["models"].values():
         assert len(model["photos"]) == 2
         assert 0 < model["summary"]["mean"] <= model["summary"]["max"] <= 255  # bf16 really ran, in levels
+
+
+def test_flicker_benchmark_measures_every_model_on_every_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(2):
+        Image.fromarray(photo(64, 80, seed=seed)).save(photos / f"p{seed}.png")
+    models = [str(write_model(tmp_path / f"{norm}.safetensors", norm=norm)) for norm in ("instance", "batch")]
+    out = tmp_path / "flicker.json"
+    _run(flicker, monkeypatch, "--photos", str(photos), "--count", "2", "--size", "32", "48", "--frames", "4",
+         "--models", *models, "--out", str(out))  # fmt: skip
+    record = json.loads(out.read_text())
+    assert record["photos"] == ["p0.png", "p1.png"] and record["size"] == [32, 48]
+    assert set(record["models"]) == {"instance", "batch"}
+    for model in record["models"].values():
+        clips = [row["clip"] for row in model["summary"]]
+        assert clips == ["pan and zoom", "exposure ramp", "sensor noise", "moving object"]
+        assert all(len(row) == 4 and len(row[0]["per_frame"]) == 3 for row in model["photos"])
+        pan, ramp = model["summary"][0], model["summary"][1]
+        assert 0 <= pan["warping_error"] < 255 and pan["relative_warping_error"] >= 0
+        assert ramp["source_colour_drift"] > 1  # the ramp darkens by a stop: levels, not fractions
+    assert record["models"]["instance"]["summary"][0]["warping_error"] > 1  # the random network really ran
 
 
 def test_the_reference_is_the_same_function_in_pytorch_examples_form() -> None:
