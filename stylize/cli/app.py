@@ -28,6 +28,7 @@ from stylize.inference.stylizer import (
     AUTO_TILE_PIXELS,
     AUTO_TILE_ROWS,
     COMPILE_MIN_IMAGES,
+    Blend,
     ImageLimits,
     ImageStylizer,
     InferenceSettings,
@@ -261,22 +262,42 @@ def train(
 
 
 def _load_stylizer(
-    model: str | None, device: str, settings: InferenceSettings, controls: StyleControls, images: int
+    models: list[str] | None,
+    mix: float | None,
+    device: str,
+    settings: InferenceSettings,
+    controls: StyleControls,
+    images: int,
 ) -> ImageStylizer:
-    """The stylizer image and video use: ``--model``, or the bundled default."""
-    if model is None:
+    """The stylizer image and video use: ``--model`` (twice to blend), or the bundled default."""
+    if len(models or ()) > 2:
+        raise StylizeError("give --model once, or twice with --mix to blend two models")
+    if mix is not None and len(models or ()) != 2:
+        raise StylizeError("--mix blends two models: give --model twice")
+    if not models:
         try:
-            model = default_model_name()
+            models = [default_model_name()]
         except StylizeError as error:
             raise StylizeError(f"{error}: pass --model with a model file") from None
-        notice(f"no --model given: using the bundled {model} ('stylize models' lists the others)")
-    return load_stylizer(model, device, settings, controls, images, on_notice=notice)
+        notice(f"no --model given: using the bundled {models[0]} ('stylize models' lists the others)")
+    blend = Blend(models[1], Blend.mix if mix is None else mix) if len(models) == 2 else None
+    return load_stylizer(models[0], device, settings, controls, images, on_notice=notice, blend=blend)
 
 
 # Options that image and video share.
 ModelOption = Annotated[
-    str | None,
-    typer.Option(help=f"A bundled model's name, a model file, or an exported file; default: {DEFAULT_STYLE}."),
+    list[str] | None,
+    typer.Option(
+        help=f"A bundled model's name, a model file, or an exported file; default: {DEFAULT_STYLE}. "
+        "Twice: blend two models fine-tuned from one parent (see --mix)."
+    ),
+]
+MixOption = Annotated[
+    float | None,
+    typer.Option(
+        help=f"With two --model: the second model's share of every weight, 0..1; default {Blend.mix:g}.",
+        show_default=False,
+    ),
 ]
 DeviceOption = Annotated[str, typer.Option(help=DEVICE_HELP)]
 PrecisionOption = Annotated[
@@ -319,6 +340,7 @@ ScaleOption = Annotated[
 def image(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
     model: ModelOption = None,
+    mix: MixOption = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Output file (one input) or folder; default: NAME-MODEL.EXT in the current folder."),
@@ -370,7 +392,7 @@ def image(
     controls = StyleControls(preserve_color=preserve_color, strength=strength, scale=scale)
     with ProgressBars() as bars:
         if style:
-            if model is not None:
+            if model or mix is not None:
                 raise StylizeError("give --model or --style, not both")
             optimization = OptimizationSettings(
                 steps=steps, levels=levels, optimizer=optimizer, content_weight=content_weight,
@@ -381,7 +403,7 @@ def image(
             stylizer: ImageStylizer = _style_optimizer(style, optimization, controls, bars)
         else:
             settings = InferenceSettings(precision=precision, compile=use_compile, tile=tile)
-            stylizer = _load_stylizer(model, device, settings, controls, images=len(found))
+            stylizer = _load_stylizer(model, mix, device, settings, controls, images=len(found))
         pairs = plan_outputs(found, out, stylizer.name)
         _stylize_files(stylizer, pairs, limits, bars)
 
@@ -444,6 +466,7 @@ def _report_files(result: FilesResult, count: int) -> None:
 def video(
     source: Annotated[Path, typer.Argument(help="The video to stylize (mp4, mov, mkv, webm, ...).")],
     model: ModelOption = None,
+    mix: MixOption = None,
     out: Annotated[
         Path | None,
         typer.Option(help=f"Video to write ({', '.join(ENCODERS)}); default: NAME-MODEL.mp4 in the current folder."),
@@ -469,7 +492,7 @@ def video(
     frames = count_frames(source)
     settings = InferenceSettings(precision=precision, compile=use_compile, tile=tile)
     controls = StyleControls(preserve_color=preserve_color, strength=strength, scale=scale)
-    stylizer = _load_stylizer(model, device, settings, controls, images=frames or COMPILE_MIN_IMAGES)
+    stylizer = _load_stylizer(model, mix, device, settings, controls, images=frames or COMPILE_MIN_IMAGES)
     destination = out if out is not None else default_video_output(source, stylizer.name)
     encoder_for(destination)
     check_writable(destination)

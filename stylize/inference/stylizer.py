@@ -23,7 +23,7 @@ from stylize.devices import (
     memory_format,
     resolve_device,
 )
-from stylize.errors import InvalidSetting
+from stylize.errors import InvalidSetting, StylizeError
 from stylize.fileio import refuse_overwriting
 from stylize.images import (
     LoadedImage,
@@ -38,6 +38,7 @@ from stylize.images import (
 )
 from stylize.inference.controls import PLAIN, StyleControls, apply_controls, check_working_size
 from stylize.inference.exported import ExportedNetwork, exported_format
+from stylize.model.blend import blend_models
 from stylize.model.fastpath import optimize_for_inference, set_tile
 from stylize.model.files import StyleModel, load_model
 
@@ -257,6 +258,14 @@ class ExportedStylizer(ImageStylizer):
         return self.network(images)
 
 
+@dataclass(frozen=True)
+class Blend:
+    """A second model to interpolate towards, and its share of every weight (0..1)."""
+
+    model: str | Path
+    mix: float = 0.5
+
+
 def load_stylizer(
     model: str | Path,
     device: str | torch.device = DEFAULT_DEVICE,
@@ -264,21 +273,29 @@ def load_stylizer(
     controls: StyleControls = PLAIN,
     images: int = 1,
     on_notice: Callable[[str], None] | None = None,
+    blend: Blend | None = None,
 ) -> ImageStylizer:
     """The one way to get a stylizer: from a bundled model's name, a model
     file, a training checkpoint, or a file from ``export_model``, for a job of
-    ``images`` images (which settles whether compiling pays).
+    ``images`` images (which settles whether compiling pays); with ``blend``,
+    the network interpolated towards a second model (``blend_models``).
 
     Exported files run as they were exported (fp32, whole maps, their own
     runtime); ``settings`` other than the defaults earn a notice there.
 
     Raises InvalidSetting for an unknown ``device`` or ``cuda`` without a CUDA
-    GPU, and StylizeError for a GPU index this machine lacks or a model that
-    cannot be found or read (see ``load_model`` and ``ExportedNetwork``).
+    GPU, and StylizeError for a GPU index this machine lacks, a model that
+    cannot be found or read (see ``load_model`` and ``ExportedNetwork``), or
+    models that cannot be blended.
     """
     resolved = resolve_device(device) if isinstance(device, str) else device
+    if blend is not None and (exported_format(Path(model)) or exported_format(Path(blend.model))):
+        raise StylizeError("exported files cannot be blended: blend the model files, then export")
     if exported_format(Path(model)) is None:
-        return Stylizer(load_model(model, resolved), resolved, settings.for_images(images), on_notice, controls)
+        network = load_model(model, resolved)
+        if blend is not None:
+            network = blend_models(network, load_model(blend.model, resolved), blend.mix)
+        return Stylizer(network, resolved, settings.for_images(images), on_notice, controls)
     if settings != InferenceSettings() and on_notice is not None:
         on_notice("precision, compile and tile settings apply to model files; exported files run as exported")
     return ExportedStylizer(ExportedNetwork(Path(model), resolved, on_notice), controls)

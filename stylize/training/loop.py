@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
 import random
 import signal
@@ -27,7 +26,7 @@ import torch
 
 from stylize.devices import autocast, compute_dtype, keep_freed_memory, memory_format, resolve_device
 from stylize.errors import StylizeError, TrainingDiverged, TrainingInterrupted
-from stylize.fileio import check_writable
+from stylize.fileio import check_writable, file_sha256
 from stylize.images import encode_thumbnail, load_image, resize_long_side
 from stylize.model.checkpoints import (
     Checkpoint,
@@ -419,7 +418,7 @@ def _save_trained_model(run: _Run) -> None:
         "training_seconds": round(run.seconds, 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "unreadable_files": len(run.unreadable),
-        "loss_weights_sha256": _sha256(config.loss_network_weights) if config.loss_network_weights else None,
+        "loss_weights_sha256": file_sha256(config.loss_network_weights) if config.loss_network_weights else None,
         "torch": torch.__version__,
         "stylize": VERSION,
     }
@@ -438,21 +437,13 @@ def _start_from(network: TransformerNet, init: str) -> str:
             f"this run trains a {_describe(network.config)} one"
         )
     network.load_state_dict(trained.state_dict())
-    return _sha256(path)
+    return file_sha256(path)
 
 
 def _describe(config: NetConfig) -> str:
     groups = f" ({config.groups} groups)" if config.norm == "group" else ""
     legacy = "" if config.bounded_output and config.input_scale == 1 else " unbounded-output"
     return f"{config.norm}-norm{groups}{legacy}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _StopRequest:
