@@ -72,8 +72,9 @@ def colour_drift(frames: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Flicker:
-    """A stylization's steadiness on one clip: mean warping error and colour
-    drift (0..255), each also relative to the source clip's own."""
+    """A stylization's steadiness on one clip, 0..255: its mean warping error
+    (also as a multiple of the source clip's own) and colour drift (beside the
+    source clip's)."""
 
     clip: str
     warping_error: float
