@@ -21,7 +21,7 @@ from stylize.version import VERSION
 _MODULES = {
     "stylize.errors": ("InvalidSetting", "StylizeError", "TrainingDiverged", "TrainingInterrupted"),
     "stylize.images": ("LoadedImage", "load_image", "save_image"),
-    "stylize.model.blend": ("blend_models",),
+    "stylize.model.blend": ("Blend", "blend_models"),
     "stylize.model.files": ("ModelInfo", "StyleModel", "bundled_models", "load_model", "save_model"),
     "stylize.model.network": ("NetConfig", "TransformerNet"),
     "stylize.model.norms": ("create_norm", "norm_names", "register_norm"),
@@ -68,7 +68,6 @@ if TYPE_CHECKING:  # what editors and type checkers follow; at run time, __getat
     from stylize.inference.outputs import FilesResult as FilesResult
     from stylize.inference.outputs import plan_outputs as plan_outputs
     from stylize.inference.outputs import stylize_files as stylize_files
-    from stylize.inference.stylizer import Blend as Blend
     from stylize.inference.stylizer import ImageLimits as ImageLimits
     from stylize.inference.stylizer import ImageStylizer as ImageStylizer
     from stylize.inference.stylizer import InferenceSettings as InferenceSettings
@@ -77,6 +76,7 @@ if TYPE_CHECKING:  # what editors and type checkers follow; at run time, __getat
     from stylize.inference.video import VideoResult as VideoResult
     from stylize.inference.video import VideoSettings as VideoSettings
     from stylize.inference.video import stylize_video as stylize_video
+    from stylize.model.blend import Blend as Blend
     from stylize.model.blend import blend_models as blend_models
     from stylize.model.files import ModelInfo as ModelInfo
     from stylize.model.files import StyleModel as StyleModel

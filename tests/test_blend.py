@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stylize import StylizeError, load_model
+from stylize import ExportedNetwork, StylizeError, load_model
 from stylize.model.blend import blend_models
 
 from .helpers import minimal_record, photo, write_model
@@ -87,9 +87,9 @@ def test_the_cli_blends_two_models_and_refuses_bad_blends_in_one_line(
 
     refusals = {
         "were not trained from the same --init model": ("--model", family["first"], "--model", family["stranger"]),
-        "--mix blends two models: give --model twice": ("--model", family["first"], "--mix", "0.3"),
-        "give --model once, or twice with --mix": ("--model", family["first"], "--model", family["second"],
-                                                   "--model", family["parent"]),
+        "--mix blends two models: give two": ("--model", family["first"], "--mix", "0.3"),
+        "give one model, or two with --mix": ("--model", family["first"], "--model", family["second"],
+                                              "--model", family["parent"]),
         "mix must be between 0 and 1": ("--model", family["first"], "--model", family["second"], "--mix", "-1"),
     }  # fmt: skip
     for message, options in refusals.items():
@@ -98,3 +98,18 @@ def test_the_cli_blends_two_models_and_refuses_bad_blends_in_one_line(
         assert result.code != 0 and message in result.err, result.err
         assert len(result.error_lines) == 1 and "Traceback" not in result.err
         assert not out.exists()
+
+
+def test_a_blend_exports_as_the_network_it_paints_with(cli, tmp_path: Path, family: dict[str, Path]) -> None:
+    out = tmp_path / "blend.pt"
+    result = cli("export", family["first"], family["second"], "--mix", "0.3", "--format", "torchscript", "--out", out)
+    assert result.code == 0, result.err
+    exported = ExportedNetwork(out, torch.device("cpu"))
+    expected = blend_models(load_model(family["first"]), load_model(family["second"]), 0.3).network
+    image = torch.rand(1, 3, 32, 40)
+    with torch.no_grad():
+        reference = expected(image).clamp(0, 1)
+    torch.testing.assert_close(exported(image), reference, atol=1e-4, rtol=0)
+    refused = cli("export", family["first"], family["stranger"], "--out", tmp_path / "no.pt")
+    assert refused.code != 0 and len(refused.error_lines) == 1 and "cannot be blended" in refused.err
+    assert not (tmp_path / "no.pt").exists()

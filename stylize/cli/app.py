@@ -28,14 +28,14 @@ from stylize.inference.stylizer import (
     AUTO_TILE_PIXELS,
     AUTO_TILE_ROWS,
     COMPILE_MIN_IMAGES,
-    Blend,
     ImageLimits,
     ImageStylizer,
     InferenceSettings,
     load_stylizer,
 )
 from stylize.inference.video import ENCODERS, VideoSettings, count_frames, encoder_for, stylize_video
-from stylize.model.files import DEFAULT_STYLE, bundled_models, default_model_name, load_model, models_dir
+from stylize.model.blend import Blend, load_blended
+from stylize.model.files import DEFAULT_STYLE, bundled_models, default_model_name, models_dir
 from stylize.model.network import RESAMPLINGS
 from stylize.model.norms import norm_names
 from stylize.report.compare import CompareSettings
@@ -270,18 +270,23 @@ def _load_stylizer(
     images: int,
 ) -> ImageStylizer:
     """The stylizer image and video use: ``--model`` (twice to blend), or the bundled default."""
-    if len(models or ()) > 2:
-        raise StylizeError("give --model once, or twice with --mix to blend two models")
-    if mix is not None and len(models or ()) != 2:
-        raise StylizeError("--mix blends two models: give --model twice")
+    blend = _blend(models or [], mix)
     if not models:
         try:
             models = [default_model_name()]
         except StylizeError as error:
             raise StylizeError(f"{error}: pass --model with a model file") from None
         notice(f"no --model given: using the bundled {models[0]} ('stylize models' lists the others)")
-    blend = Blend(models[1], Blend.mix if mix is None else mix) if len(models) == 2 else None
     return load_stylizer(models[0], device, settings, controls, images, on_notice=notice, blend=blend)
+
+
+def _blend(models: list[str], mix: float | None) -> Blend | None:
+    """The second of two models as a ``Blend``; None for one model."""
+    if len(models) > 2:
+        raise StylizeError("give one model, or two with --mix to blend them")
+    if mix is not None and len(models) != 2:
+        raise StylizeError("--mix blends two models: give two")
+    return Blend(models[1], Blend.mix if mix is None else mix) if len(models) == 2 else None
 
 
 # Options that image and video share.
@@ -295,7 +300,7 @@ ModelOption = Annotated[
 MixOption = Annotated[
     float | None,
     typer.Option(
-        help=f"With two --model: the second model's share of every weight, 0..1; default {Blend.mix:g}.",
+        help=f"With two models: the second one's share of every weight, 0..1; default {Blend.mix:g}.",
         show_default=False,
     ),
 ]
@@ -522,15 +527,18 @@ def video(
 
 @app.command()
 def export(
-    model: Annotated[str, typer.Argument(help="A bundled model's name or a model file.")],
+    models: Annotated[
+        list[str], typer.Argument(help="A bundled model's name or a model file; two to export their blend (--mix).")
+    ],
     fmt: Annotated[str, typer.Option("--format", help=f"{' or '.join(EXPORT_FORMATS)}.")] = EXPORT_FORMATS[0],
+    mix: MixOption = None,
     out: Annotated[
         Path | None, typer.Option(help="File to write; default: MODEL.onnx or MODEL.pt in the current folder.")
     ] = None,
 ) -> None:
-    """Export a model to ONNX or TorchScript (any batch, height and width)."""
+    """Export a model, or the blend of two, to ONNX or TorchScript (any batch, height and width)."""
     check_format(fmt)
-    loaded = load_model(model)
+    loaded = load_blended(models[0], _blend(models, mix))
     destination = out if out is not None else Path(f"{loaded.info.name}{SUFFIXES[fmt]}")
     if destination.is_dir():
         raise StylizeError(f"--out {destination} is a folder; give a file name")

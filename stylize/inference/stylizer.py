@@ -38,9 +38,9 @@ from stylize.images import (
 )
 from stylize.inference.controls import PLAIN, StyleControls, apply_controls, check_working_size
 from stylize.inference.exported import ExportedNetwork, exported_format
-from stylize.model.blend import blend_models
+from stylize.model.blend import Blend, load_blended
 from stylize.model.fastpath import optimize_for_inference, set_tile
-from stylize.model.files import StyleModel, load_model
+from stylize.model.files import StyleModel
 
 # Norms whose networks stylize in bf16 by default where bf16 is native: on 24
 # photos the bundled instance-norm models' bf16 output is within 0.4 levels of
@@ -258,14 +258,6 @@ class ExportedStylizer(ImageStylizer):
         return self.network(images)
 
 
-@dataclass(frozen=True)
-class Blend:
-    """A second model to interpolate towards, and its share of every weight (0..1)."""
-
-    model: str | Path
-    mix: float = 0.5
-
-
 def load_stylizer(
     model: str | Path,
     device: str | torch.device = DEFAULT_DEVICE,
@@ -292,9 +284,7 @@ def load_stylizer(
     if blend is not None and (exported_format(Path(model)) or exported_format(Path(blend.model))):
         raise StylizeError("exported files cannot be blended: blend the model files, then export")
     if exported_format(Path(model)) is None:
-        network = load_model(model, resolved)
-        if blend is not None:
-            network = blend_models(network, load_model(blend.model, resolved), blend.mix)
+        network = load_blended(model, blend, resolved)
         return Stylizer(network, resolved, settings.for_images(images), on_notice, controls)
     if settings != InferenceSettings() and on_notice is not None:
         on_notice("precision, compile and tile settings apply to model files; exported files run as exported")

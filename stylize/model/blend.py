@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from stylize.errors import InvalidSetting, StylizeError
 from stylize.fileio import file_sha256
-from stylize.model.files import ModelInfo, StyleModel
+from stylize.model.files import ModelInfo, StyleModel, load_model
+
+
+@dataclass(frozen=True)
+class Blend:
+    """A second model to interpolate towards, and its share of every weight (0..1)."""
+
+    model: str | Path
+    mix: float = 0.5
 
 
 def lineage(info: ModelInfo) -> set[str]:
@@ -61,3 +71,10 @@ def blend_models(first: StyleModel, second: StyleModel, mix: float) -> StyleMode
     style = f"{first.info.style} {1 - mix:.0%} + {second.info.style} {mix:.0%}"
     info = dataclasses.replace(first.info, name=name, style=style, training={}, style_thumbnail="")
     return StyleModel(info, network.eval())
+
+
+def load_blended(model: str | Path, blend: Blend | None, device: torch.device | str = "cpu") -> StyleModel:
+    """``load_model(model)``, interpolated towards ``blend.model`` if given
+    (see ``blend_models`` for the errors raised)."""
+    first = load_model(model, device)
+    return first if blend is None else blend_models(first, load_model(blend.model, device), blend.mix)
