@@ -34,7 +34,6 @@ _MODULES = {
     "stylize.inference.optimization": ("OptimizationSettings", "StyleImage", "StyleOptimizer"),
     "stylize.inference.outputs": ("FilesResult", "plan_outputs", "stylize_files"),
     "stylize.inference.stylizer": (
-        "Blend",
         "ImageLimits",
         "ImageStylizer",
         "InferenceSettings",
