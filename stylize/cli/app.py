@@ -397,8 +397,10 @@ def image(
     controls = StyleControls(preserve_color=preserve_color, strength=strength, scale=scale)
     with ProgressBars() as bars:
         if style:
-            if model or mix is not None:
+            if model:
                 raise StylizeError("give --model or --style, not both")
+            if mix is not None:
+                raise StylizeError("--mix blends two models; with --style, give PATH:WEIGHT for each painting")
             optimization = OptimizationSettings(
                 steps=steps, levels=levels, optimizer=optimizer, content_weight=content_weight,
                 style_weight=style_weight, tv_weight=tv_weight, style_size=style_size, loss_network=loss_network,

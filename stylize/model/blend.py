@@ -40,10 +40,9 @@ def check_blendable(first: ModelInfo, second: ModelInfo) -> None:
     """Raises StylizeError unless the two models have the same network and
     share a parent (siblings from one ``--init`` model, or one is the other's)."""
     if first.config != second.config:
-        raise StylizeError(
-            f"{first.name} and {second.name} cannot be blended: their networks differ "
-            f"({first.config.norm}, {first.config.resampling} vs {second.config.norm}, {second.config.resampling})"
-        )
+        mine, theirs = first.config.to_dict(), second.config.to_dict()
+        differences = ", ".join(f"{key} {mine[key]} vs {theirs[key]}" for key in mine if mine[key] != theirs[key])
+        raise StylizeError(f"{first.name} and {second.name} cannot be blended: their networks differ ({differences})")
     if not lineage(first) & lineage(second):
         raise StylizeError(
             f"{first.name} and {second.name} cannot be blended: they were not trained from the same "
@@ -67,7 +66,7 @@ def blend_models(first: StyleModel, second: StyleModel, mix: float) -> StyleMode
         for key, value in network.state_dict().items():
             if value.is_floating_point():
                 value.lerp_(theirs[key].to(value), mix)
-    name = f"{first.info.name}+{second.info.name}"
+    name = f"{first.info.name}+{second.info.name}-{round(mix * 100)}"  # each mix its own output name
     style = f"{first.info.style} {1 - mix:.0%} + {second.info.style} {mix:.0%}"
     info = dataclasses.replace(first.info, name=name, style=style, training={}, style_thumbnail="")
     return StyleModel(info, network.eval())

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# Frames this far (in pixels) from where the previous frame's picture ends are
+# Pixels this close to where the previous frame's picture ends are
 # left out of the error: the stylization of a border is not the question.
 EDGE_MARGIN = 8
 # A source clip this steady (levels of 255; bilinear resampling alone leaves more

@@ -17,7 +17,7 @@ from stylize.model.checkpoints import Checkpoint, checkpoint_dir, checkpoint_fil
 from stylize.model.files import MODEL_SUFFIX, load_model, resolve_model
 from stylize.model.network import MIN_SIZE, NetConfig, check_resampling
 from stylize.model.norms import DEFAULT_GROUPS, check_groups, check_norm
-from stylize.training.losses import LossWeights
+from stylize.training.losses import SHIFT_MIN_SIZE, LossWeights
 from stylize.training.schedule import check_lr_schedule
 from stylize.training.vgg import DEFAULT_CONTENT_LAYER, check_loss_network, style_layer_weights
 
@@ -211,6 +211,8 @@ def _check_ranges(config: TrainConfig) -> None:
             raise InvalidSetting(name, "must not be negative")
     if not config.lr > 0:
         raise InvalidSetting("lr", "must be positive")
+    if config.shift_weight > 0 and config.image_size is not None and config.image_size < SHIFT_MIN_SIZE:
+        raise InvalidSetting("image_size", f"must be at least {SHIFT_MIN_SIZE} pixels with a shift weight")
 
 
 # Settings that may change when a run is resumed; all others define the run.

@@ -117,13 +117,21 @@ def shift_image(images: torch.Tensor, shift: tuple[int, int]) -> torch.Tensor:
     return F.pad(images[..., : height - rows, : width - cols], (cols, 0, rows, 0), mode="reflect")
 
 
+# Pixels of the shift term this close to a border or the reflected strip are left out.
+SHIFT_MARGIN = 8
+# The smallest crop the shift term can compare: a 3 px shift and both margins, plus one pixel.
+SHIFT_MIN_SIZE = 2 * SHIFT_MARGIN + 4
+
+
 def shift_equivariance(
-    output: torch.Tensor, moved_output: torch.Tensor, shift: tuple[int, int], margin: int = 8
+    output: torch.Tensor, moved_output: torch.Tensor, shift: tuple[int, int], margin: int = SHIFT_MARGIN
 ) -> torch.Tensor:
     """Mean squared difference between ``moved_output``, the network's output of
     ``shift_image(photos, shift)``, and ``output`` (of the photos) moved alike;
     over the pixels ``margin`` or more away from every border and the reflected
-    strip. 0 for a network that commutes with the shift.
+    strip. 0 for a network that commutes with the shift; a real network's
+    output also sees the reflected strip through its wide receptive field, and
+    with instance norm its statistics, so a small remainder stays.
 
     A network that downsamples by 4 commutes with shifts by multiples of 4 only;
     others show its phase, as a period-4 lattice fixed to the frame (a weave on

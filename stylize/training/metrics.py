@@ -1,7 +1,7 @@
 """The metrics log: a training run's losses, one JSON line per step, beside its model.
 
 ``NAME.safetensors`` is logged to ``NAME.metrics.jsonl``; each line holds
-``step``, the loss terms ``content``, ``style``, ``tv`` and ``total``,
+``step``, the loss terms ``content``, ``style``, ``tv``, ``shift`` and ``total``,
 ``images_per_s`` and ``seconds``. The trainer writes it (``MetricsLog``) and
 ``stylize curves`` reads it (``read_metrics``).
 """
