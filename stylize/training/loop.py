@@ -326,8 +326,9 @@ class _Reporter:
         non-finite losses. Each process's stop request rides along in the same
         sync; the result is whether any process asked to stop."""
         run = self.run
-        stop_row = torch.full((1, 5), float(stop_requested), device=run.device)
-        rows = torch.cat([torch.stack([terms for _, terms in self.pending]), stop_row])
+        pending = torch.stack([terms for _, terms in self.pending])
+        stop_row = torch.full((1, pending.shape[1]), float(stop_requested), device=run.device)
+        rows = torch.cat([pending, stop_row])
         *values, stop_votes = mean_over_processes(rows, run.world).tolist()
         now = time.perf_counter()
         speed = (run.step - self.last[0]) * run.global_batch / max(now - self.last[1], 1e-9)
