@@ -17,7 +17,10 @@ import stylize.training.loop as training
 from stylize.model.files import save_model
 from stylize.model.network import NetConfig, TransformerNet
 
-ALL_NORMS = ["instance", "batch", "layer", "group", "none", "weight", "ibn", "batch-instance"]
+ALL_NORMS = [
+    "instance", "batch", "layer", "group", "none", "weight", "ibn", "batch-instance",
+    "conditional-instance", "conditional-batch",
+]  # fmt: skip
 SMALL_LOSS_ARGS = ["--loss-network", "vgg16", "--style-layers", "relu1_2,relu2_2", "--content-layer", "relu2_2"]
 
 

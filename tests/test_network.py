@@ -16,7 +16,7 @@ from stylize.model.network import (
     ReflectConv,
     TransformerNet,
 )
-from stylize.model.norms import _REGISTRY, IBN_INSTANCE_SITES, BatchInstanceNorm2d, WeightNorm
+from stylize.model.norms import _REGISTRY, IBN_INSTANCE_SITES, BatchInstanceNorm2d, NormOptions, WeightNorm
 
 from .helpers import ALL_NORMS, photo_tensor
 
@@ -118,7 +118,7 @@ def test_a_registered_norm_drops_in_without_touching_the_network() -> None:
     sites: list[tuple[int, str]] = []
 
     @register_norm("recording")
-    def recording(channels: int, site: str, groups: int) -> nn.Module:
+    def recording(channels: int, site: str, options: NormOptions) -> nn.Module:
         sites.append((channels, site))
         return nn.Identity()
 

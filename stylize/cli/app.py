@@ -38,6 +38,7 @@ from stylize.model.blend import Blend, load_blended
 from stylize.model.files import DEFAULT_STYLE, bundled_models, default_model_name, models_dir
 from stylize.model.network import RESAMPLINGS
 from stylize.model.norms import norm_names
+from stylize.model.styles import style_names
 from stylize.report.compare import CompareSettings
 from stylize.report.compare import compare as run_comparison
 from stylize.report.curves import write_curves
@@ -68,17 +69,33 @@ def _by_device(setting: str) -> str:
     return f"{getattr(CPU_RECIPE, setting)} on a CPU, {getattr(GPU_RECIPE, setting)} on a GPU"
 
 
+def _weighted_names(option: str, value: str, separator: str, noun: str) -> list[tuple[str, float | None]]:
+    """``a:4,b`` (separator ``:``) -> [("a", 4.0), ("b", None)]; errors name ``option`` and its ``noun``."""
+    entries = [entry.strip().partition(separator) for entry in value.split(",") if entry.strip()]
+    try:
+        return [(name.strip(), float(weight) if weight.strip() else None) for name, _, weight in entries]
+    except ValueError:
+        form = f"{noun}{separator}WEIGHT"
+        raise StylizeError(f"{option} {value!r}: a weight is not a number (write {form})") from None
+
+
 def _style_layers(option: str | None) -> dict[str, tuple]:
     """``relu1_2:4,relu2_2`` -> the layers and, if any weight is given, every layer's weight."""
-    entries = [entry.strip().partition(":") for entry in (option or "").split(",") if entry.strip()]
-    layers = tuple(name.strip() for name, _, _ in entries)
-    if not any(weight for _, _, weight in entries):
+    entries = _weighted_names("--style-layers", option or "", ":", "LAYER")
+    layers = tuple(name for name, _ in entries)
+    if all(weight is None for _, weight in entries):
         return {"style_layers": layers}
-    try:
-        weights = tuple(float(weight) if weight else 1.0 for _, _, weight in entries)
-    except ValueError:
-        raise StylizeError(f"--style-layers {option!r}: a weight is not a number (write LAYER:WEIGHT)") from None
-    return {"style_layers": layers, "style_layer_weights": weights}
+    return {"style_layers": layers, "style_layer_weights": tuple(1.0 if w is None else w for _, w in entries)}
+
+
+def _style_mix(option: str | None) -> dict[str, float] | None:
+    """``starry-night=0.7,the-scream=0.3`` -> style name -> weight; one name alone weighs 1."""
+    if option is None:
+        return None
+    entries = _weighted_names("--style-mix", option, "=", "NAME")
+    if not entries:
+        raise StylizeError("--style-mix names no style (write NAME or NAME=WEIGHT,...)")
+    return {name: 1.0 if weight is None else weight for name, weight in entries}
 
 
 def _version(value: bool) -> None:
@@ -122,7 +139,13 @@ StyleLayersOption = Annotated[
 @app.command()
 def train(
     context: typer.Context,
-    style_image: Annotated[Path, typer.Argument(help="The style image (a painting) to learn.")],
+    style_images: Annotated[
+        list[Path],
+        typer.Argument(
+            help="The style image (a painting) to learn; several for one multi-style network "
+            "(--norm conditional-instance)."
+        ),
+    ],
     data: Annotated[Path, typer.Option(help="Folder of training photos, searched recursively.")],
     out: Annotated[
         Path,
@@ -131,12 +154,13 @@ def train(
         ),
     ],
     norm: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
             help=f"Normalization layers: {', '.join(norm_names())}. Repeat it to train one model per norm "
-            "with identical settings and seed into the --out folder."
+            f"with identical settings and seed into the --out folder. Default: {TrainConfig.norm}.",
+            show_default=False,
         ),
-    ] = ["instance"],  # noqa: B006 - Typer reads list defaults this way
+    ] = None,
     groups: Annotated[int, typer.Option(help="Channel groups of the group norm (divides 32).")] = TrainConfig.groups,
     resampling: Annotated[
         str | None,
@@ -185,6 +209,14 @@ def train(
             help="Start from a trained model (bundled name or file) of the same norm: a new style in minutes."
         ),
     ] = None,
+    only_norm_params: Annotated[
+        bool,
+        typer.Option(
+            "--only-norm-params",
+            help="With --init a multi-style model: add this style to it, training only the norm layers' new "
+            "scale and shift (all else frozen): a new style in minutes.",
+        ),
+    ] = False,
     loss_network: LossNetworkOption = TrainConfig.loss_network,
     loss_network_weights: LossNetworkWeightsOption = None,
     content_layer: ContentLayerOption = DEFAULT_CONTENT_LAYER,
@@ -209,7 +241,8 @@ def train(
     --batch-size is per process: torchrun --nproc_per_node 4 with --batch-size 4 takes 16 photos per step.
     """
     config = TrainConfig(
-        style_image=style_image,
+        style_image=style_images[0],
+        more_style_images=tuple(style_images[1:]),
         data=data,
         out=out,
         norm=norm[0] if norm else TrainConfig.norm,
@@ -228,6 +261,7 @@ def train(
         warmup_steps=warmup_steps,
         precision=precision,
         init=init,
+        only_norm_params=only_norm_params,
         loss_network=loss_network,
         loss_network_weights=loss_network_weights,
         content_layer=content_layer,
@@ -240,9 +274,12 @@ def train(
         sync_bn=sync_bn,
         command=shlex.join(["stylize", *(context.obj or [])]),
     )
-    runs = plan_norm_runs(config, norm)
+    if only_norm_params and norm:
+        raise StylizeError("--only-norm-params trains the --init model's own norm: leave out --norm")
+    runs = plan_norm_runs(config, norm or [config.norm])
     with ProgressBars() as bars:
-        tasks = {run.out: bars.add(f"training {run.norm}", total=steps) for run in runs}
+        label = "training a new style's norm parameters" if only_norm_params else "training {}"
+        tasks = {run.out: bars.add(label.format(run.norm), total=steps) for run in runs}
 
         def show(run: TrainConfig, report: StepReport) -> None:
             status = (
@@ -264,12 +301,14 @@ def train(
 def _load_stylizer(
     models: list[str] | None,
     mix: float | None,
+    style_mix: str | None,
     device: str,
     settings: InferenceSettings,
     controls: StyleControls,
     images: int,
 ) -> ImageStylizer:
-    """The stylizer image and video use: ``--model`` (twice to blend), or the bundled default."""
+    """The stylizer image and video use: ``--model`` (twice to blend; a multi-style
+    model's ``--style-mix``), or the bundled default."""
     blend = _blend(models or [], mix)
     if not models:
         try:
@@ -277,7 +316,9 @@ def _load_stylizer(
         except StylizeError as error:
             raise StylizeError(f"{error}: pass --model with a model file") from None
         notice(f"no --model given: using the bundled {models[0]} ('stylize models' lists the others)")
-    return load_stylizer(models[0], device, settings, controls, images, on_notice=notice, blend=blend)
+    return load_stylizer(
+        models[0], device, settings, controls, images, on_notice=notice, blend=blend, style_mix=_style_mix(style_mix)
+    )
 
 
 def _blend(models: list[str], mix: float | None) -> Blend | None:
@@ -301,6 +342,14 @@ MixOption = Annotated[
     float | None,
     typer.Option(
         help=f"With two models: the second one's share of every weight, 0..1; default {Blend.mix:g}.",
+        show_default=False,
+    ),
+]
+StyleMixOption = Annotated[
+    str | None,
+    typer.Option(
+        help="A multi-style model's style (NAME), or a mix of its styles: NAME=WEIGHT,... (weights are "
+        "normalised); default: its first style. 'stylize models' lists each model's styles.",
         show_default=False,
     ),
 ]
@@ -346,6 +395,7 @@ def image(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
     model: ModelOption = None,
     mix: MixOption = None,
+    style_mix: StyleMixOption = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Output file (one input) or folder; default: NAME-MODEL.EXT in the current folder."),
@@ -399,8 +449,9 @@ def image(
         if style:
             if model:
                 raise StylizeError("give --model or --style, not both")
-            if mix is not None:
-                raise StylizeError("--mix blends two models; with --style, give PATH:WEIGHT for each painting")
+            if mix is not None or style_mix is not None:
+                option = "--mix blends two models" if mix is not None else "--style-mix picks a model's styles"
+                raise StylizeError(f"{option}; with --style, give PATH:WEIGHT for each painting")
             optimization = OptimizationSettings(
                 steps=steps, levels=levels, optimizer=optimizer, content_weight=content_weight,
                 style_weight=style_weight, tv_weight=tv_weight, style_size=style_size, loss_network=loss_network,
@@ -410,7 +461,7 @@ def image(
             stylizer: ImageStylizer = _style_optimizer(style, optimization, controls, bars)
         else:
             settings = InferenceSettings(precision=precision, compile=use_compile, tile=tile)
-            stylizer = _load_stylizer(model, mix, device, settings, controls, images=len(found))
+            stylizer = _load_stylizer(model, mix, style_mix, device, settings, controls, images=len(found))
         pairs = plan_outputs(found, out, stylizer.name)
         _stylize_files(stylizer, pairs, limits, bars)
 
@@ -474,6 +525,7 @@ def video(
     source: Annotated[Path, typer.Argument(help="The video to stylize (mp4, mov, mkv, webm, ...).")],
     model: ModelOption = None,
     mix: MixOption = None,
+    style_mix: StyleMixOption = None,
     out: Annotated[
         Path | None,
         typer.Option(help=f"Video to write ({', '.join(ENCODERS)}); default: NAME-MODEL.mp4 in the current folder."),
@@ -499,7 +551,7 @@ def video(
     frames = count_frames(source)
     settings = InferenceSettings(precision=precision, compile=use_compile, tile=tile)
     controls = StyleControls(preserve_color=preserve_color, strength=strength, scale=scale)
-    stylizer = _load_stylizer(model, mix, device, settings, controls, images=frames or COMPILE_MIN_IMAGES)
+    stylizer = _load_stylizer(model, mix, style_mix, device, settings, controls, frames or COMPILE_MIN_IMAGES)
     destination = out if out is not None else default_video_output(source, stylizer.name)
     encoder_for(destination)
     check_writable(destination)
@@ -534,13 +586,14 @@ def export(
     ],
     fmt: Annotated[str, typer.Option("--format", help=f"{' or '.join(EXPORT_FORMATS)}.")] = EXPORT_FORMATS[0],
     mix: MixOption = None,
+    style_mix: StyleMixOption = None,
     out: Annotated[
         Path | None, typer.Option(help="File to write; default: MODEL.onnx or MODEL.pt in the current folder.")
     ] = None,
 ) -> None:
     """Export a model, or the blend of two, to ONNX or TorchScript (any batch, height and width)."""
     check_format(fmt)
-    loaded = load_blended(models[0], _blend(models, mix))
+    loaded = load_blended(models[0], _blend(models, mix), style_mix=_style_mix(style_mix))
     destination = out if out is not None else Path(f"{loaded.info.name}{SUFFIXES[fmt]}")
     if destination.is_dir():
         raise StylizeError(f"--out {destination} is a folder; give a file name")
@@ -643,14 +696,14 @@ def models() -> None:
     for info in found:
         record = TrainingRecord.of(info.training)
         if record is None:  # imported, or without its settings
-            table.add_row(info.name, info.config.norm, info.style, "", "", "")
+            table.add_row(info.name, info.config.norm, ", ".join(style_names(info)), "", "", "")
             continue
         init = record.settings.init
         started_from = Path(init).stem if init else "scratch"
         table.add_row(
             info.name,
             info.config.norm,
-            info.style,
+            ", ".join(style_names(info)),
             str(record.settings.image_size),
             str(record.steps_done),
             started_from,

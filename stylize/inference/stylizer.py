@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,25 +266,29 @@ def load_stylizer(
     images: int = 1,
     on_notice: Callable[[str], None] | None = None,
     blend: Blend | None = None,
+    style_mix: Mapping[str, float] | None = None,
 ) -> ImageStylizer:
     """The one way to get a stylizer: from a bundled model's name, a model
     file, a training checkpoint, or a file from ``export_model``, for a job of
     ``images`` images (which settles whether compiling pays); with ``blend``,
-    the network interpolated towards a second model (``blend_models``).
+    the network interpolated towards a second model (``blend_models``); for a
+    multi-style model, the ``style_mix`` of its styles (``choose_styles``).
 
     Exported files run as they were exported (fp32, whole maps, their own
     runtime); ``settings`` other than the defaults earn a notice there.
 
     Raises InvalidSetting for an unknown ``device`` or ``cuda`` without a CUDA
     GPU, and StylizeError for a GPU index this machine lacks, a model that
-    cannot be found or read (see ``load_model`` and ``ExportedNetwork``), or
-    models that cannot be blended.
+    cannot be found or read (see ``load_model`` and ``ExportedNetwork``),
+    models that cannot be blended, or a style mix the model cannot give.
     """
     resolved = resolve_device(device) if isinstance(device, str) else device
     if blend is not None and (exported_format(Path(model)) or exported_format(Path(blend.model))):
         raise StylizeError("exported files cannot be blended: blend the model files, then export")
+    if style_mix is not None and exported_format(Path(model)):
+        raise StylizeError("an exported file holds one style: choose the style mix when exporting")
     if exported_format(Path(model)) is None:
-        network = load_blended(model, blend, resolved)
+        network = load_blended(model, blend, resolved, style_mix)
         return Stylizer(network, resolved, settings.for_images(images), on_notice, controls)
     if settings != InferenceSettings() and on_notice is not None:
         on_notice("precision, compile and tile settings apply to model files; exported files run as exported")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 from stylize.errors import InvalidSetting, StylizeError
 from stylize.fileio import file_sha256
 from stylize.model.files import ModelInfo, StyleModel, load_model
+from stylize.model.styles import choose_styles
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,16 @@ def blend_models(first: StyleModel, second: StyleModel, mix: float) -> StyleMode
     return StyleModel(info, network.eval())
 
 
-def load_blended(model: str | Path, blend: Blend | None, device: torch.device | str = "cpu") -> StyleModel:
-    """``load_model(model)``, interpolated towards ``blend.model`` if given
-    (see ``blend_models`` for the errors raised)."""
+def load_blended(
+    model: str | Path,
+    blend: Blend | None,
+    device: torch.device | str = "cpu",
+    style_mix: Mapping[str, float] | None = None,
+) -> StyleModel:
+    """``load_model(model)``, interpolated towards ``blend.model`` if given,
+    and for a multi-style model the network of ``style_mix`` (style name ->
+    weight; None: its first style). See ``blend_models`` and
+    ``styles.choose_styles`` for the errors raised."""
     first = load_model(model, device)
-    return first if blend is None else blend_models(first, load_model(blend.model, device), blend.mix)
+    blended = first if blend is None else blend_models(first, load_model(blend.model, device), blend.mix)
+    return choose_styles(blended, style_mix)

@@ -50,6 +50,9 @@ class ModelInfo:
     style: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     style_thumbnail: str = ""  # base64 JPEG of the style image; see images.decode_thumbnail
+    # A conditional network's styles in its order, and their thumbnails; empty for one-style models.
+    styles: tuple[str, ...] = ()
+    style_thumbnails: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,15 +138,26 @@ def resolve_models(names: Sequence[str | Path]) -> list[Path]:
 
 
 def save_model(
-    path: Path, network: TransformerNet, style: str, training: dict[str, Any], style_thumbnail: str = ""
+    path: Path,
+    network: TransformerNet,
+    style: str,
+    training: dict[str, Any],
+    style_thumbnail: str = "",
+    *,
+    styles: Sequence[str] = (),
+    style_thumbnails: Sequence[str] = (),
 ) -> None:
     """Write ``network`` to ``path`` (atomically) as a stylize model file:
     safetensors with float weights stored as float16, and as metadata its
     ``NetConfig``, the ``style``'s name, the ``training`` record (JSON-able
-    values) and ``style_thumbnail`` (base64 JPEG, see images.encode_thumbnail).
+    values) and ``style_thumbnail`` (base64 JPEG, see images.encode_thumbnail);
+    for a conditional network, the names and thumbnails of all its ``styles``.
 
-    Raises StylizeError if ``path`` cannot be written.
+    Raises StylizeError if ``path`` cannot be written; ValueError if ``styles``
+    are given but not one per style the network holds.
     """
+    if styles and len(styles) != network.config.styles:
+        raise ValueError(f"{len(styles)} style names for a network of {network.config.styles} styles")
     metadata = {
         "format": FORMAT,
         "format_version": "1" if network.config.resampling == "nearest" else str(FORMAT_VERSION),
@@ -152,6 +166,8 @@ def save_model(
         "style_thumbnail": style_thumbnail,
         "training": json.dumps(training),
     }
+    if styles:
+        metadata.update(styles=json.dumps(list(styles)), style_thumbnails=json.dumps(list(style_thumbnails)))
     tensors = {key: _stored(value) for key, value in network.state_dict().items()}
     with atomic_path(Path(path)) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
@@ -178,6 +194,10 @@ def _stylize_info(path: Path, metadata: dict[str, str] | None) -> ModelInfo:
     try:
         config = NetConfig.from_dict(json.loads(metadata["network"]))
         training = json.loads(metadata.get("training", "{}"))
+        styles = tuple(map(str, json.loads(metadata.get("styles", "[]"))))
+        thumbnails = tuple(map(str, json.loads(metadata.get("style_thumbnails", "[]"))))
+        if styles and len(styles) != config.styles:
+            raise ValueError(f"{len(styles)} style names for {config.styles} styles")
     except InvalidSetting as error:
         raise StylizeError(f"{path} holds a network this stylize cannot build: {error}") from None
     except (KeyError, ValueError, TypeError) as error:
@@ -189,6 +209,8 @@ def _stylize_info(path: Path, metadata: dict[str, str] | None) -> ModelInfo:
         style=metadata.get("style", ""),
         training=training,
         style_thumbnail=metadata.get("style_thumbnail", ""),
+        styles=styles,
+        style_thumbnails=thumbnails,
     )
 
 

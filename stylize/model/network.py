@@ -35,7 +35,15 @@ from stylize.model.convforms import (
     subpixel_conv,
     subpixel_kernels,
 )
-from stylize.model.norms import DEFAULT_GROUPS, ConvNormalizer, check_groups, check_norm, create_norm
+from stylize.model.norms import (
+    DEFAULT_GROUPS,
+    ConvNormalizer,
+    NormOptions,
+    check_groups,
+    check_norm,
+    check_styles,
+    create_norm,
+)
 
 # Space-to-depth factor of conv_out: 4x4 blocks turn 32 channels into 512.
 SPACE_TO_DEPTH = 4
@@ -50,8 +58,9 @@ RESAMPLINGS: dict[str, str] = {"nearest": "nearest", "antialiased": "bilinear"}
 class NetConfig:
     """Everything needed to rebuild a network; stored inside every model file.
 
-    Raises InvalidSetting for a ``norm`` or ``resampling`` not known, or
-    ``groups`` that does not divide 32 (checked whatever the norm).
+    Raises InvalidSetting for a ``norm`` or ``resampling`` not known,
+    ``groups`` that does not divide 32 (checked whatever the norm), or
+    ``styles`` other than 1 for a norm that is not conditional.
     """
 
     norm: str = "instance"
@@ -68,11 +77,14 @@ class NetConfig:
     # How resolution changes (module docstring); "nearest" for models made
     # before this setting existed and for pytorch/examples models.
     resampling: str = "antialiased"
+    # How many styles a conditional norm holds (``norms.CONDITIONAL_NORMS``); 1 for the others.
+    styles: int = 1
 
     def __post_init__(self) -> None:
         check_norm(self.norm)
         check_groups(self.groups)
         check_resampling(self.resampling)
+        check_styles(self.norm, self.styles)
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -97,7 +109,7 @@ def check_resampling(name: str) -> str:
 
 
 def _norm(config: NetConfig, channels: int, site: str) -> nn.Module:
-    return create_norm(config.norm, channels, site, config.groups)
+    return create_norm(config.norm, channels, site, NormOptions(config.groups, config.styles))
 
 
 def pad(x: torch.Tensor, sides: tuple[int, int, int, int], mode: str) -> torch.Tensor:

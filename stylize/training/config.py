@@ -16,7 +16,7 @@ from stylize.errors import InvalidSetting, StylizeError
 from stylize.model.checkpoints import Checkpoint, checkpoint_dir, checkpoint_files
 from stylize.model.files import MODEL_SUFFIX, load_model, resolve_model
 from stylize.model.network import MIN_SIZE, NetConfig, check_resampling
-from stylize.model.norms import DEFAULT_GROUPS, check_groups, check_norm
+from stylize.model.norms import CONDITIONAL_NORMS, DEFAULT_GROUPS, check_groups, check_norm, check_styles
 from stylize.training.losses import SHIFT_MIN_SIZE, LossWeights
 from stylize.training.schedule import check_lr_schedule
 from stylize.training.vgg import DEFAULT_CONTENT_LAYER, check_loss_network, style_layer_weights
@@ -51,14 +51,17 @@ class TrainConfig:
     ``image_size`` is the side of the square training crops and ``style_size``
     the style image's long side, both in pixels. Raises InvalidSetting for a
     value out of range, ``groups`` that does not divide 32, an unknown norm,
-    resampling, loss network, schedule or precision, or ``style_layer_weights``
-    that do not match ``style_layers``.
+    resampling, loss network, schedule or precision, ``style_layer_weights``
+    that do not match ``style_layers``, or several style images for a norm that
+    is not conditional.
     """
 
     style_image: Path
     data: Path
     out: Path
     norm: str = "instance"
+    # More styles for one conditional network (``norms.CONDITIONAL_NORMS``), after ``style_image``.
+    more_style_images: tuple[Path, ...] = ()
     groups: int = DEFAULT_GROUPS
     resampling: str | None = None  # None: the init model's, else NetConfig's default
     steps: int | None = None
@@ -82,6 +85,8 @@ class TrainConfig:
     style_layer_weights: tuple[float, ...] = ()
     # A trained model (bundled name or file) to start from instead of random weights.
     init: str | None = None
+    # Add this run's style to a multi-style init model: train only its new γ and β, all else frozen.
+    only_norm_params: bool = False
     seed: int = 42
     device: str = DEFAULT_DEVICE
     workers: int | None = None
@@ -95,6 +100,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_ranges(self)
         check_norm(self.norm)
+        check_styles(self.norm, len(self.style_images))
         check_groups(self.groups)
         if self.resampling is not None:
             check_resampling(self.resampling)
@@ -105,24 +111,47 @@ class TrainConfig:
             raise InvalidSetting("style_layer_weights", "must give a weight for every style layer, or for none")
         if any(weight < 0 for weight in self.style_layer_weights):
             raise InvalidSetting("style_layer_weights", "must not be negative")
+        if self.only_norm_params and (self.init is None or self.more_style_images):
+            raise InvalidSetting("only_norm_params", "adds one style image to a multi-style --init model: give both")
 
     def for_device(self, device: torch.device) -> TrainConfig:
         """Every ``None`` replaced by the device's recipe, and the resampling by
-        the init model's (a fine-tune keeps its parent's network).
+        the init model's (a fine-tune keeps its parent's network); with
+        ``only_norm_params``, the norm too.
 
-        Raises StylizeError if the init model cannot be found or read.
+        Raises StylizeError if the init model cannot be found or read, or with
+        ``only_norm_params`` holds no conditional norm.
         """
         recipe = recipe_for(device)
         unset = {key: getattr(recipe, key) for key in dataclasses.asdict(recipe) if getattr(self, key) is None}
+        parent = load_model(resolve_model(self.init)).info if self.init else None
         if self.resampling is None:
-            parent = load_model(resolve_model(self.init)).info.config if self.init else NetConfig()
-            unset["resampling"] = parent.resampling
+            unset["resampling"] = parent.config.resampling if parent else NetConfig.resampling
+        if self.only_norm_params and parent is not None:
+            if parent.config.norm not in CONDITIONAL_NORMS:
+                raise StylizeError(
+                    f"--only-norm-params adds a style to a multi-style model; {parent.name} holds one "
+                    f"({parent.config.norm} norm). Train one with --norm {' or --norm '.join(CONDITIONAL_NORMS)}"
+                )
+            unset["norm"] = parent.config.norm
         return dataclasses.replace(self, **unset)
+
+    @property
+    def style_images(self) -> tuple[Path, ...]:
+        """Every style the run learns, in the network's order."""
+        return (self.style_image, *self.more_style_images)
+
+    @property
+    def style_name(self) -> str:
+        """The run's style: the style image's name, or the first's and how many more."""
+        more = len(self.more_style_images)
+        return self.style_image.stem + (f"+{more}" if more else "")
 
     @property
     def net_config(self) -> NetConfig:
         resampling = self.resampling or NetConfig.resampling
-        return NetConfig(norm=self.norm, groups=self.groups, resampling=resampling)
+        styles = len(self.style_images) if self.norm in CONDITIONAL_NORMS else 1
+        return NetConfig(norm=self.norm, groups=self.groups, resampling=resampling, styles=styles)
 
     @property
     def style_layer_weighting(self) -> dict[str, float]:
@@ -145,6 +174,7 @@ class TrainConfig:
         for key, value in values.items():
             if isinstance(value, Path):
                 values[key] = str(value.resolve())
+        values["more_style_images"] = [str(path.resolve()) for path in self.more_style_images]
         values["style_layers"] = list(self.style_layer_weighting)
         values["style_layer_weights"] = list(self.style_layer_weighting.values())
         return values
@@ -174,10 +204,14 @@ class TrainConfig:
                 known[name] = Path(known[name])
         for name in ("style_layers", "style_layer_weights"):
             known[name] = tuple(known.get(name) or ())
+        known["more_style_images"] = tuple(map(Path, known.get("more_style_images") or ()))
         return cls(**known)
 
-    def check_resumable(self, checkpoint: Checkpoint, source: Path, processes: int = 1) -> None:
-        """Refuse a checkpoint of a different run: only ``RUN_SETTINGS`` may change."""
+    def check_resumable(
+        self, checkpoint: Checkpoint, source: Path, processes: int = 1, network: NetConfig | None = None
+    ) -> None:
+        """Refuse a checkpoint of a different run: only ``RUN_SETTINGS`` may
+        change; ``network`` is the run's (default: ``net_config``)."""
         if checkpoint.global_batch != self.batch_size * processes:
             raise StylizeError(
                 f"{source} was trained with {checkpoint.global_batch} photos per step, not "
@@ -191,7 +225,7 @@ class TrainConfig:
                     f"{source} was trained with {key}={saved[key]!r}, not {value!r}; "
                     "resume with the run's original settings"
                 )
-        if checkpoint.net_config != self.net_config:
+        if checkpoint.net_config != (network or self.net_config):
             raise StylizeError(f"{source} holds a network of an older stylize (unbounded output); start a new run")
 
 
@@ -284,7 +318,7 @@ def plan_norm_runs(config: TrainConfig, norms: Sequence[str]) -> list[TrainConfi
         )
     runs = []
     for norm in norms:
-        out = folder / f"{config.style_image.stem}-{norm}{MODEL_SUFFIX}"
+        out = folder / f"{config.style_name}-{norm}{MODEL_SUFFIX}"
         resume = checkpoint_dir(out) if config.resume is not None and checkpoint_files(checkpoint_dir(out)) else None
         runs.append(dataclasses.replace(config, norm=norm, out=out, resume=resume))
     return runs

@@ -1,4 +1,5 @@
-"""The training loop: the network against the VGG perceptual loss of one style image.
+"""The training loop: the network against the VGG perceptual loss of a style image
+(of one of several, a step each, for a conditional network).
 
 A run is fully determined by its ``TrainConfig``: data order and crops are a
 function of (seed, position) (see ``data.py``), so a checkpoint needs only the
@@ -23,6 +24,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 import torch
+import torch.nn.functional as F
 
 from stylize.devices import autocast, compute_dtype, keep_freed_memory, memory_format, resolve_device
 from stylize.errors import StylizeError, TrainingDiverged, TrainingInterrupted
@@ -38,6 +40,8 @@ from stylize.model.checkpoints import (
 )
 from stylize.model.files import load_model, resolve_model, save_model
 from stylize.model.network import NetConfig, TransformerNet
+from stylize.model.norms import CONDITIONAL_NORMS
+from stylize.model.styles import set_style_mix, style_names, train_only_last_style, with_new_style
 from stylize.training.config import TrainConfig
 from stylize.training.data import batches, crop_loader, training_files
 from stylize.training.distributed import (
@@ -104,9 +108,12 @@ class _Run:
     trained: torch.nn.Module  # the network, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
     loss_network: LossNetwork
-    targets: dict[str, torch.Tensor]
-    style_thumbnail: str
+    targets: list[dict[str, torch.Tensor]]  # per style, in the network's order
+    style_thumbnails: list[str]
     files: Sequence[Path]
+    # Styles the network holds before this run's (an --only-norm-params run adds
+    # to its init model's): their names and thumbnails, kept in the model file.
+    held_styles: tuple[tuple[str, str], ...] = ()
     step: int = 0
     seconds_before: float = 0.0
     started: float = field(default_factory=time.perf_counter)
@@ -202,24 +209,28 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
     config = config.for_device(device)
     keep_freed_memory(device)
     files = training_files(config.data)
-    style = load_image(config.style_image).rgb
+    styles = [load_image(path).rgb for path in config.style_images]
     if config.out.is_dir():
         raise StylizeError(f"the model path {config.out} is a folder; give a file name such as style.safetensors")
     if world.is_main:
         check_writable(config.out)
+    held_styles = _held_styles(config)
+    net_config = config.net_config
+    if held_styles:
+        net_config = dataclasses.replace(net_config, styles=len(held_styles) + 1)
     checkpoint = None
     if config.resume is not None:
         source = find_checkpoint(config.resume)
         checkpoint = read_checkpoint(source)
-        config.check_resumable(checkpoint, source, world.size)
+        config.check_resumable(checkpoint, source, world.size, net_config)
 
     torch.manual_seed(config.seed)
-    network = TransformerNet(config.net_config).to(device).to(memory_format=memory_format(device)).train()
+    network = TransformerNet(net_config).to(device).to(memory_format=memory_format(device)).train()
     if config.sync_bn and world.is_distributed:
         check_sync_batch_norm(network, device, config.norm)
     dtype = compute_dtype(config.precision, device)
-    sized_style = resize_long_side(style, config.recipe.style_size)
-    loss_network, targets = _loss_network(config, sized_style, device, dtype, on_notice)
+    sized_styles = [resize_long_side(style, config.recipe.style_size) for style in styles]
+    loss_network, targets = _loss_network(config, sized_styles, device, dtype, on_notice)
     run = _Run(
         config=config,
         world=world,
@@ -230,13 +241,16 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
         optimizer=_adam(network, config.lr, device),
         loss_network=loss_network,
         targets=targets,
-        style_thumbnail=encode_thumbnail(style),
+        style_thumbnails=[encode_thumbnail(style) for style in styles],
         files=files,
+        held_styles=held_styles,
     )
+    if config.only_norm_params:
+        train_only_last_style(network)
     if checkpoint is not None:
         run.restore(checkpoint)
     elif config.init is not None:
-        run.init_sha256 = _start_from(network, config.init)
+        run.init_sha256 = _start_from(network, config.init, add_style=config.only_norm_params)
     run.trained = parallel(network, world, device, config.sync_bn)  # same parameters: the optimizer still fits
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -251,12 +265,12 @@ def _adam(network: torch.nn.Module, lr: float, device: torch.device) -> torch.op
 
 def _loss_network(
     config: TrainConfig,
-    style: torch.Tensor,
+    styles: Sequence[torch.Tensor],
     device: torch.device,
     dtype: torch.dtype,
     on_notice: Callable[[str], None] | None,
-) -> tuple[LossNetwork, dict[str, torch.Tensor]]:
-    """The frozen VGG in the training dtype, and the style's Gram matrices, computed once."""
+) -> tuple[LossNetwork, list[dict[str, torch.Tensor]]]:
+    """The frozen VGG in the training dtype, and each style's Gram matrices, computed once."""
     layers = tuple(config.style_layer_weighting)
     announce_download(config.loss_network, config.loss_network_weights, on_notice)
     network = LossNetwork(config.loss_network, [config.content_layer, *layers], config.loss_network_weights)
@@ -264,7 +278,7 @@ def _loss_network(
     if dtype != torch.float32:  # frozen, so cast once instead of at every call
         network.features.to(dtype)
     with torch.no_grad(), autocast(device, dtype):
-        targets = style_targets(network(style.to(device)), layers)
+        targets = [style_targets(network(style.to(device)), layers) for style in styles]
     return network, targets
 
 
@@ -276,6 +290,10 @@ def _step(run: _Run, images: torch.Tensor) -> torch.Tensor:
         group["lr"] = learning_rate(run.step, config.recipe.steps, config.lr, config.lr_schedule, config.warmup_steps)
     weights = config.term_weights
     shift = _shift(config.seed, run.step) if weights.shift > 0 else None
+    style = _style_index(config.seed, run.step, len(run.targets))
+    if run.network.config.styles > 1:  # the network's own styles come after those it held
+        mix = F.one_hot(torch.tensor(len(run.held_styles) + style), run.network.config.styles)
+        set_style_mix(run.network, mix.float())
     with autocast(run.device, run.dtype):
         # The moved photos ride in the same forward pass (one pass, as DDP needs).
         both = run.trained(images if shift is None else torch.cat([images, shift_image(images, shift)]))
@@ -283,7 +301,7 @@ def _step(run: _Run, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             input_features = run.loss_network(images, layers=(config.content_layer,))
         terms = perceptual_loss(
-            output, run.loss_network(output), input_features, run.targets, config.content_layer, weights
+            output, run.loss_network(output), input_features, run.targets[style], config.content_layer, weights
         )
         if shift is not None:
             equivariance = shift_equivariance(output, both[len(images) :], shift)
@@ -293,6 +311,13 @@ def _step(run: _Run, images: torch.Tensor) -> torch.Tensor:
     run.optimizer.step()
     run.step += 1
     return terms.stacked()
+
+
+def _style_index(seed: int, step: int, styles: int) -> int:
+    """The style a step trains: every style once per ``styles`` steps, in an
+    order drawn from the seed and that round, the same on every resume and process."""
+    round_, position = divmod(step, styles)
+    return random.Random(f"styles:{seed}:{round_}").sample(range(styles), styles)[position]
 
 
 def _shift(seed: int, step: int) -> tuple[int, int]:
@@ -378,7 +403,7 @@ def _save_checkpoint(run: _Run) -> Path:
         global_batch=run.global_batch,
         config=run.config.to_dict(),
         net_config=run.network.config,
-        style=run.config.style_image.stem,
+        style=run.config.style_name,
         seconds=run.seconds,
         unreadable_files=tuple(sorted(run.unreadable)),
         init_sha256=run.init_sha256,
@@ -424,27 +449,46 @@ def _save_trained_model(run: _Run) -> None:
         "stylize": VERSION,
     }
     run.network.eval()
-    save_model(config.out, run.network, config.style_image.stem, training, run.style_thumbnail)
+    styles = [*run.held_styles, *zip([path.stem for path in config.style_images], run.style_thumbnails, strict=True)]
+    conditional = config.norm in CONDITIONAL_NORMS
+    save_model(
+        config.out, run.network, config.style_name, training, run.style_thumbnails[0],
+        styles=[name for name, _ in styles] if conditional else (),
+        style_thumbnails=[thumbnail for _, thumbnail in styles] if conditional else (),
+    )  # fmt: skip
 
 
-def _start_from(network: TransformerNet, init: str) -> str:
-    """Copy a trained model's weights into ``network``; the model's sha256."""
+def _held_styles(config: TrainConfig) -> tuple[tuple[str, str], ...]:
+    """With ``only_norm_params``: the init model's styles, names and thumbnails."""
+    if not config.only_norm_params or config.init is None:
+        return ()
+    info = load_model(resolve_model(config.init)).info
+    thumbnails = info.style_thumbnails or ("",) * info.config.styles
+    return tuple(zip(style_names(info), thumbnails, strict=True))
+
+
+def _start_from(network: TransformerNet, init: str, add_style: bool = False) -> str:
+    """Copy a trained model's weights into ``network`` (with ``add_style``, the
+    model's styles and a new one last); the model's sha256."""
     path = resolve_model(init)
     trained = load_model(path).network
+    held = trained.config.styles + add_style
     # Resampling changes no weight's name or shape: a fine-tune may switch it.
-    if dataclasses.replace(trained.config, resampling=network.config.resampling) != network.config:
+    if dataclasses.replace(trained.config, resampling=network.config.resampling, styles=held) != network.config:
         raise StylizeError(
             f"the model to start from, {path}, is a {_describe(trained.config)} network; "
             f"this run trains a {_describe(network.config)} one"
         )
-    network.load_state_dict(trained.state_dict())
+    state = trained.state_dict()
+    network.load_state_dict(with_new_style(state) if add_style else state)
     return file_sha256(path)
 
 
 def _describe(config: NetConfig) -> str:
     groups = f" ({config.groups} groups)" if config.norm == "group" else ""
+    styles = f" ({config.styles} styles)" if config.norm in CONDITIONAL_NORMS else ""
     legacy = "" if config.bounded_output and config.input_scale == 1 else " unbounded-output"
-    return f"{config.norm}-norm{groups}{legacy}"
+    return f"{config.norm}-norm{groups}{styles}{legacy}"
 
 
 class _StopRequest:

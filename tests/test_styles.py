@@ -1,0 +1,276 @@
+"""Multi-style networks: conditional norms, training several styles, choosing and mixing them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+
+import stylize.training.loop as training
+from stylize import StylizeError, TrainConfig, load_model, save_model
+from stylize.model.blend import load_blended
+from stylize.model.network import NetConfig, TransformerNet
+from stylize.model.norms import ConditionalBatchNorm2d, ConditionalInstanceNorm2d
+from stylize.model.styles import choose_styles, plain_network, set_style_mix, style_weights
+
+from .helpers import assert_same_weights, minimal_record, photo_tensor, train_args, write_model
+
+CONDITIONAL = ["conditional-instance", "conditional-batch"]
+STYLES = ("waves", "dots", "stripes")
+
+
+@pytest.fixture(scope="module")
+def dots_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("style") / "dots.png"
+    rows, cols = np.mgrid[0:48, 0:48]
+    dots = ((rows % 8 < 3) & (cols % 8 < 3))[..., None] * np.array([200, 40, 30])
+    Image.fromarray((dots + 20).astype(np.uint8)).save(path)
+    return path
+
+
+def multi_network(norm: str, styles: int = 3, seed: int = 0) -> TransformerNet:
+    """A conditional network whose styles differ (random γ and β per style), in eval mode."""
+    torch.manual_seed(seed)
+    network = TransformerNet(NetConfig(norm=norm, styles=styles))
+    with torch.no_grad():
+        for name, parameter in network.named_parameters():
+            if ".styles." in name:
+                parameter.add_(torch.randn_like(parameter) * 0.3)
+        network.train()(photo_tensor(32, 32, seed).repeat(4, 1, 1, 1))
+    return network.eval()
+
+
+def write_multi(path: Path, norm: str = "conditional-instance") -> Path:
+    network = multi_network(norm)
+    thumbnails = [f"thumb-{name}" for name in STYLES]
+    save_model(path, network, "waves+2", {**minimal_record(path)}, styles=STYLES, style_thumbnails=thumbnails)
+    return path
+
+
+def test_one_style_of_conditional_instance_norm_is_instance_norm_with_its_scale_and_shift() -> None:
+    layer = ConditionalInstanceNorm2d(8, styles=3)
+    with torch.no_grad():
+        layer.styles.weight.normal_()
+        layer.styles.bias.normal_()
+    x = torch.randn(2, 8, 5, 7) * 3 + 1
+    layer.styles.mix.copy_(F.one_hot(torch.tensor(2), 3).float())
+    expected = F.instance_norm(x, weight=layer.styles.weight[2], bias=layer.styles.bias[2])
+    torch.testing.assert_close(layer(x), expected)
+    # Each image is normalized by its own statistics: the other image does not matter.
+    torch.testing.assert_close(layer(x[:1]), expected[:1])
+
+
+def test_conditional_batch_norm_shares_its_statistics_across_styles() -> None:
+    layer = ConditionalBatchNorm2d(4, styles=2)
+    x = torch.randn(6, 4, 3, 3) + 2
+    for style in (0, 1, 0):
+        layer.styles.mix.copy_(F.one_hot(torch.tensor(style), 2).float())
+        layer(x)
+    assert int(layer.num_batches_tracked) == 3  # one set of running statistics for both styles
+    assert "styles.weight" in dict(layer.named_parameters()) and layer.weight is None
+
+
+@pytest.mark.parametrize("norm", CONDITIONAL)
+def test_a_mix_is_the_plain_network_with_mixed_scale_and_shift(norm: str) -> None:
+    network = multi_network(norm)
+    photo = photo_tensor(40, 36, seed=3)
+    weights = torch.tensor([0.2, 0.5, 0.3])
+    set_style_mix(network, weights)
+    plain = plain_network(network, weights)
+    assert plain.config.norm == norm.removeprefix("conditional-") and plain.config.styles == 1
+    with torch.no_grad():
+        torch.testing.assert_close(plain(photo), network(photo), rtol=0, atol=1e-4)
+        # Convex in γ and β: the mix's scale is the weighted sum of the styles' scales.
+        rows = network.norm1.styles.weight
+        torch.testing.assert_close(plain.norm1.weight, weights @ rows)
+
+
+@pytest.mark.parametrize("norm", CONDITIONAL)
+def test_the_styles_of_one_network_paint_differently(norm: str) -> None:
+    network = multi_network(norm)
+    photo = photo_tensor(32, 32, seed=1)
+    with torch.no_grad():
+        outputs = [plain_network(network, F.one_hot(torch.tensor(i), 3).float())(photo) for i in range(3)]
+    assert (outputs[0] - outputs[1]).abs().mean() > 0.01 and (outputs[1] - outputs[2]).abs().mean() > 0.01
+
+
+def test_style_weights_are_normalised_and_unknown_names_list_the_styles() -> None:
+    torch.testing.assert_close(style_weights(STYLES, {"dots": 3, "waves": 1}), torch.tensor([0.25, 0.75, 0.0]))
+    with pytest.raises(StylizeError, match="no style 'candy' in this model; its styles: waves, dots, stripes"):
+        style_weights(STYLES, {"candy": 1})
+    with pytest.raises(StylizeError, match="must not be negative"):
+        style_weights(STYLES, {"dots": -1, "waves": 2})
+    with pytest.raises(StylizeError, match="sum to 0"):
+        style_weights(STYLES, {"dots": 0})
+
+
+def test_several_styles_need_a_conditional_norm(tmp_path: Path) -> None:
+    with pytest.raises(StylizeError, match="instance holds one style; several need conditional-instance or"):
+        NetConfig(norm="instance", styles=2)
+    with pytest.raises(StylizeError, match="batch holds one style"):
+        TrainConfig(Path("a.jpg"), tmp_path, tmp_path, norm="batch", more_style_images=(Path("b.jpg"),))
+    assert NetConfig(norm="conditional-instance", styles=4).styles == 4
+
+
+def test_a_multi_style_file_lists_its_styles_and_thumbnails(tmp_path: Path) -> None:
+    info = load_model(write_multi(tmp_path / "multi.safetensors")).info
+    assert info.styles == STYLES and info.style_thumbnails == tuple(f"thumb-{name}" for name in STYLES)
+    assert info.config.styles == 3
+    with pytest.raises(ValueError, match="2 style names for a network of 3 styles"):
+        save_model(tmp_path / "bad.safetensors", multi_network("conditional-instance"), "x", {}, styles=STYLES[:2])
+
+
+def test_choosing_a_style_names_the_output_and_keeps_its_thumbnail(tmp_path: Path) -> None:
+    loaded = load_model(write_multi(tmp_path / "multi.safetensors"))
+    first = choose_styles(loaded)
+    assert (
+        first.info.name == "multi-waves" and first.info.style == "waves" and first.info.style_thumbnail == "thumb-waves"
+    )
+    mixed = choose_styles(loaded, {"dots": 0.7, "stripes": 0.3})
+    assert mixed.info.name == "multi-dots70+stripes30" and mixed.info.style == "dots 70% + stripes 30%"
+    assert mixed.network.config.norm == "instance"
+    # A mix of 1:0 is the single style.
+    alone, one_zero = choose_styles(loaded, {"dots": 1}), choose_styles(loaded, {"dots": 1, "waves": 0})
+    assert_equal_networks(alone.network, one_zero.network)
+    with pytest.raises(StylizeError, match="holds one style; a style mix needs a multi-style model"):
+        load_blended(write_model(tmp_path / "single.safetensors"), None, style_mix={"dots": 1})
+
+
+def assert_equal_networks(first: torch.nn.Module, second: torch.nn.Module) -> None:
+    theirs = second.state_dict()
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, theirs[key]), key
+
+
+def test_the_steps_style_order_takes_each_style_once_a_round_fixed_by_seed() -> None:
+    order = [training._style_index(42, step, 3) for step in range(30)]
+    assert all(sorted(order[i : i + 3]) == [0, 1, 2] for i in range(0, 30, 3))
+    assert order != [0, 1, 2] * 10  # shuffled, not cyclic
+    assert order == [training._style_index(42, step, 3) for step in range(30)]
+    assert training._style_index(42, 7, 1) == 0
+
+
+@pytest.mark.parametrize("norm", CONDITIONAL)
+def test_one_run_trains_every_style_and_writes_them_all(
+    cli, tmp_path: Path, style_image: Path, dots_image: Path, photos: Path, vgg_weights: Path, norm: str
+) -> None:
+    out = tmp_path / "multi.safetensors"
+    args = train_args(style_image, photos, out, vgg_weights, "--norm", norm, "--warmup-steps", "0", "--lr", "0.01")
+    args.insert(2, str(dots_image))  # a second style after the first
+    result = cli(*args)
+    assert result.code == 0, result.err
+    model = load_model(out)
+    assert model.info.styles == ("swirls", "dots") and model.info.name == "multi"
+    assert all(model.info.style_thumbnails) and model.info.training["more_style_images"] == [str(dots_image)]
+    rows = model.network.norm1.styles.weight  # every style's scale trained, each its own way
+    assert (rows - 1).abs().amin(dim=1).min() > 0 and not torch.equal(rows[0], rows[1])
+
+
+def test_a_resumed_multi_style_run_ends_with_the_same_weights_bit_for_bit(
+    cli, tmp_path: Path, style_image: Path, dots_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    def run(out: Path, *extra: str) -> None:
+        args = train_args(style_image, photos, out, vgg_weights, "--norm", "conditional-instance", *extra)
+        args.insert(2, str(dots_image))
+        assert cli(*args).code == 0
+
+    run(tmp_path / "straight.safetensors")
+    run(tmp_path / "resumed.safetensors", "--steps", "1", "--checkpoint-every", "1")
+    run(tmp_path / "resumed.safetensors", "--resume", str(tmp_path / "resumed.ckpt"))
+    assert_same_weights(tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors")
+
+
+def test_several_styles_with_a_plain_norm_is_one_line(
+    cli, tmp_path: Path, style_image: Path, dots_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    args = train_args(style_image, photos, tmp_path / "m.safetensors", vgg_weights)
+    args.insert(2, str(dots_image))
+    result = cli(*args)
+    assert result.code == 2 and result.error_lines == [
+        "error: --norm instance holds one style; several need conditional-instance or conditional-batch"
+    ]
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_the_cli_stylizes_with_a_chosen_style_or_mix_and_lists_styles(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    multi = write_multi(models / "multi.safetensors")
+    source = tmp_path / "photo.png"
+    Image.fromarray((photo_tensor(24, 32, 5)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(source)
+
+    for option, name in (("dots", "multi-dots"), ("dots=0.7,stripes=0.3", "multi-dots70+stripes30")):
+        result = cli("image", source, "--model", multi, "--style-mix", option, "--out", tmp_path, "--precision", "fp32")
+        assert result.code == 0, result.err
+        written = np.asarray(Image.open(tmp_path / f"photo-{name}.png"), dtype=np.float32)
+        chosen = choose_styles(load_model(multi), {"dots": 1} if option == "dots" else {"dots": 0.7, "stripes": 0.3})
+        with torch.no_grad():
+            expected = chosen.network(photo_tensor(24, 32, 5)).clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255
+        assert np.abs(written - expected).max() <= 1.5
+
+    bad = cli("image", source, "--model", multi, "--style-mix", "candy", "--out", tmp_path)
+    assert bad.code == 2 and bad.error_lines == [
+        "error: no style 'candy' in this model; its styles: waves, dots, stripes"
+    ]
+    malformed = cli("image", source, "--model", multi, "--style-mix", "dots=lots", "--out", tmp_path)
+    assert malformed.code == 2 and malformed.error_lines == [
+        "error: --style-mix 'dots=lots': a weight is not a number (write NAME=WEIGHT)"
+    ]
+
+    exported = cli("export", multi, "--style-mix", "stripes", "--format", "torchscript", "--out", tmp_path / "s.pt")
+    assert exported.code == 0, exported.err
+    refused = cli("image", source, "--model", tmp_path / "s.pt", "--style-mix", "dots", "--out", tmp_path)
+    assert refused.code == 2 and "an exported file holds one style" in refused.err
+
+    monkeypatch.setenv("STYLIZE_MODELS", str(models))
+    monkeypatch.setenv("COLUMNS", "200")
+    listing = cli("models")
+    assert listing.code == 0
+    assert "waves, dots, stripes" in next(line for line in listing.out.splitlines() if "multi" in line)
+
+
+@pytest.mark.parametrize("norm", CONDITIONAL)
+def test_only_norm_params_adds_a_style_and_leaves_everything_else_bit_for_bit(
+    cli, tmp_path: Path, style_image: Path, dots_image: Path, photos: Path, vgg_weights: Path, norm: str
+) -> None:
+    parent = write_multi(tmp_path / "multi.safetensors", norm)
+    out = tmp_path / "more.safetensors"
+    fast = ("--warmup-steps", "0", "--lr", "0.01")
+    result = cli(*train_args(dots_image, photos, out, vgg_weights, "--init", parent, "--only-norm-params", *fast))
+    assert result.code == 0, result.err
+
+    grown, before = load_file(str(out)), load_file(str(parent))
+    assert load_model(out).info.styles == (*STYLES, "dots") and load_model(out).info.config.norm == norm
+    assert load_model(out).info.style_thumbnails[:3] == tuple(f"thumb-{name}" for name in STYLES)
+    for key, value in before.items():
+        if ".styles." in key:
+            assert torch.equal(grown[key][:3], value), key  # the other styles' rows untouched
+            assert not torch.equal(grown[key][3], value.float().mean(dim=0).half()), key  # the new one trained
+        else:
+            assert torch.equal(grown[key], value), key  # weights and running statistics frozen
+
+
+def test_only_norm_params_is_refused_in_one_line_where_it_cannot_work(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    out = tmp_path / "m.safetensors"
+    single = write_model(tmp_path / "single.safetensors")
+    multi = write_multi(tmp_path / "multi.safetensors")
+    cases = {
+        "--only-norm-params adds one style image to a multi-style --init model": (),
+        "single holds one (instance norm). Train one with --norm conditional-instance": ("--init", single),
+        "--only-norm-params trains the --init model's own norm: leave out --norm": (
+            "--init", multi, "--norm", "conditional-instance"
+        ),
+    }  # fmt: skip
+    for message, extra in cases.items():
+        result = cli(*train_args(style_image, photos, out, vgg_weights, "--only-norm-params", *extra))
+        assert result.code == 2 and len(result.error_lines) == 1 and message in result.err, result.err
+    assert not out.exists()
