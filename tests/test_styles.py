@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from stylize.model.blend import load_blended
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.model.norms import ConditionalBatchNorm2d, ConditionalInstanceNorm2d
 from stylize.model.styles import choose_styles, plain_network, set_style_mix, style_weights
+from stylize.report.compare import BLEND_STRIP, CompareSettings, compare
 
 from .helpers import assert_same_weights, minimal_record, photo_tensor, train_args, write_model
 
@@ -170,6 +173,12 @@ def test_one_run_trains_every_style_and_writes_them_all(
     rows = model.network.norm1.styles.weight  # every style's scale trained, each its own way
     assert (rows - 1).abs().amin(dim=1).min() > 0 and not torch.equal(rows[0], rows[1])
 
+    # compare: a column per style, each measured against its own style image.
+    comparison = compare([style_image], [out], CompareSettings(size=32, device="cpu"))
+    assert [report.info.name for report in comparison.reports] == ["multi-swirls", "multi-dots"]
+    assert all(report.losses.source.endswith(", style image") for report in comparison.reports)
+    assert comparison.reports[0].losses.style != comparison.reports[1].losses.style
+
 
 def test_a_resumed_multi_style_run_ends_with_the_same_weights_bit_for_bit(
     cli, tmp_path: Path, style_image: Path, dots_image: Path, photos: Path, vgg_weights: Path
@@ -229,6 +238,14 @@ def test_the_cli_stylizes_with_a_chosen_style_or_mix_and_lists_styles(
     refused = cli("image", source, "--model", tmp_path / "s.pt", "--style-mix", "dots", "--out", tmp_path)
     assert refused.code == 2 and "an exported file holds one style" in refused.err
 
+    sheet = tmp_path / "strip.png"
+    strip = cli("compare", source, "--model", multi, "--styles", "dots, stripes", "--blend-strip", "--out", sheet,
+                "--size", "32", "--stylized-only")  # fmt: skip
+    assert strip.code == 0, strip.err
+    names = [model["name"] for model in json.loads(sheet.with_suffix(".json").read_text())["models"]]
+    assert names == ["multi-dots", "multi-dots+multi-stripes-25", "multi-dots+multi-stripes-50",
+                     "multi-dots+multi-stripes-75", "multi-stripes"]  # fmt: skip
+
     monkeypatch.setenv("STYLIZE_MODELS", str(models))
     monkeypatch.setenv("COLUMNS", "200")
     listing = cli("models")
@@ -274,3 +291,27 @@ def test_only_norm_params_is_refused_in_one_line_where_it_cannot_work(
         result = cli(*train_args(style_image, photos, out, vgg_weights, "--only-norm-params", *extra))
         assert result.code == 2 and len(result.error_lines) == 1 and message in result.err, result.err
     assert not out.exists()
+
+
+def test_compare_shows_a_column_per_style_and_a_blend_strip_between_two(tmp_path: Path) -> None:
+    multi = write_multi(tmp_path / "multi.safetensors")
+    source = tmp_path / "photo.png"
+    Image.fromarray((photo_tensor(24, 32, 5)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(source)
+    settings = CompareSettings(size=32, device="cpu")
+
+    every = compare([source], [multi], settings)
+    assert [report.info.name for report in every.reports] == [f"multi-{name}" for name in STYLES]
+
+    strip = compare([source], [multi], dataclasses.replace(settings, styles=("stripes", "dots"), blend_strip=True))
+    assert len(strip.reports) == len(BLEND_STRIP) == 5
+    assert strip.reports[0].info.style == "dots" and strip.reports[-1].info.style == "stripes"
+    halfway = choose_styles(load_model(multi), {"dots": 0.5, "stripes": 0.5}).network
+    with torch.no_grad():
+        expected = halfway(strip.contents[0]).clamp(0, 1)
+    torch.testing.assert_close(strip.outputs[2][0].plain, expected, rtol=0, atol=1e-4)
+    assert (strip.outputs[1][0].plain - strip.outputs[3][0].plain).abs().mean() > 0.005
+
+    with pytest.raises(StylizeError, match="a blend strip needs two columns"):
+        compare([source], [multi], dataclasses.replace(settings, styles=("dots",), blend_strip=True))
+    with pytest.raises(StylizeError, match="no model here holds the style 'candy'"):
+        compare([source], [multi], dataclasses.replace(settings, styles=("candy",)))

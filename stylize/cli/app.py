@@ -640,6 +640,18 @@ def compare(
             "on one CPU core). 0: none."
         ),
     ] = CompareSettings.reference_steps,
+    styles: Annotated[
+        str | None,
+        typer.Option(help="A multi-style model's styles to show, NAME,NAME,...; default: a column for each."),
+    ] = None,
+    blend_strip: Annotated[
+        bool,
+        typer.Option(
+            "--blend-strip",
+            help="The first two columns and three mixes between them (25, 50, 75%): two models fine-tuned "
+            "from one parent, or two styles of a multi-style model.",
+        ),
+    ] = False,
 ) -> None:
     """Compare models (instance vs batch norm, ...) side by side: a sheet and its numbers."""
     settings = CompareSettings(
@@ -649,6 +661,8 @@ def compare(
         loss_network_weights=loss_network_weights,
         stylized_only=stylized_only,
         reference_steps=reference_steps,
+        styles=tuple(name.strip() for name in (styles or "").split(",") if name.strip()),
+        blend_strip=blend_strip,
     )
     output_format(out)
     for content in contents:

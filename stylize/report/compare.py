@@ -10,6 +10,9 @@ are mean absolute differences on the 0..255 scale.
 With ``reference_steps``, each photo is also stylized by optimising its pixels
 against the first model's own training loss: the ceiling that loss allows, so
 how far a trained network is from it reads off one column.
+
+A multi-style model gives a column per style (or per one of ``styles``); with
+``blend_strip``, the first two columns become five, the mix going 0 -> 1.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from stylize.errors import InvalidSetting, StylizeError
 from stylize.images import decode_thumbnail, load_image, resize_long_side
 from stylize.inference.optimization import OptimizationSettings, StyleImage, StyleOptimizer
 from stylize.inference.stylizer import InferenceSettings, Stylizer
-from stylize.model.files import ModelInfo, load_model, resolve_models
+from stylize.model.blend import blend_models
+from stylize.model.files import ModelInfo, StyleModel, load_model, resolve_models
 from stylize.model.network import MIN_SIZE
+from stylize.model.styles import choose_styles, style_names
 from stylize.training.config import TrainConfig, TrainingRecord
 from stylize.training.losses import LossWeights, content_loss, style_loss_per_layer, style_targets
 from stylize.training.vgg import (
@@ -39,6 +44,8 @@ from stylize.training.vgg import (
     style_layer_weights,
 )
 
+# The mixes of a blend strip, from the first column (0) to the second (1).
+BLEND_STRIP = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Besides x1, the plain stylization. Sensitivity compares x1 with the first.
 CONTRAST_FACTORS = (0.5, 1.5)
 NEIGHBOURS_PER_BATCH = 3
@@ -107,6 +114,8 @@ class CompareSettings:
     stylized_only: bool = False  # the sheet shows only the plain results (a gallery); same numbers
     # L-BFGS steps of the optimisation column (0: none): the first model's loss, optimised per photo.
     reference_steps: int = 0
+    styles: tuple[str, ...] = ()  # a multi-style model's styles to show; empty: all
+    blend_strip: bool = False  # the first two columns, and three mixes between them
 
     def __post_init__(self) -> None:
         if self.size < MIN_SIZE:
@@ -310,8 +319,10 @@ class _LossMeter:
         return self._networks[key]
 
     def _style_image(self, info: ModelInfo, trained: TrainConfig | None) -> tuple[torch.Tensor | None, str]:
-        if trained is not None and trained.style_image.is_file():
-            style = load_image(trained.style_image).rgb
+        # A multi-style model's column is one of its styles: that style's image.
+        path = next((path for path in trained.style_images if path.stem == info.style), None) if trained else None
+        if trained is not None and path is not None and path.is_file():
+            style = load_image(path).rgb
             sized = style if trained.style_size is None else resize_long_side(style, trained.style_size)
             return sized, "style image"
         return decode_thumbnail(info.style_thumbnail), "style thumbnail"
@@ -418,6 +429,32 @@ def _reference(
     return Reference(steps, outputs, lattice / len(images), meter.measure(setup, images, outputs))
 
 
+def model_columns(paths: Sequence[Path], settings: CompareSettings, device: torch.device) -> list[StyleModel]:
+    """The models of the sheet's columns: each file's model, a multi-style one
+    as one model per style (those of ``settings.styles``, if given); with
+    ``settings.blend_strip``, the first two and the ``BLEND_STRIP`` mixes between.
+
+    Raises StylizeError for a style no multi-style model holds, or a blend
+    strip of fewer than two columns or of models that cannot be blended.
+    """
+    columns: list[StyleModel] = []
+    for path in paths:
+        model = load_model(path, device)
+        names = style_names(model.info) if model.info.config.styles > 1 else ()
+        shown = [name for name in names if not settings.styles or name in settings.styles]
+        columns.extend([choose_styles(model, {name: 1.0}) for name in shown] if names else [choose_styles(model)])
+    held = {column.info.style for column in columns}
+    missing = [name for name in settings.styles if name not in held]
+    if missing:
+        raise StylizeError(f"no model here holds the style {missing[0]!r} (styles shown: {', '.join(sorted(held))})")
+    if not settings.blend_strip:
+        return columns
+    if len(columns) < 2:
+        raise StylizeError("a blend strip needs two columns: two models, or a multi-style model's two styles")
+    first, second = columns[:2]
+    return [first, *(blend_models(first, second, mix) for mix in BLEND_STRIP[1:-1]), second]
+
+
 def compare(
     contents: Sequence[Path],
     models: Sequence[str | Path],
@@ -430,7 +467,8 @@ def compare(
     ``contents``: image files; ``models``: model files, folders of them, bundled
     names, or bundled style names (every norm of that style).
 
-    Raises StylizeError for unreadable images or models, and InvalidSetting
+    Raises StylizeError for unreadable images or models, or columns that
+    ``model_columns`` refuses, and InvalidSetting
     (``reference_steps``) when the first model's loss cannot be rebuilt, or
     (``device``) for an unknown device or one this machine lacks.
     """
@@ -438,14 +476,14 @@ def compare(
         raise StylizeError("compare needs at least one content image and one model")
     device = resolve_device(settings.device)
     images = [resize_long_side(load_image(path).rgb, settings.size) for path in contents]
-    paths = resolve_models(models)
+    columns = model_columns(resolve_models(models), settings, device)
     meter = _LossMeter(settings, device)
     content_lattices = [lattice_strength(image) for image in images]
-    stages = len(paths) + (1 if settings.reference_steps else 0)
+    stages = len(columns) + (1 if settings.reference_steps else 0)
     reports, outputs = [], []
     reference_setup = None
-    for index, path in enumerate(paths):
-        stylizer = Stylizer(load_model(path, device), device, EXPERIMENT_SETTINGS)
+    for index, model in enumerate(columns):
+        stylizer = Stylizer(model, device, EXPERIMENT_SETTINGS)
         info = stylizer.model.info
         loss_setup = meter.setup(info)
         if index == 0 and settings.reference_steps:
@@ -459,7 +497,7 @@ def compare(
     reference = None
     if reference_setup is not None:
         if on_stage is not None:
-            on_stage(len(paths), stages, f"optimisation, {settings.reference_steps} steps")
+            on_stage(len(columns), stages, f"optimisation, {settings.reference_steps} steps")
         reference = _reference(reference_setup, images, meter, content_lattices)
     return Comparison(
         content_names=content_labels(contents),
