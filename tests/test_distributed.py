@@ -189,6 +189,7 @@ def test_several_processes_train_through_distributed_data_parallel(one_process_g
         ("instance", "sync_bn synchronizes batch-norm statistics; the instance norm has no batch-norm layers"),
         ("batch", "sync_bn needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on the CPU"),
         ("ibn", "sync_bn needs CUDA GPUs"),
+        ("conditional-batch", r"sync_bn cannot synchronize the conditional-batch norm \(its per-style scale"),
     ],
 )
 def test_sync_bn_is_refused_where_it_cannot_work(norm: str, message: str) -> None:

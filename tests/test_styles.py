@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 
 import stylize.training.loop as training
 from stylize import StylizeError, TrainConfig, load_model, save_model
-from stylize.model.blend import load_blended
+from stylize.model.blend import check_blendable, load_blended
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.model.norms import ConditionalBatchNorm2d, ConditionalInstanceNorm2d
 from stylize.model.styles import choose_styles, plain_network, set_style_mix, style_weights
@@ -106,8 +107,9 @@ def test_style_weights_are_normalised_and_unknown_names_list_the_styles() -> Non
     torch.testing.assert_close(style_weights(STYLES, {"dots": 3, "waves": 1}), torch.tensor([0.25, 0.75, 0.0]))
     with pytest.raises(StylizeError, match="no style 'candy' in this model; its styles: waves, dots, stripes"):
         style_weights(STYLES, {"candy": 1})
-    with pytest.raises(StylizeError, match="must not be negative"):
-        style_weights(STYLES, {"dots": -1, "waves": 2})
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(StylizeError, match="must be finite and not negative"):
+            style_weights(STYLES, {"dots": bad, "waves": 2})
     with pytest.raises(StylizeError, match="sum to 0"):
         style_weights(STYLES, {"dots": 0})
 
@@ -118,6 +120,10 @@ def test_several_styles_need_a_conditional_norm(tmp_path: Path) -> None:
     with pytest.raises(StylizeError, match="batch holds one style"):
         TrainConfig(Path("a.jpg"), tmp_path, tmp_path, norm="batch", more_style_images=(Path("b.jpg"),))
     assert NetConfig(norm="conditional-instance", styles=4).styles == 4
+    with pytest.raises(StylizeError, match="need different names .* two are 'a'"):
+        TrainConfig(
+            Path("x/a.jpg"), tmp_path, tmp_path, norm="conditional-instance", more_style_images=(Path("a.png"),)
+        )
 
 
 def test_a_multi_style_file_lists_its_styles_and_thumbnails(tmp_path: Path) -> None:
@@ -126,6 +132,22 @@ def test_a_multi_style_file_lists_its_styles_and_thumbnails(tmp_path: Path) -> N
     assert info.config.styles == 3
     with pytest.raises(ValueError, match="2 style names for a network of 3 styles"):
         save_model(tmp_path / "bad.safetensors", multi_network("conditional-instance"), "x", {}, styles=STYLES[:2])
+    for styles, thumbnails, problem in [
+        (STYLES, ("one",), "1 style thumbnails for 3 style names"),
+        (("a", "b", "a"), (), "two styles share a name"),
+    ]:
+        bad = tmp_path / "bad.safetensors"
+        save_model(bad, multi_network("conditional-instance"), "x", {}, styles=styles, style_thumbnails=thumbnails)
+        with pytest.raises(StylizeError, match=f"{bad} has broken metadata \\({problem}\\)"):
+            load_model(bad)
+
+
+def test_multi_style_models_blend_only_with_the_same_styles_in_the_same_order(tmp_path: Path) -> None:
+    first = load_model(write_multi(tmp_path / "first.safetensors")).info
+    other = tmp_path / "other.safetensors"
+    save_model(other, multi_network("conditional-instance"), "x", minimal_record(other), styles=STYLES[::-1])
+    with pytest.raises(StylizeError, match="first and other cannot be blended: they hold other styles"):
+        check_blendable(first, load_model(other).info)
 
 
 def test_choosing_a_style_names_the_output_and_keeps_its_thumbnail(tmp_path: Path) -> None:
@@ -230,7 +252,11 @@ def test_the_cli_stylizes_with_a_chosen_style_or_mix_and_lists_styles(
     ]
     malformed = cli("image", source, "--model", multi, "--style-mix", "dots=lots", "--out", tmp_path)
     assert malformed.code == 2 and malformed.error_lines == [
-        "error: --style-mix 'dots=lots': a weight is not a number (write NAME=WEIGHT)"
+        "error: --style-mix 'dots=lots': a weight is not a finite number (write NAME=WEIGHT)"
+    ]
+    endless = cli("image", source, "--model", multi, "--style-mix", "dots=inf,waves=1", "--out", tmp_path)
+    assert endless.code == 2 and endless.error_lines == [
+        "error: --style-mix 'dots=inf,waves=1': a weight is not a finite number (write NAME=WEIGHT)"
     ]
 
     exported = cli("export", multi, "--style-mix", "stripes", "--format", "torchscript", "--out", tmp_path / "s.pt")
@@ -239,12 +265,12 @@ def test_the_cli_stylizes_with_a_chosen_style_or_mix_and_lists_styles(
     assert refused.code == 2 and "an exported file holds one style" in refused.err
 
     sheet = tmp_path / "strip.png"
-    strip = cli("compare", source, "--model", multi, "--styles", "dots, stripes", "--blend-strip", "--out", sheet,
+    strip = cli("compare", source, "--model", multi, "--styles", "stripes, dots", "--blend-strip", "--out", sheet,
                 "--size", "32", "--stylized-only")  # fmt: skip
     assert strip.code == 0, strip.err
     names = [model["name"] for model in json.loads(sheet.with_suffix(".json").read_text())["models"]]
-    assert names == ["multi-dots", "multi-dots+multi-stripes-25", "multi-dots+multi-stripes-50",
-                     "multi-dots+multi-stripes-75", "multi-stripes"]  # fmt: skip
+    assert names == ["multi-stripes", "multi-stripes+multi-dots-25", "multi-stripes+multi-dots-50",
+                     "multi-stripes+multi-dots-75", "multi-dots"]  # fmt: skip
 
     monkeypatch.setenv("STYLIZE_MODELS", str(models))
     monkeypatch.setenv("COLUMNS", "200")
@@ -255,16 +281,16 @@ def test_the_cli_stylizes_with_a_chosen_style_or_mix_and_lists_styles(
 
 @pytest.mark.parametrize("norm", CONDITIONAL)
 def test_only_norm_params_adds_a_style_and_leaves_everything_else_bit_for_bit(
-    cli, tmp_path: Path, style_image: Path, dots_image: Path, photos: Path, vgg_weights: Path, norm: str
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, norm: str
 ) -> None:
     parent = write_multi(tmp_path / "multi.safetensors", norm)
     out = tmp_path / "more.safetensors"
     fast = ("--warmup-steps", "0", "--lr", "0.01")
-    result = cli(*train_args(dots_image, photos, out, vgg_weights, "--init", parent, "--only-norm-params", *fast))
+    result = cli(*train_args(style_image, photos, out, vgg_weights, "--init", parent, "--only-norm-params", *fast))
     assert result.code == 0, result.err
 
     grown, before = load_file(str(out)), load_file(str(parent))
-    assert load_model(out).info.styles == (*STYLES, "dots") and load_model(out).info.config.norm == norm
+    assert load_model(out).info.styles == (*STYLES, "swirls") and load_model(out).info.config.norm == norm
     assert load_model(out).info.style_thumbnails[:3] == tuple(f"thumb-{name}" for name in STYLES)
     for key, value in before.items():
         if ".styles." in key:
@@ -275,7 +301,7 @@ def test_only_norm_params_adds_a_style_and_leaves_everything_else_bit_for_bit(
 
 
 def test_only_norm_params_is_refused_in_one_line_where_it_cannot_work(
-    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+    cli, tmp_path: Path, style_image: Path, dots_image: Path, photos: Path, vgg_weights: Path
 ) -> None:
     out = tmp_path / "m.safetensors"
     single = write_model(tmp_path / "single.safetensors")
@@ -286,10 +312,17 @@ def test_only_norm_params_is_refused_in_one_line_where_it_cannot_work(
         "--only-norm-params trains the --init model's own norm: leave out --norm": (
             "--init", multi, "--norm", "conditional-instance"
         ),
+        "--resampling must be the --init model's (antialiased) with --only-norm-params": (
+            "--init", multi, "--resampling", "nearest"
+        ),
     }  # fmt: skip
     for message, extra in cases.items():
         result = cli(*train_args(style_image, photos, out, vgg_weights, "--only-norm-params", *extra))
         assert result.code == 2 and len(result.error_lines) == 1 and message in result.err, result.err
+    again = cli(*train_args(dots_image, photos, out, vgg_weights, "--only-norm-params", "--init", multi))
+    assert again.code == 2 and again.error_lines == [
+        "error: multi already holds a style named 'dots': rename the image"
+    ]
     assert not out.exists()
 
 
@@ -304,7 +337,8 @@ def test_compare_shows_a_column_per_style_and_a_blend_strip_between_two(tmp_path
 
     strip = compare([source], [multi], dataclasses.replace(settings, styles=("stripes", "dots"), blend_strip=True))
     assert len(strip.reports) == len(BLEND_STRIP) == 5
-    assert strip.reports[0].info.style == "dots" and strip.reports[-1].info.style == "stripes"
+    # In the order asked for, not the model's: the strip runs from stripes to dots.
+    assert strip.reports[0].info.style == "stripes" and strip.reports[-1].info.style == "dots"
     halfway = choose_styles(load_model(multi), {"dots": 0.5, "stripes": 0.5}).network
     with torch.no_grad():
         expected = halfway(strip.contents[0]).clamp(0, 1)

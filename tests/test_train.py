@@ -629,7 +629,7 @@ def test_style_layer_weights_reach_the_loss_and_the_model_file(
     ]
     bad = cli(*args, "--style-layers", "relu1_2:lots")
     assert bad.code == 2 and bad.error_lines == [
-        "error: --style-layers 'relu1_2:lots': a weight is not a number (write LAYER:WEIGHT)"
+        "error: --style-layers 'relu1_2:lots': a weight is not a finite number (write LAYER:WEIGHT)"
     ]
 
 

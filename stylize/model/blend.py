@@ -45,6 +45,9 @@ def check_blendable(first: ModelInfo, second: ModelInfo) -> None:
         mine, theirs = first.config.to_dict(), second.config.to_dict()
         differences = ", ".join(f"{key} {mine[key]} vs {theirs[key]}" for key in mine if mine[key] != theirs[key])
         raise StylizeError(f"{first.name} and {second.name} cannot be blended: their networks differ ({differences})")
+    if first.styles != second.styles:  # multi-style networks mix row by row: the rows must be the same styles
+        styles = f"{', '.join(first.styles)} vs {', '.join(second.styles)}"
+        raise StylizeError(f"{first.name} and {second.name} cannot be blended: they hold other styles ({styles})")
     if not lineage(first) & lineage(second):
         raise StylizeError(
             f"{first.name} and {second.name} cannot be blended: they were not trained from the same "

@@ -198,6 +198,10 @@ def _stylize_info(path: Path, metadata: dict[str, str] | None) -> ModelInfo:
         thumbnails = tuple(map(str, json.loads(metadata.get("style_thumbnails", "[]"))))
         if styles and len(styles) != config.styles:
             raise ValueError(f"{len(styles)} style names for {config.styles} styles")
+        if thumbnails and len(thumbnails) != len(styles):
+            raise ValueError(f"{len(thumbnails)} style thumbnails for {len(styles)} style names")
+        if len(set(styles)) != len(styles):
+            raise ValueError("two styles share a name")
     except InvalidSetting as error:
         raise StylizeError(f"{path} holds a network this stylize cannot build: {error}") from None
     except (KeyError, ValueError, TypeError) as error:

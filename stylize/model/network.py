@@ -254,7 +254,9 @@ class TransformerNet(nn.Module):
         y = F.relu(self.norm5(self.up2(y)))
         y = self.conv_out(y)
         if self.config.bounded_output:
-            y = OUTPUT_MIDPOINT + OUTPUT_HALF_RANGE * torch.tanh(y)
+            # In float32: under bf16 autocast tanh(y) rounds to 1 once |y| > ~3, its
+            # gradient to exactly 0, and a pixel that saturates never learns again.
+            y = OUTPUT_MIDPOINT + OUTPUT_HALF_RANGE * torch.tanh(y.float())
         if scale != 1:
             y = y / scale
         # Two stride-2 convolutions then two 2x upsamplings give a size rounded

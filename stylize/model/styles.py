@@ -11,6 +11,7 @@ nothing of their own.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -36,13 +37,13 @@ def style_weights(names: Sequence[str], mix: Mapping[str, float]) -> torch.Tenso
     normalised to sum to 1; a style not in ``mix`` weighs 0.
 
     Raises StylizeError for a name not among ``names`` (listing them), a
-    negative weight, or weights that sum to 0.
+    negative or non-finite weight, or weights that sum to 0.
     """
     unknown = [name for name in mix if name not in names]
     if unknown:
         raise StylizeError(f"no style {unknown[0]!r} in this model; its styles: {', '.join(names)}")
-    if any(weight < 0 for weight in mix.values()):
-        raise StylizeError("style weights must not be negative")
+    if not all(0 <= weight < math.inf for weight in mix.values()):
+        raise StylizeError("style weights must be finite and not negative")
     total = sum(mix.values())
     if not total > 0:
         raise StylizeError("the style weights sum to 0: give at least one style a positive weight")

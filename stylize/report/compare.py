@@ -319,8 +319,9 @@ class _LossMeter:
         return self._networks[key]
 
     def _style_image(self, info: ModelInfo, trained: TrainConfig | None) -> tuple[torch.Tensor | None, str]:
-        # A multi-style model's column is one of its styles: that style's image.
-        path = next((path for path in trained.style_images if path.stem == info.style), None) if trained else None
+        path = trained.style_image if trained else None
+        if trained and trained.more_style_images:  # a multi-style model's column is one style: that style's image
+            path = next((path for path in trained.style_images if path.stem == info.style), None)
         if trained is not None and path is not None and path.is_file():
             style = load_image(path).rgb
             sized = style if trained.style_size is None else resize_long_side(style, trained.style_size)
@@ -431,7 +432,8 @@ def _reference(
 
 def model_columns(paths: Sequence[Path], settings: CompareSettings, device: torch.device) -> list[StyleModel]:
     """The models of the sheet's columns: each file's model, a multi-style one
-    as one model per style (those of ``settings.styles``, if given); with
+    as one model per style (those of ``settings.styles``, if given, in that
+    order); with
     ``settings.blend_strip``, the first two and the ``BLEND_STRIP`` mixes between.
 
     Raises StylizeError for a style no multi-style model holds, or a blend
@@ -441,12 +443,13 @@ def model_columns(paths: Sequence[Path], settings: CompareSettings, device: torc
     for path in paths:
         model = load_model(path, device)
         names = style_names(model.info) if model.info.config.styles > 1 else ()
-        shown = [name for name in names if not settings.styles or name in settings.styles]
+        shown = [name for name in settings.styles if name in names] if settings.styles else names
         columns.extend([choose_styles(model, {name: 1.0}) for name in shown] if names else [choose_styles(model)])
-    held = {column.info.style for column in columns}
-    missing = [name for name in settings.styles if name not in held]
+    shown_styles = {column.info.style for column in columns}
+    missing = [name for name in settings.styles if name not in shown_styles]
     if missing:
-        raise StylizeError(f"no model here holds the style {missing[0]!r} (styles shown: {', '.join(sorted(held))})")
+        styles = ", ".join(sorted(shown_styles))
+        raise StylizeError(f"no model here holds the style {missing[0]!r} (styles shown: {styles})")
     if not settings.blend_strip:
         return columns
     if len(columns) < 2:

@@ -111,6 +111,12 @@ class TrainConfig:
             raise InvalidSetting("style_layer_weights", "must give a weight for every style layer, or for none")
         if any(weight < 0 for weight in self.style_layer_weights):
             raise InvalidSetting("style_layer_weights", "must not be negative")
+        stems = [path.stem for path in self.style_images]
+        repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+        if repeated:
+            raise StylizeError(
+                f"the style images need different names (a style is chosen by name): two are {repeated[0]!r}"
+            )
         if self.only_norm_params and (self.init is None or self.more_style_images):
             raise InvalidSetting("only_norm_params", "adds one style image to a multi-style --init model: give both")
 
@@ -120,7 +126,7 @@ class TrainConfig:
         ``only_norm_params``, the norm too.
 
         Raises StylizeError if the init model cannot be found or read, or with
-        ``only_norm_params`` holds no conditional norm.
+        ``only_norm_params`` holds no conditional norm or has another resampling.
         """
         recipe = recipe_for(device)
         unset = {key: getattr(recipe, key) for key in dataclasses.asdict(recipe) if getattr(self, key) is None}
@@ -128,6 +134,14 @@ class TrainConfig:
         if self.resampling is None:
             unset["resampling"] = parent.config.resampling if parent else NetConfig.resampling
         if self.only_norm_params and parent is not None:
+            if self.resampling not in (None, parent.config.resampling):
+                raise InvalidSetting(
+                    "resampling", f"must be the --init model's ({parent.config.resampling}) with --only-norm-params"
+                )
+            if self.style_image.stem in parent.styles:
+                raise StylizeError(
+                    f"{parent.name} already holds a style named {self.style_image.stem!r}: rename the image"
+                )
             if parent.config.norm not in CONDITIONAL_NORMS:
                 raise StylizeError(
                     f"--only-norm-params adds a style to a multi-style model; {parent.name} holds one "
@@ -318,7 +332,10 @@ def plan_norm_runs(config: TrainConfig, norms: Sequence[str]) -> list[TrainConfi
         )
     runs = []
     for norm in norms:
-        out = folder / f"{config.style_name}-{norm}{MODEL_SUFFIX}"
+        # A style added to a multi-style model is that model with one more style: PARENT+STYLE.
+        added_to = f"{Path(config.init).stem}+" if config.only_norm_params and config.init else ""
+        name = f"{added_to}{config.style_name}" if added_to else f"{config.style_name}-{norm}"
+        out = folder / f"{name}{MODEL_SUFFIX}"
         resume = checkpoint_dir(out) if config.resume is not None and checkpoint_files(checkpoint_dir(out)) else None
         runs.append(dataclasses.replace(config, norm=norm, out=out, resume=resume))
     return runs

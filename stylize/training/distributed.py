@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from stylize.errors import InvalidSetting, StylizeError
+from stylize.model.norms import CONDITIONAL_NORMS
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,11 @@ def has_batch_norm(network: nn.Module) -> bool:
 def check_sync_batch_norm(network: nn.Module, device: torch.device, norm: str) -> None:
     if not has_batch_norm(network):
         raise InvalidSetting("sync_bn", f"synchronizes batch-norm statistics; the {norm} norm has no batch-norm layers")
+    if norm in CONDITIONAL_NORMS:
+        # convert_sync_batchnorm would swap each layer for a plain SyncBatchNorm, losing its per-style γ and β.
+        raise InvalidSetting(
+            "sync_bn", f"cannot synchronize the {norm} norm (its per-style scale and shift would be lost)"
+        )
     if device.type != "cuda":
         raise InvalidSetting("sync_bn", "needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on the CPU")
 
