@@ -1,7 +1,7 @@
 """How much does each model flicker on video? Frame-by-frame stylization of
 clips with known motion made from held-out photos (``stylize.report.flicker``).
 
-    python -m benchmarks.flicker --photos FOLDER [--count 3] [--models A B ...]
+    python -m benchmarks.flicker --photos FOLDER [--count 3] [--models A B ...] [--stabilize]
 
 Per model and clip: the warping error (0..255, the mean over photos) and, where
 the source clip is not exactly steady, the same relative to the source's; the
@@ -19,19 +19,40 @@ import torch
 
 from stylize.images import find_images, load_image
 from stylize.inference.stylizer import InferenceSettings, Stylizer
+from stylize.inference.temporal import FlowStabilizer
 from stylize.model.files import bundled_models, load_model
-from stylize.report.flicker import Flicker, measure_flicker, standard_clips
+from stylize.report.flicker import Flicker, flicker_of, standard_clips, stylize_clip
 
 from .common import machine, show, write_json
 
 CPU = torch.device("cpu")
 ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
+VARIANTS = ("frame by frame", "stabilized")
 
 
-def measure(model: str, photos: list[torch.Tensor], size: tuple[int, int], frames: int) -> list[list[Flicker]]:
-    """Per photo, per clip. fp32: differences of a level must not come from rounding."""
+def measure(
+    model: str, photos: list[torch.Tensor], size: tuple[int, int], frames: int, stabilize: bool = False
+) -> dict[str, list[list[Flicker]]]:
+    """Per variant ("frame by frame", and "stabilized" if asked: the same frames
+    through a fresh flow stabilizer), per photo, per clip. fp32: differences of
+    a level must not come from rounding."""
     stylizer = Stylizer(load_model(model, CPU), CPU, InferenceSettings(precision="fp32", compile=False))
-    return [[measure_flicker(stylizer, clip) for clip in standard_clips(photo, size, frames)] for photo in photos]
+    results: dict[str, list[list[Flicker]]] = {variant: [] for variant in VARIANTS[: 1 + stabilize]}
+    for photo in photos:
+        for per_photo in results.values():
+            per_photo.append([])
+        for clip in standard_clips(photo, size, frames):
+            stylized = stylize_clip(stylizer, clip)
+            results["frame by frame"][-1].append(flicker_of(stylized, clip))
+            if stabilize:
+                results["stabilized"][-1].append(flicker_of(FlowStabilizer()(clip.frames, stylized), clip))
+    return results
+
+
+def _label(model: str) -> str:
+    """The model's name; ``zoo/NAME`` for the zoo's (it may repeat a bundled name)."""
+    path = Path(model)
+    return f"zoo/{path.stem}" if path.parent.resolve() == ZOO else path.stem
 
 
 def _summary(per_photo: list[list[Flicker]]) -> list[dict[str, object]]:
@@ -64,6 +85,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(192, 256), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--models", nargs="+", help="model names or files (default: bundled and zoo)")
+    parser.add_argument("--stabilize", action="store_true", help="also each model with the flow stabilizer")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flicker.json"))
     args = parser.parse_args()
 
@@ -73,11 +95,12 @@ def main() -> None:
     models = args.models or [str(info.path) for info in bundled_models()] + sorted(map(str, ZOO.glob("*.safetensors")))
     rows, results, clips = [], {}, []
     for model in models:
-        per_photo = measure(model, photos, tuple(args.size), args.frames)
-        summary = _summary(per_photo)
-        clips = [str(row["clip"]) for row in summary]
-        results[Path(model).stem] = {"summary": summary, "photos": [[asdict(r) for r in row] for row in per_photo]}
-        rows.append([Path(model).stem, *map(_cell, summary)])
+        for variant, per_photo in measure(model, photos, tuple(args.size), args.frames, args.stabilize).items():
+            summary = _summary(per_photo)
+            clips = [str(row["clip"]) for row in summary]
+            name = _label(model) + ("" if variant == VARIANTS[0] else f" {variant}")
+            results[name] = {"summary": summary, "photos": [[asdict(r) for r in row] for row in per_photo]}
+            rows.append([name, *map(_cell, summary)])
     show(
         f"Warping error (0..255; x the source clip's) and colour drift, {len(photos)} photos, "
         f"{args.size[1]}x{args.size[0]}, {args.frames} frames, fp32",

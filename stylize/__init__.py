@@ -34,6 +34,7 @@ _MODULES = {
     "stylize.inference.optimization": ("OptimizationSettings", "StyleImage", "StyleOptimizer"),
     "stylize.inference.outputs": ("FilesResult", "plan_outputs", "stylize_files"),
     "stylize.inference.stylizer": ("ImageLimits", "ImageStylizer", "InferenceSettings", "Stylizer", "load_stylizer"),
+    "stylize.inference.temporal": ("FlowStabilizer", "StabilizerSettings"),
     "stylize.inference.video": ("VideoResult", "VideoSettings", "stylize_video"),
     "stylize.report.compare": ("CompareSettings", "Comparison", "compare"),
     "stylize.report.curves": ("write_curves",),
@@ -66,6 +67,8 @@ if TYPE_CHECKING:  # what editors and type checkers follow; at run time, __getat
     from stylize.inference.stylizer import InferenceSettings as InferenceSettings
     from stylize.inference.stylizer import Stylizer as Stylizer
     from stylize.inference.stylizer import load_stylizer as load_stylizer
+    from stylize.inference.temporal import FlowStabilizer as FlowStabilizer
+    from stylize.inference.temporal import StabilizerSettings as StabilizerSettings
     from stylize.inference.video import VideoResult as VideoResult
     from stylize.inference.video import VideoSettings as VideoSettings
     from stylize.inference.video import stylize_video as stylize_video

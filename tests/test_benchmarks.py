@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks import common, flicker, memory, optimise, precision, process, speed, train
+from benchmarks import common, flicker, memory, optimise, precision, process, speed, stabilize, train
 from stylize.model.network import ReflectConv
 
 from .helpers import photo, photo_tensor, random_network, write_model
@@ -165,10 +165,10 @@ def test_flicker_benchmark_measures_every_model_on_every_clip(tmp_path: Path, mo
     models = [str(write_model(tmp_path / f"{norm}.safetensors", norm=norm)) for norm in ("instance", "batch")]
     out = tmp_path / "flicker.json"
     _run(flicker, monkeypatch, "--photos", str(photos), "--count", "2", "--size", "32", "48", "--frames", "4",
-         "--models", *models, "--out", str(out))  # fmt: skip
+         "--models", *models, "--stabilize", "--out", str(out))  # fmt: skip
     record = json.loads(out.read_text())
     assert record["photos"] == ["p0.png", "p1.png"] and record["size"] == [32, 48]
-    assert set(record["models"]) == {"instance", "batch"}
+    assert set(record["models"]) == {"instance", "batch", "instance stabilized", "batch stabilized"}
     for model in record["models"].values():
         clips = [row["clip"] for row in model["summary"]]
         assert clips == ["pan and zoom", "exposure ramp", "sensor noise", "moving object"]
@@ -177,6 +177,23 @@ def test_flicker_benchmark_measures_every_model_on_every_clip(tmp_path: Path, mo
         assert 0 <= pan["warping_error"] < 255 and pan["relative_warping_error"] >= 0
         assert ramp["source_colour_drift"] > 1  # the ramp darkens by a stop: levels, not fractions
     assert record["models"]["instance"]["summary"][0]["warping_error"] > 1  # the random network really ran
+    steadied = record["models"]["instance stabilized"]["summary"][0]["warping_error"]
+    assert steadied != record["models"]["instance"]["summary"][0]["warping_error"]  # the stabilizer really ran
+
+
+def test_stabilize_benchmark_times_the_network_and_the_stabilizer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "p.png"
+    Image.fromarray(photo(90, 120, seed=0)).save(source)
+    model, out = write_model(tmp_path / "m.safetensors"), tmp_path / "stabilize.json"
+    _run(stabilize, monkeypatch, "--photo", str(source), "--sizes", "64x48", "40x32", "--model", str(model),
+         "--repeats", "2", "--out", str(out))  # fmt: skip
+    record = json.loads(out.read_text())
+    assert list(record["results"]) == ["64x48", "40x32"] and record["machine"]["cpu"]
+    for result in record["results"].values():
+        assert result["network_ms"] > 0 and result["stabilizer_ms"] > 0
+        assert result["share"] == pytest.approx(result["stabilizer_ms"] / result["network_ms"])
 
 
 def test_the_reference_is_the_same_function_in_pytorch_examples_form() -> None:

@@ -14,6 +14,7 @@ import torch
 
 from stylize import load_stylizer
 from stylize.images import resize
+from stylize.inference.temporal import FlowStabilizer
 
 FRAMES, FPS, SAMPLE_RATE = 10, 12, 8000
 
@@ -89,7 +90,8 @@ def test_video_is_stylized_frame_by_frame_with_rate_times_and_sound_kept(
     cli, clip: Path, model_file: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "styled.mp4"
-    result = cli("video", clip, "--model", model_file, "--out", out, "--batch-size", "4", "--quality", "0")
+    args = ("--batch-size", "4", "--quality", "0", "--no-stabilize")
+    result = cli("video", clip, "--model", model_file, "--out", out, *args)
     assert result.code == 0, result.err
     assert result.out.startswith(f"wrote {out} ({FRAMES} frames, 64x48 at 12 fps, sound: aac copied;")
     source, source_times, _ = decode(clip)
@@ -142,6 +144,7 @@ def test_default_output_name_and_controls(cli, clip: Path, model_file: Path, tmp
     result = cli("video", clip, "--model", model_file, "--strength", "0", "--quality", "0")
     assert result.code == 0, result.err
     styled, source = decode(tmp_path / "clip-model.mp4")[0], decode(clip)[0]
+    # Stabilized, as by default: the carried texture must not drag the footage's own changes.
     assert (luma(styled) - luma(source)).abs().mean() * 255 < 2, "strength 0 gives the source back"
 
 
@@ -155,6 +158,10 @@ def test_default_output_name_and_controls(cli, clip: Path, model_file: Path, tmp
          "error: cannot write video with extension '.gif'; use one of: .mp4, .mov, .mkv, .webm"),
         (lambda tmp: make_video(tmp / "v.mp4", sound=False), ["--quality", "60"],
          "error: --quality must be between 0 and 51, not 60"),
+        (lambda tmp: make_video(tmp / "v.mp4", sound=False), ["--carry", "1"],
+         "error: --carry must be at least 0 and below 1, not 1"),
+        (lambda tmp: make_video(tmp / "v.mp4", sound=False), ["--no-stabilize", "--carry", "0.3"],
+         "error: --carry sets the stabilizer, which --no-stabilize turns off"),
         (lambda tmp: make_video(tmp / "v.mp4", sound=False), ["--out", "{tmp}/v.mp4"],
          "error: refusing to overwrite the input {tmp}/v.mp4"),
     ],
@@ -174,6 +181,20 @@ def test_missing_pyav_says_which_extra_to_install(cli, clip: Path, model_file: P
     monkeypatch.setitem(sys.modules, "av", None)
     result = cli("video", clip, "--model", model_file)
     assert result.code == 2 and result.error_lines == ["error: stylize video needs PyAV: pip install 'stylize[video]'"]
+
+
+def test_without_opencv_only_stabilizing_is_refused(
+    cli, clip: Path, model_file: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    result = cli("video", clip, "--model", model_file, "--out", tmp_path / "o.mp4")
+    assert result.code == 2 and result.error_lines == [
+        "error: stabilizing video needs OpenCV's optical flow: pip install 'stylize[video]' "
+        "(or stabilize off: --no-stabilize, VideoSettings(stabilizer=None))"
+    ]
+    assert not (tmp_path / "o.mp4").exists()
+    result = cli("video", clip, "--model", model_file, "--out", tmp_path / "o.mp4", "--no-stabilize")
+    assert result.code == 0 and (tmp_path / "o.mp4").is_file()
 
 
 BURSTS_MS = [0, 10, 20, 30, 40, 150, 160, 170, 180, 190, 300, 310, 320, 330, 340, 500]
@@ -228,7 +249,7 @@ def test_a_picture_size_change_midstream_is_fitted_with_its_aspect_kept(
     source = tmp_path / "broadcast.ts"
     source.write_bytes(_ts_part(96, 64, 0, 5) + _ts_part(128, 72, 20, 5))
     result = cli("video", source, "--model", model_file, "--out", tmp_path / "o.mkv", "--batch-size", batch,
-                 "--quality", "0", "--no-compile")  # fmt: skip
+                 "--quality", "0", "--no-compile", "--no-stabilize")  # fmt: skip
     assert result.code == 0, result.err
     assert "5 frames were fitted into 96x64 with black bars" in result.err
     styled = decode(tmp_path / "o.mkv")[0]
@@ -334,3 +355,17 @@ def test_a_truncated_video_says_how_many_frames_were_lost(cli, model_file: Path,
     assert result.code == 0, result.err
     assert f"{30 - decodable} of the 30 frames {cut} counts could not be decoded" in result.err
     assert decode(tmp_path / "o.mp4")[0].shape[0] == decodable
+
+
+def test_video_is_stabilized_by_default_along_the_footages_flow(
+    cli, clip: Path, model_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "steady.mp4"
+    result = cli("video", clip, "--model", model_file, "--out", out, "--batch-size", "3", "--quality", "0")
+    assert result.code == 0, result.err
+    source, _, _ = decode(clip)
+    styled, _, _ = decode(out)
+    frame_by_frame = load_stylizer(model_file, "cpu")(source)
+    expected = FlowStabilizer()(source, frame_by_frame)  # one call: batches must not matter
+    assert (luma(styled) - luma(expected)).abs().mean() * 255 < 2
+    assert (luma(expected) - luma(frame_by_frame)).abs().mean() * 255 > 2  # it did change the frames

@@ -6,6 +6,7 @@ code 2 (1 when training diverges, 130 when interrupted), never a traceback.
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from stylize.inference.stylizer import (
     InferenceSettings,
     load_stylizer,
 )
+from stylize.inference.temporal import StabilizerSettings
 from stylize.inference.video import ENCODERS, VideoSettings, count_frames, encoder_for, stylize_video
 from stylize.model.blend import Blend, load_blended
 from stylize.model.files import DEFAULT_STYLE, bundled_models, default_model_name, models_dir
@@ -73,10 +75,13 @@ def _weighted_names(option: str, value: str, separator: str, noun: str) -> list[
     """``a:4,b`` (separator ``:``) -> [("a", 4.0), ("b", None)]; errors name ``option`` and its ``noun``."""
     entries = [entry.strip().partition(separator) for entry in value.split(",") if entry.strip()]
     try:
-        return [(name.strip(), float(weight) if weight.strip() else None) for name, _, weight in entries]
+        weighted = [(name.strip(), float(weight) if weight.strip() else None) for name, _, weight in entries]
     except ValueError:
+        weighted = None
+    if weighted is None or any(weight is not None and not math.isfinite(weight) for _, weight in weighted):
         form = f"{noun}{separator}WEIGHT"
-        raise StylizeError(f"{option} {value!r}: a weight is not a number (write {form})") from None
+        raise StylizeError(f"{option} {value!r}: a weight is not a finite number (write {form})")
+    return weighted
 
 
 def _style_layers(option: str | None) -> dict[str, tuple]:
@@ -538,6 +543,20 @@ def video(
     audio: Annotated[
         bool, typer.Option("--audio/--no-audio", help="Copy the sound (as it is, not re-encoded).")
     ] = True,
+    stabilize: Annotated[
+        bool,
+        typer.Option(
+            "--stabilize/--no-stabilize",
+            help="Carry the previous output's fine texture along the footage's optical flow (OpenCV) "
+            "into each frame, where the flow holds: less flicker. --no-stabilize: each frame on its own.",
+        ),
+    ] = True,
+    carry: Annotated[
+        float,
+        typer.Option(
+            help="--stabilize: the previous output's share of the texture where the flow holds, 0 to below 1."
+        ),
+    ] = StabilizerSettings.carry,
     device: DeviceOption = DEFAULT_DEVICE,
     precision: PrecisionOption = InferenceSettings.precision,
     use_compile: CompileOption = None,
@@ -546,8 +565,14 @@ def video(
     strength: StrengthOption = StyleControls.strength,
     scale: ScaleOption = StyleControls.scale,
 ) -> None:
-    """Stylize a video frame by frame, in batches, keeping its frame rate and sound."""
-    video_settings = VideoSettings(batch_size=batch_size, quality=quality, max_size=max_size, audio=audio)
+    """Stylize a video in batches of frames, keeping its frame rate and sound; each frame is steadied
+    against the previous output along the footage's optical flow (--no-stabilize: frame by frame)."""
+    if carry is not None and not stabilize:
+        raise InvalidSetting("carry", "sets the stabilizer, which --no-stabilize turns off")
+    stabilizer = StabilizerSettings(carry=StabilizerSettings.carry if carry is None else carry) if stabilize else None
+    video_settings = VideoSettings(
+        batch_size=batch_size, quality=quality, max_size=max_size, audio=audio, stabilizer=stabilizer
+    )
     frames = count_frames(source)
     settings = InferenceSettings(precision=precision, compile=use_compile, tile=tile)
     controls = StyleControls(preserve_color=preserve_color, strength=strength, scale=scale)

@@ -1,4 +1,5 @@
-"""Stylizing videos: decoded frames go through the stylizer in batches; sound is copied.
+"""Stylizing videos: decoded frames go through the stylizer in batches, then the
+flow stabilizer (``temporal``) unless it is off; sound is copied.
 
 Reading and writing use PyAV (the ``video`` extra): FFmpeg's own libraries in
 process, with an FFmpeg (x264 included) inside its wheels. It keeps each frame's
@@ -25,6 +26,7 @@ from stylize.fileio import atomic_path, format_for_extension, refuse_overwriting
 from stylize.images import fit_into, from_uint8_nhwc, resize, scaled_size, to_uint8
 from stylize.inference.controls import check_working_size
 from stylize.inference.stylizer import ImageStylizer
+from stylize.inference.temporal import FlowStabilizer, StabilizerSettings
 
 VIDEO_EXTRA = "pip install 'stylize[video]'"
 # Encoders by output extension; x264 and VP9 want even sides in 4:2:0.
@@ -44,6 +46,8 @@ class VideoSettings:
     quality: int = 18  # the encoder's CRF: 0 best .. 51 worst; 18 looks like the source
     max_size: int | None = None  # shrink frames so the long side is at most this, px
     audio: bool = True
+    # None: frame by frame, each frame's stylization as it is.
+    stabilizer: StabilizerSettings | None = StabilizerSettings()
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -269,8 +273,10 @@ class _StylizedStream:
         encoder: str,
         stylizer: ImageStylizer,
         settings: VideoSettings,
+        stabilizer: FlowStabilizer | None,
     ):
         self.writer, self.stylizer, self.batch_size = writer, stylizer, settings.batch_size
+        self.stabilizer = stabilizer
         self.source_size = height, width = first_size
         self.shrunk, (self.height, self.width) = frame_sizes(width, height, settings.max_size)
         check_working_size(self.height, self.width, stylizer.controls)
@@ -294,7 +300,10 @@ class _StylizedStream:
         else:
             images = fit_into(images, self.width, self.height, enlarge=True)
             self.letterboxed += len(frames)
-        stylized = letterbox(self._stylize(images, first=self.done == 0), self.height, self.width)
+        stylized = self._stylize(images, first=self.done == 0)
+        if self.stabilizer is not None:
+            stylized = self.stabilizer(images, stylized)
+        stylized = letterbox(stylized, self.height, self.width)
         for frame in _tensor_to_frames(stylized, [self.timestamps(f) for f in frames], self.timestamps.time_base):
             self.writer.mux(self.output.encode(frame))
         self.done += len(frames)
@@ -343,12 +352,15 @@ def stylize_video(
     on_progress: Callable[[int, int | None], None] | None = None,
 ) -> VideoResult:
     """Write ``source`` stylized to ``destination`` (atomically): same frame
-    timestamps and rate, sound copied unless ``settings.audio`` is off.
+    timestamps and rate, sound copied unless ``settings.audio`` is off, each
+    frame stabilized against the previous output unless ``settings.stabilizer``
+    is None.
     ``on_progress(frames done, frames in all or None)`` hears after each batch.
 
     ``destination``'s extension picks the encoder (.mp4, .mov, .mkv: H.264;
     .webm: VP9); frames keep the first frame's size, shrunk to ``max_size`` and
-    cropped to even sides. Raises StylizeError if PyAV is not installed, the
+    cropped to even sides. Raises StylizeError if PyAV (or, to stabilize,
+    OpenCV) is not installed, the
     extension is not one of those, ``destination`` is ``source``, the source is
     missing or has no decodable video, the scale control's working size is over
     the pixel limit, or ``destination`` cannot be written or encoded.
@@ -356,6 +368,7 @@ def stylize_video(
     av = _av()
     encoder = encoder_for(destination)
     refuse_overwriting(source, destination)
+    stabilizer = FlowStabilizer(settings.stabilizer) if settings.stabilizer is not None else None
     started = time.perf_counter()
     with _open_input(source) as reader, atomic_path(destination) as temporary:
         video = reader.streams.video[0]
@@ -364,7 +377,8 @@ def stylize_video(
         total = _frame_count(reader, video)
         try:
             with av.open(str(temporary), "w") as writer:
-                stream = _StylizedStream(writer, video, _first_frame_size(source), encoder, stylizer, settings)
+                first_size = _first_frame_size(source)
+                stream = _StylizedStream(writer, video, first_size, encoder, stylizer, settings, stabilizer)
                 tracks = {sound.index: SoundTrack(writer, source, sound, destination) for sound in sounds}
                 for frames in _frame_batches(reader, video, tracks, settings.batch_size):
                     stream.write(frames)

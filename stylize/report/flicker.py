@@ -85,10 +85,15 @@ class Flicker:
     per_frame: tuple[float, ...]  # the warping error of each frame pair
 
 
-def measure_flicker(stylize: Callable[[torch.Tensor], torch.Tensor], clip: Clip) -> Flicker:
-    """Stylize the clip's frames one at a time (``stylize``: (1, 3, H, W) ->
-    (1, 3, H, W), in [0, 1]) and measure them."""
-    stylized = torch.cat([stylize(frame[None]).float().clamp(0, 1) for frame in clip.frames])
+def stylize_clip(stylize: Callable[[torch.Tensor], torch.Tensor], clip: Clip) -> torch.Tensor:
+    """The clip's frames stylized one at a time (``stylize``: (1, 3, H, W) ->
+    (1, 3, H, W), in [0, 1]): (T, 3, H, W)."""
+    return torch.cat([stylize(frame[None]).float().clamp(0, 1) for frame in clip.frames])
+
+
+def flicker_of(stylized: torch.Tensor, clip: Clip) -> Flicker:
+    """How steady ``stylized`` (the clip's frames stylized, (T, 3, H, W) in [0, 1]) is.
+    Raises ValueError if its shape is not the clip's."""
     errors = warping_error(stylized, clip)
     source = float(warping_error(clip.frames, clip).mean())
     return Flicker(
@@ -99,6 +104,11 @@ def measure_flicker(stylize: Callable[[torch.Tensor], torch.Tensor], clip: Clip)
         source_colour_drift=float(colour_drift(clip.frames).mean()),
         per_frame=tuple(errors.tolist()),
     )
+
+
+def measure_flicker(stylize: Callable[[torch.Tensor], torch.Tensor], clip: Clip) -> Flicker:
+    """Stylize the clip frame by frame (``stylize_clip``) and measure it."""
+    return flicker_of(stylize_clip(stylize, clip), clip)
 
 
 def _window_grids(
