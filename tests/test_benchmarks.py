@@ -8,11 +8,12 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from benchmarks import common, flicker, memory, optimise, precision, process, speed, stabilize, train
+from benchmarks import common, flicker, memory, optimise, precision, process, speed, stabilize, train, video_frames
 from stylize.model.network import ReflectConv
 
 from .helpers import photo, photo_tensor, random_network, write_model
@@ -194,6 +195,29 @@ def test_stabilize_benchmark_times_the_network_and_the_stabilizer(
     for result in record["results"].values():
         assert result["network_ms"] > 0 and result["stabilizer_ms"] > 0
         assert result["share"] == pytest.approx(result["stabilizer_ms"] / result["network_ms"])
+
+
+def test_video_frames_sheet_shows_the_frames_and_their_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "p.png"
+    Image.fromarray(photo(90, 120, seed=0)).save(source)
+    model, out = write_model(tmp_path / "m.safetensors"), tmp_path / "frames.png"
+    _run(
+        video_frames,
+        monkeypatch,
+        "--photo",
+        str(source),
+        "--model",
+        str(model),
+        "--size",
+        "32",
+        "48",
+        "--out",
+        str(out),
+    )
+    sheet = np.asarray(Image.open(out))
+    assert sheet.shape == (4 * 32, 3 * 48, 3)
+    frames, changes = sheet[:32].astype(float), sheet[32:64].astype(float)
+    assert frames.mean() > 20 and 0 < changes.mean() < frames.mean()  # pictures above, their (darker) changes below
 
 
 def test_the_reference_is_the_same_function_in_pytorch_examples_form() -> None:

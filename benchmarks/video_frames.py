@@ -1,0 +1,58 @@
+"""Flicker as a picture: consecutive frames of a slow pan made from a photo,
+frame by frame and through ``stylize video``'s stabilizer, each above its
+change from the previous frame moved by the true motion (brightened x16: what
+boils or crawls; black is steady).
+
+    python -m benchmarks.video_frames --photo PHOTO --out assets/video-steadied.png [--model NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from stylize.images import load_image, resize, save_image
+from stylize.inference.stylizer import InferenceSettings, Stylizer
+from stylize.inference.temporal import FlowStabilizer
+from stylize.model.files import DEFAULT_STYLE, load_model
+from stylize.report.flicker import pan_and_zoom_clip, stylize_clip, warp_previous
+
+CPU = torch.device("cpu")
+SHOWN = slice(9, 12)  # three frames in mid-clip, once the stabilizer has settled
+CHANGE_GAIN = 16
+
+
+def frames_sheet(stylizer: Stylizer, photo: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(3, 4H, 3W): rows frame by frame, its changes, stabilized, its changes; columns the shown frames."""
+    height, width = photo.shape[-2:]
+    factor = 1.25 * max(size[0] / height, size[1] / width)  # room for the pan's travel
+    clip = pan_and_zoom_clip(resize(photo, (round(height * factor), round(width * factor))), size, frames=SHOWN.stop)
+    frame_by_frame = stylize_clip(stylizer, clip)
+    stabilized = FlowStabilizer()(clip.frames, frame_by_frame)
+    rows = []
+    for frames in (frame_by_frame, stabilized):
+        changes = ((frames[1:] - warp_previous(frames, clip)).abs() * CHANGE_GAIN * clip.visible).clamp(0, 1)
+        rows += [
+            torch.cat(list(frames[SHOWN]), dim=-1),
+            torch.cat(list(changes[SHOWN.start - 1 : SHOWN.stop - 1]), dim=-1),
+        ]
+    return torch.cat(rows, dim=-2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photo", type=Path, required=True, help="a photo the model never saw")
+    parser.add_argument("--model", default=DEFAULT_STYLE, help="model name or file")
+    parser.add_argument("--size", type=int, nargs=2, default=(192, 256), metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    args = parser.parse_args()
+    stylizer = Stylizer(load_model(args.model, CPU), CPU, InferenceSettings(precision="fp32", compile=False))
+    sheet = frames_sheet(stylizer, load_image(args.photo).rgb, tuple(args.size))
+    save_image(args.out, sheet[None])
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
