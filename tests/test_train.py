@@ -455,11 +455,11 @@ def test_init_starts_from_the_trained_weights(
 @pytest.mark.parametrize(
     ("start_norm", "changes", "message"),
     [
-        ("batch", {}, "is a batch-norm network; this run trains a instance-norm one"),
+        ("batch", {}, r"is batch-norm; this run's is instance-norm \(pass --norm batch\)"),
         (
             "group",
             {"norm": "group", "groups": 4},
-            r"group-norm \(8 groups\) network; this run trains a group-norm \(4 groups\)",
+            r"is group-norm \(8 groups\); this run's is group-norm \(4 groups\)$",
         ),
     ],
 )
@@ -484,7 +484,7 @@ def test_init_refuses_a_different_network(
     assert (
         result.code == 2
         and len(result.error_lines) == 1
-        and result.error_lines[0].startswith("error: the model to start from")
+        and result.error_lines[0].startswith("error: the network of the model to start from")
     )
 
 

@@ -475,9 +475,10 @@ def _start_from(network: TransformerNet, init: str, add_style: bool = False) -> 
     held = trained.config.styles + add_style
     # Resampling changes no weight's name or shape: a fine-tune may switch it.
     if dataclasses.replace(trained.config, resampling=network.config.resampling, styles=held) != network.config:
+        hint = f" (pass --norm {trained.config.norm})" if trained.config.norm != network.config.norm else ""
         raise StylizeError(
-            f"the model to start from, {path}, is a {_describe(trained.config)} network; "
-            f"this run trains a {_describe(network.config)} one"
+            f"the network of the model to start from, {path}, is {_describe(trained.config)}; "
+            f"this run's is {_describe(network.config)}{hint}"
         )
     state = trained.state_dict()
     network.load_state_dict(with_new_style(state) if add_style else state)
