@@ -71,9 +71,15 @@ def assert_same_training(a: Path, b: Path) -> None:
     assert steps.median() < 0.01, "and the typical one to rounding"
     assert (moved > 1e-4).float().mean() > 0.9, "while training moved nearly every weight"
     photo = photo_tensor(40, 48, seed=0)
+    networks = [TransformerNet(NetConfig()).eval() for _ in (a, b)]
+    for network, weights in zip(networks, (first, second), strict=True):
+        network.load_state_dict(weights)  # float32: the model files' float16 rounding may split close weights
     with torch.no_grad():
-        outputs = [load_model(path).network(photo) for path in (a, b)]
-    assert (outputs[0] - outputs[1]).abs().max() < 1e-3
+        outputs = [network(photo) for network in networks]
+    # Rounding in other sums, which Adam turns into whole steps, moves a few outputs by up to a level
+    # of 255 on some CPUs; a split that trained differently moves every output far more.
+    difference = (outputs[0] - outputs[1]).abs()
+    assert difference.mean() < 1e-3 and difference.max() < 0.01
     for one, other in zip(
         losses(a.with_name(a.stem + ".metrics.jsonl")), losses(b.with_name(b.stem + ".metrics.jsonl")), strict=True
     ):
