@@ -552,11 +552,13 @@ def video(
         ),
     ] = True,
     carry: Annotated[
-        float,
+        float | None,
         typer.Option(
-            help="--stabilize: the previous output's share of the texture where the flow holds, 0 to below 1."
+            help="The previous output's share of the texture where the flow holds, 0 to below 1 "
+            f"(default {StabilizerSettings.carry:g}).",
+            show_default=False,
         ),
-    ] = StabilizerSettings.carry,
+    ] = None,
     device: DeviceOption = DEFAULT_DEVICE,
     precision: PrecisionOption = InferenceSettings.precision,
     use_compile: CompileOption = None,
