@@ -20,10 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 from stylize.fileio import atomic_path
-from stylize.images import load_image, resize_long_side
+from stylize.images import load_image, resize, resize_long_side
 from stylize.inference.stylizer import InferenceSettings, Stylizer
 from stylize.model.files import ModelInfo, StyleModel, load_model
 from stylize.model.network import NetConfig, ReflectConv, TransformerNet, UpsampleConv
+from stylize.report.flicker import Clip, pan_and_zoom_clip
 
 # Wide enough for every column when the output goes to a file.
 console = Console(width=None if sys.stdout.isatty() else 220)
@@ -192,3 +193,11 @@ def write_json(path: Path, record: dict[str, object]) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(record, indent=2) + "\n")
     console.print(f"wrote {path}")
+
+
+def pan_clip(photo: torch.Tensor, size: tuple[int, int], frames: int) -> Clip:
+    """A slow pan of ``frames`` frames of ``size`` (H, W) over ``photo`` (1, 3, H', W'),
+    scaled so that the window has room for the pan's travel whatever its aspect."""
+    height, width = photo.shape[-2:]
+    factor = 1.25 * max(size[0] / height, size[1] / width)
+    return pan_and_zoom_clip(resize(photo, (round(height * factor), round(width * factor))), size, frames=frames)

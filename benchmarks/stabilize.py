@@ -16,13 +16,12 @@ from pathlib import Path
 
 import torch
 
-from stylize.images import load_image, resize_long_side
+from stylize.images import load_image
 from stylize.inference.stylizer import InferenceSettings, Stylizer
 from stylize.inference.temporal import FlowStabilizer
 from stylize.model.files import DEFAULT_STYLE, load_model
-from stylize.report.flicker import pan_and_zoom_clip
 
-from .common import machine, show, time_calls, write_json
+from .common import machine, pan_clip, show, time_calls, write_json
 
 CPU = torch.device("cpu")
 
@@ -34,8 +33,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def measure(stylizer: Stylizer, photo: torch.Tensor, size: tuple[int, int], repeats: int) -> dict[str, float]:
     """Median ms per frame of the network and of the stabilizer, timed in turn on the same frames."""
-    height, width = size
-    frames = pan_and_zoom_clip(resize_long_side(photo, int(max(width, height) * 1.15)), size, frames=2).frames
+    frames = pan_clip(photo, size, frames=2).frames
     stylized = stylizer(frames)
     stabilizer = FlowStabilizer()
     stabilizer(frames[:1], stylized[:1])

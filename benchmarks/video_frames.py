@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 
-from stylize.images import load_image, resize, save_image
+from stylize.images import load_image, save_image
 from stylize.inference.stylizer import InferenceSettings, Stylizer
 from stylize.inference.temporal import FlowStabilizer
 from stylize.model.files import DEFAULT_STYLE, load_model
-from stylize.report.flicker import pan_and_zoom_clip, stylize_clip, warp_previous
+from stylize.report.flicker import stylize_clip, warp_previous
+
+from .common import pan_clip
 
 CPU = torch.device("cpu")
 SHOWN = slice(9, 12)  # three frames in mid-clip, once the stabilizer has settled
@@ -26,9 +28,7 @@ CHANGE_GAIN = 16
 
 def frames_sheet(stylizer: Stylizer, photo: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(3, 4H, 3W): rows frame by frame, its changes, stabilized, its changes; columns the shown frames."""
-    height, width = photo.shape[-2:]
-    factor = 1.25 * max(size[0] / height, size[1] / width)  # room for the pan's travel
-    clip = pan_and_zoom_clip(resize(photo, (round(height * factor), round(width * factor))), size, frames=SHOWN.stop)
+    clip = pan_clip(photo, size, frames=SHOWN.stop)
     frame_by_frame = stylize_clip(stylizer, clip)
     stabilized = FlowStabilizer()(clip.frames, frame_by_frame)
     rows = []
