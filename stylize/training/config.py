@@ -111,8 +111,7 @@ class TrainConfig:
             raise InvalidSetting("style_layer_weights", "must give a weight for every style layer, or for none")
         if any(weight < 0 for weight in self.style_layer_weights):
             raise InvalidSetting("style_layer_weights", "must not be negative")
-        stems = [path.stem for path in self.style_images]
-        repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+        repeated = _repeated([path.stem for path in self.style_images])
         if repeated:
             raise StylizeError(
                 f"the style images need different names (a style is chosen by name): two are {repeated[0]!r}"
@@ -305,6 +304,11 @@ class TrainingRecord:
         return cls(settings, recorded.get("steps_done"), recorded.get("images_seen"), recorded.get("training_seconds"))
 
 
+def _repeated(values: Sequence[str]) -> list[str]:
+    """The values given more than once, sorted."""
+    return sorted({value for value in values if list(values).count(value) > 1})
+
+
 def plan_norm_runs(config: TrainConfig, norms: Sequence[str]) -> list[TrainConfig]:
     """One run per norm, identical in everything else, for a fair comparison.
 
@@ -316,7 +320,7 @@ def plan_norm_runs(config: TrainConfig, norms: Sequence[str]) -> list[TrainConfi
     """
     if not norms:
         raise InvalidSetting("norm", "must be given at least once")
-    repeated = sorted({norm for norm in norms if list(norms).count(norm) > 1})
+    repeated = _repeated(norms)
     if repeated:
         raise InvalidSetting("norm", f"{repeated[0]} is given twice")
     for norm in norms:
