@@ -220,6 +220,24 @@ def test_video_frames_sheet_shows_the_frames_and_their_changes(tmp_path: Path, m
     assert frames.mean() > 20 and 0 < changes.mean() < frames.mean()  # pictures above, their (darker) changes below
 
 
+def test_video_frames_with_several_models_shows_each_models_frames_and_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "p.png"
+    Image.fromarray(photo(90, 120, seed=0)).save(source)
+    first = write_model(tmp_path / "a.safetensors", seed=1)
+    second = write_model(tmp_path / "b.safetensors", seed=2)
+    out = tmp_path / "norms.png"
+    args = ["--photo", str(source), "--model", str(first), "--model", str(second), "--size", "32", "48"]
+    _run(video_frames, monkeypatch, *args, "--out", str(out))
+    sheet = np.asarray(Image.open(out)).astype(float)
+    assert sheet.shape == (2 * 2 * 32, 3 * 48, 3)  # two rows (frames, changes) a model
+    a_frames, b_frames = sheet[:32], sheet[64:96]
+    assert np.abs(a_frames - b_frames).mean() > 1  # each model's own frames, in the order given
+    for changes, frames in ((sheet[32:64], a_frames), (sheet[96:], b_frames)):
+        assert 0 < changes.mean() < frames.mean()
+
+
 def test_the_reference_is_the_same_function_in_pytorch_examples_form() -> None:
     network = random_network()
     plain = common.examples_form(network)
