@@ -4,6 +4,7 @@ may change, and the plan for training one model per norm."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,7 +307,7 @@ class TrainingRecord:
 
 def _repeated(values: Sequence[str]) -> list[str]:
     """The values given more than once, sorted."""
-    return sorted({value for value in values if list(values).count(value) > 1})
+    return sorted(value for value, count in Counter(values).items() if count > 1)
 
 
 def plan_norm_runs(config: TrainConfig, norms: Sequence[str]) -> list[TrainConfig]:
