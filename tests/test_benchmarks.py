@@ -13,8 +13,21 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks import common, flicker, memory, optimise, precision, process, speed, stabilize, train, video_frames
+from benchmarks import (
+    common,
+    flicker,
+    flicker_curves,
+    memory,
+    optimise,
+    precision,
+    process,
+    speed,
+    stabilize,
+    train,
+    video_frames,
+)
 from stylize.model.network import ReflectConv
+from stylize.report.chart import COLOURS, MARGIN, PANEL_WIDTH
 
 from .helpers import photo, photo_tensor, random_network, write_model
 
@@ -180,6 +193,47 @@ def test_flicker_benchmark_measures_every_model_on_every_clip(tmp_path: Path, mo
     assert record["models"]["instance"]["summary"][0]["warping_error"] > 1  # the random network really ran
     steadied = record["models"]["instance stabilized"]["summary"][0]["warping_error"]
     assert steadied != record["models"]["instance"]["summary"][0]["warping_error"]  # the stabilizer really ran
+
+
+def _flicker_record(models: dict[str, float]) -> dict[str, object]:
+    """benchmarks.flicker's JSON for two photos and two clips: each model's error
+    per frame is its value, rising by 1 a frame, on the first photo and 1 less on the second."""
+    clips = ("pan and zoom", "sensor noise")
+
+    def photo_rows(base: float) -> list[dict[str, object]]:
+        return [{"clip": clip, "per_frame": [base + frame for frame in range(5)]} for clip in clips]
+
+    return {
+        "models": {
+            name: {"summary": [{"clip": clip} for clip in clips], "photos": [photo_rows(value), photo_rows(value - 1)]}
+            for name, value in models.items()
+        }
+    }
+
+
+def test_flicker_curves_draw_each_models_mean_error_per_frame_on_every_clip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = _flicker_record({"instance": 3.0, "batch": 10.0, "layer": 50.0})
+    panels = flicker_curves.flicker_panels(record, ["batch", "instance"])
+    assert [panel.title.split(":")[0] for panel in panels] == ["pan and zoom", "sensor noise"]
+    batch, instance = panels[1].series
+    assert list(batch.xs) == [1, 2, 3, 4, 5] and batch.ys == [9.5, 10.5, 11.5, 12.5, 13.5]  # mean of the photos
+    assert instance.ys[0] == 2.5
+
+    results, out = tmp_path / "flicker.json", tmp_path / "curves.png"
+    results.write_text(json.dumps(record))
+    _run(flicker_curves, monkeypatch, "--results", str(results), "--model", "instance", "--model", "batch",
+         "--out", str(out))  # fmt: skip
+    figure = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert figure.shape[1] == 2 * MARGIN + 2 * PANEL_WIDTH
+    for colour in COLOURS[:2]:
+        columns = np.nonzero((np.abs(figure - np.array(colour)).sum(axis=2) < 10).any(axis=0))[0]
+        assert (columns < MARGIN + PANEL_WIDTH).any() and (columns >= MARGIN + PANEL_WIDTH).any()
+    assert not (np.abs(figure - np.array(COLOURS[2])).sum(axis=2) < 10).any()  # the layer model was not asked for
+
+    with pytest.raises(SystemExit):
+        _run(flicker_curves, monkeypatch, "--results", str(results), "--model", "group", "--out", str(out))
 
 
 def test_stabilize_benchmark_times_the_network_and_the_stabilizer(

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylize.report.curves import COLOURS, MARGIN, PANEL_WIDTH, log_ticks, moving_median, nice_ticks
+from stylize.report.chart import COLOURS, MARGIN, PANEL_WIDTH, log_ticks, nice_ticks
+from stylize.report.curves import moving_median
 from stylize.training.metrics import read_metrics
 
 
