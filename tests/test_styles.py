@@ -300,15 +300,37 @@ def test_only_norm_params_adds_a_style_and_leaves_everything_else_bit_for_bit(
             assert torch.equal(grown[key], value), key  # weights and running statistics frozen
 
 
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_only_norm_params_from_a_one_style_model_makes_a_two_style_model_of_its_conditional_twin(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, norm: str
+) -> None:
+    parent = write_model(tmp_path / "parent.safetensors", norm=norm, style="starry", style_thumbnail="thumb-starry")
+    out = tmp_path / "two.safetensors"
+    fast = ("--warmup-steps", "0", "--lr", "0.01")
+    result = cli(*train_args(style_image, photos, out, vgg_weights, "--init", parent, "--only-norm-params", *fast))
+    assert result.code == 0, result.err
+
+    two = load_model(out)
+    assert two.info.config.norm == f"conditional-{norm}" and two.info.styles == ("starry", "swirls")
+    assert two.info.style_thumbnails[0] == "thumb-starry"
+    first, second = (choose_styles(two, {name: 1.0}).network for name in two.info.styles)
+    parent_state = load_model(parent).network.state_dict()
+    for key, value in first.state_dict().items():  # the parent, bit for bit, as the first style
+        assert torch.equal(value, parent_state[key]), key
+    image = photo_tensor(40, 48, seed=3)
+    with torch.no_grad():
+        assert (first(image) - second(image)).abs().max() > 1e-3  # the new style's γ and β trained
+
+
 def test_only_norm_params_is_refused_in_one_line_where_it_cannot_work(
     cli, tmp_path: Path, style_image: Path, dots_image: Path, photos: Path, vgg_weights: Path
 ) -> None:
     out = tmp_path / "m.safetensors"
-    single = write_model(tmp_path / "single.safetensors")
+    single = write_model(tmp_path / "single.safetensors", norm="layer")
     multi = write_multi(tmp_path / "multi.safetensors")
     cases = {
         "--only-norm-params adds one style image to a multi-style --init model": (),
-        "single holds one (instance norm). Train one with --norm conditional-instance": ("--init", single),
+        "single is layer-norm. Train one with --norm conditional-instance": ("--init", single),
         "--only-norm-params trains the --init model's own norm: leave out --norm": (
             "--init", multi, "--norm", "conditional-instance"
         ),

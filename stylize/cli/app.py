@@ -218,8 +218,8 @@ def train(
         bool,
         typer.Option(
             "--only-norm-params",
-            help="With --init a multi-style model: add this style to it, training only the norm layers' new "
-            "scale and shift (all else frozen): a new style in minutes.",
+            help="With --init a multi-style model, or an instance- or batch-norm one: add this style to it, "
+            "training only the norm layers' new scale and shift (all else frozen): a new style in minutes.",
         ),
     ] = False,
     loss_network: LossNetworkOption = TrainConfig.loss_network,

@@ -22,6 +22,10 @@ from stylize.model.files import ModelInfo, StyleModel
 from stylize.model.network import TransformerNet
 from stylize.model.norms import CONDITIONAL_NORMS, StyleAffine
 
+# What marks a conditional network's per-style γ and β in its weight names
+# (a norm's ``styles``, a ``StyleAffine``): ``NORM.styles.weight``.
+STYLE_KEY = ".styles."
+
 
 def style_names(info: ModelInfo) -> tuple[str, ...]:
     """The model's styles in its network's order (``style-N`` where the file names none)."""
@@ -63,8 +67,8 @@ def plain_network(network: TransformerNet, weights: torch.Tensor) -> Transformer
     config = dataclasses.replace(network.config, norm=CONDITIONAL_NORMS[network.config.norm], styles=1)
     state = {}
     for key, value in network.state_dict().items():
-        if ".styles." in key:  # StyleAffine's (styles, channels) weight and bias
-            state[key.replace(".styles.", ".")] = weights.to(value) @ value
+        if STYLE_KEY in key:  # StyleAffine's (styles, channels) weight and bias
+            state[key.replace(STYLE_KEY, ".")] = weights.to(value) @ value
         else:
             state[key] = value
     plain = TransformerNet(config).to(next(network.parameters()).device)
@@ -103,11 +107,21 @@ def choose_styles(model: StyleModel, mix: Mapping[str, float] | None = None) -> 
     return StyleModel(renamed, network)
 
 
+def as_conditional(network: TransformerNet, plain: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights ``plain`` of a plain-norm network as conditional ``network``'s
+    of one style: each norm's γ and β become that style's row (the inverse of
+    ``plain_network`` with one style)."""
+    return {
+        key: plain[key.replace(STYLE_KEY, ".")][None] if STYLE_KEY in key else plain[key]
+        for key in network.state_dict()
+    }
+
+
 def with_new_style(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A conditional network's weights with one more style last, whose γ and β
     start as the mean of the others' (a neutral start between the styles)."""
     return {
-        key: torch.cat([value, value.mean(dim=0, keepdim=True)]) if ".styles." in key else value
+        key: torch.cat([value, value.mean(dim=0, keepdim=True)]) if STYLE_KEY in key else value
         for key, value in state.items()
     }
 
@@ -117,7 +131,7 @@ def train_only_last_style(network: TransformerNet) -> None:
     parameters take no gradient, the other styles' rows a zero one (so Adam
     leaves them bit for bit), and batch norms keep their running statistics."""
     for name, parameter in network.named_parameters():
-        if ".styles." in name:
+        if STYLE_KEY in name:
             last_row = torch.zeros_like(parameter)
             last_row[-1] = 1
             parameter.register_hook(lambda grad, mask=last_row: grad * mask)

@@ -15,9 +15,10 @@ import torch
 from stylize.devices import DEFAULT_DEVICE, DEFAULT_PRECISION, check_precision
 from stylize.errors import InvalidSetting, StylizeError
 from stylize.model.checkpoints import Checkpoint, checkpoint_dir, checkpoint_files
-from stylize.model.files import MODEL_SUFFIX, load_model, resolve_model
+from stylize.model.files import MODEL_SUFFIX, ModelInfo, load_model, resolve_model
 from stylize.model.network import MIN_SIZE, NetConfig, check_resampling
 from stylize.model.norms import CONDITIONAL_NORMS, DEFAULT_GROUPS, check_groups, check_norm, check_styles
+from stylize.model.styles import style_names
 from stylize.training.losses import SHIFT_MIN_SIZE, LossWeights
 from stylize.training.schedule import check_lr_schedule
 from stylize.training.vgg import DEFAULT_CONTENT_LAYER, check_loss_network, style_layer_weights
@@ -138,16 +139,11 @@ class TrainConfig:
                 raise InvalidSetting(
                     "resampling", f"must be the --init model's ({parent.config.resampling}) with --only-norm-params"
                 )
-            if self.style_image.stem in parent.styles:
+            if self.style_image.stem in style_names(parent):
                 raise StylizeError(
                     f"{parent.name} already holds a style named {self.style_image.stem!r}: rename the image"
                 )
-            if parent.config.norm not in CONDITIONAL_NORMS:
-                raise StylizeError(
-                    f"--only-norm-params adds a style to a multi-style model; {parent.name} holds one "
-                    f"({parent.config.norm} norm). Train one with --norm {' or --norm '.join(CONDITIONAL_NORMS)}"
-                )
-            unset["norm"] = parent.config.norm
+            unset["norm"] = _conditional_norm(parent)
         return dataclasses.replace(self, **unset)
 
     @property
@@ -303,6 +299,23 @@ class TrainingRecord:
         except (StylizeError, TypeError, ValueError):
             return None
         return cls(settings, recorded.get("steps_done"), recorded.get("images_seen"), recorded.get("training_seconds"))
+
+
+def _conditional_norm(parent: ModelInfo) -> str:
+    """The conditional norm a new style joins ``parent`` in: its own, or for a
+    one-style model of a plain norm that has one, that norm's conditional twin.
+
+    Raises StylizeError for a parent of any other norm."""
+    if parent.config.norm in CONDITIONAL_NORMS:
+        return parent.config.norm
+    for conditional, plain in CONDITIONAL_NORMS.items():
+        if parent.config.norm == plain:
+            return conditional
+    plain_norms = " or ".join(f"{plain}-norm" for plain in CONDITIONAL_NORMS.values())
+    raise StylizeError(
+        f"--only-norm-params adds a style to a multi-style or a {plain_norms} model; {parent.name} "
+        f"is {parent.config.norm}-norm. Train one with --norm {' or --norm '.join(CONDITIONAL_NORMS)}"
+    )
 
 
 def _repeated(values: Sequence[str]) -> list[str]:

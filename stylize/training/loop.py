@@ -41,7 +41,7 @@ from stylize.model.checkpoints import (
 from stylize.model.files import load_model, resolve_model, save_model
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.model.norms import CONDITIONAL_NORMS
-from stylize.model.styles import set_style_mix, style_names, train_only_last_style, with_new_style
+from stylize.model.styles import as_conditional, set_style_mix, style_names, train_only_last_style, with_new_style
 from stylize.training.config import TrainConfig
 from stylize.training.data import batches, crop_loader, training_files
 from stylize.training.distributed import (
@@ -463,24 +463,30 @@ def _held_styles(config: TrainConfig) -> tuple[tuple[str, str], ...]:
     if not config.only_norm_params or config.init is None:
         return ()
     info = load_model(resolve_model(config.init)).info
+    if info.config.norm not in CONDITIONAL_NORMS:
+        return ((info.style, info.style_thumbnail),)
     thumbnails = info.style_thumbnails or ("",) * info.config.styles
     return tuple(zip(style_names(info), thumbnails, strict=True))
 
 
 def _start_from(network: TransformerNet, init: str, add_style: bool = False) -> str:
     """Copy a trained model's weights into ``network`` (with ``add_style``, the
-    model's styles and a new one last); the model's sha256."""
+    model's styles and a new one last; a plain-norm model is its conditional
+    twin's first style); the model's sha256."""
     path = resolve_model(init)
     trained = load_model(path).network
     held = trained.config.styles + add_style
+    plain = add_style and trained.config.norm == CONDITIONAL_NORMS.get(network.config.norm)
+    norm = network.config.norm if plain else trained.config.norm
     # Resampling changes no weight's name or shape: a fine-tune may switch it.
-    if dataclasses.replace(trained.config, resampling=network.config.resampling, styles=held) != network.config:
+    expected = dataclasses.replace(trained.config, norm=norm, resampling=network.config.resampling, styles=held)
+    if expected != network.config:
         hint = f" (pass --norm {trained.config.norm})" if trained.config.norm != network.config.norm else ""
         raise StylizeError(
             f"the network of the model to start from, {path}, is {_describe(trained.config)}; "
             f"this run's is {_describe(network.config)}{hint}"
         )
-    state = trained.state_dict()
+    state = as_conditional(network, trained.state_dict()) if plain else trained.state_dict()
     network.load_state_dict(with_new_style(state) if add_style else state)
     return file_sha256(path)
 
