@@ -171,28 +171,42 @@ def test_precision_benchmark_covers_every_bundled_model(tmp_path: Path, monkeypa
         assert 0 < model["summary"]["mean"] <= model["summary"]["max"] <= 255  # bf16 really ran, in levels
 
 
-def test_flicker_benchmark_measures_every_model_on_every_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flicker_benchmark_measures_every_model_on_every_clip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, style_image: Path, vgg_weights: Path
+) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
     for seed in range(2):
         Image.fromarray(photo(64, 80, seed=seed)).save(photos / f"p{seed}.png")
     models = [str(write_model(tmp_path / f"{norm}.safetensors", norm=norm)) for norm in ("instance", "batch")]
     out = tmp_path / "flicker.json"
+    small = {"network": "vgg16", "layer_weights": {"relu1_2": 1.0, "relu2_2": 1.0}}
+    meter = flicker.StyleMeter
+    monkeypatch.setattr(flicker, "StyleMeter", lambda painting, weights: meter(painting, weights, **small))
     _run(flicker, monkeypatch, "--photos", str(photos), "--count", "2", "--size", "32", "48", "--frames", "4",
-         "--models", *models, "--stabilize", "--out", str(out))  # fmt: skip
+         "--models", *models, "--stabilize", "--style-image", str(style_image), "--loss-network-weights",
+         str(vgg_weights), "--out", str(out))  # fmt: skip
     record = json.loads(out.read_text())
     assert record["photos"] == ["p0.png", "p1.png"] and record["size"] == [32, 48]
     assert set(record["models"]) == {"instance", "batch", "instance stabilized", "batch stabilized"}
     for model in record["models"].values():
         clips = [row["clip"] for row in model["summary"]]
-        assert clips == ["pan and zoom", "exposure ramp", "sensor noise", "moving object"]
-        assert all(len(row) == 4 and len(row[0]["per_frame"]) == 3 for row in model["photos"])
+        assert clips == ["pan and zoom", "exposure ramp", "sensor noise", "moving object", "hand-held"]
+        assert all(len(row) == 5 and len(row[0]["per_frame"]) == 3 for row in model["photos"])
         pan, ramp = model["summary"][0], model["summary"][1]
         assert 0 <= pan["warping_error"] < 255 and pan["relative_warping_error"] >= 0
         assert ramp["source_colour_drift"] > 1  # the ramp darkens by a stop: levels, not fractions
     assert record["models"]["instance"]["summary"][0]["warping_error"] > 1  # the random network really ran
-    steadied = record["models"]["instance stabilized"]["summary"][0]["warping_error"]
-    assert steadied != record["models"]["instance"]["summary"][0]["warping_error"]  # the stabilizer really ran
+    steadied = record["models"]["instance stabilized"]["summary"][0]
+    assert steadied["warping_error"] != record["models"]["instance"]["summary"][0]["warping_error"]  # it really ran
+    for name in ("instance", "batch"):
+        plain, stabilized = record["models"][name]["summary"], record["models"][f"{name} stabilized"]["summary"]
+        for before, after in zip(plain, stabilized, strict=True):
+            assert before["style_loss"] > 0 and after["style_loss"] > 0
+            assert after["style_loss_vs_frame_by_frame"] == pytest.approx(after["style_loss"] / before["style_loss"])
+    monkeypatch.setattr(flicker, "measure", lambda *args: pytest.fail("measured without both style options"))
+    with pytest.raises(SystemExit):
+        _run(flicker, monkeypatch, "--photos", str(photos), "--style-image", str(style_image), "--out", str(out))
 
 
 def _flicker_record(models: dict[str, float]) -> dict[str, object]:

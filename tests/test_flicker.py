@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from stylize.report.flicker import (
     colour_drift,
     exposure_ramp_clip,
+    hand_held_clip,
     measure_flicker,
     moving_object_clip,
     moving_window_clip,
@@ -96,9 +97,25 @@ def test_measure_flicker_reads_a_stylization_against_the_source(photo: torch.Ten
     assert smoothed.relative_warping_error < 0.5
 
 
+def test_the_hand_held_clip_shakes_and_its_motion_is_known_up_to_the_noise(photo: torch.Tensor) -> None:
+    clip = hand_held_clip(photo, SIZE, frames=12)
+    # Fresh noise of s = 3 levels: |n_t - warped n_t-1| averages 2s/sqrt(pi) = 3.4 levels, less
+    # where bilinear warping averaged the previous frame's noise; the photo itself is followed.
+    assert 2.4 < warping_error(clip.frames, clip).mean() < 3.5
+    # The camera moves, and not in a straight line: taken as still, the same frames are far off.
+    still = moving_window_clip("still", photo, SIZE, torch.tensor([[64.0, 48.0]]).expand(12, 2), torch.ones(12))
+    assert warping_error(clip.frames, still).mean() > 4.5
+    identity = F.affine_grid(torch.eye(2, 3)[None], [1, 3, *SIZE], align_corners=False)
+    px = torch.tensor([SIZE[1] / 2, SIZE[0] / 2])
+    steps = (clip.previous - identity).mean(dim=(1, 2)) * px  # each frame's move from the last, x and y px
+    assert steps[:, 0].mean() == pytest.approx(0.5, abs=0.4)  # the pan
+    assert (steps.std(dim=0) > 0.3).all()  # the tremor: the move changes from frame to frame
+
+
 def test_standard_clips_and_their_refusals(photo: torch.Tensor) -> None:
     clips = standard_clips(photo, SIZE, frames=5)
-    assert [clip.name for clip in clips] == ["pan and zoom", "exposure ramp", "sensor noise", "moving object"]
+    names = ["pan and zoom", "exposure ramp", "sensor noise", "moving object", "hand-held"]
+    assert [clip.name for clip in clips] == names
     for clip in clips:
         assert clip.frames.shape == (5, 3, *SIZE) and clip.previous.shape == (4, *SIZE, 2)
         assert clip.visible.shape == (4, 1, *SIZE) and 0.3 < clip.visible.mean() <= 1  # an 8 px margin on 64x48

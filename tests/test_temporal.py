@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from stylize.errors import InvalidSetting, StylizeError
-from stylize.inference.temporal import FlowStabilizer, StabilizerSettings, high_pass
+from stylize.inference.temporal import (
+    MOVING_SHARE,
+    FlowStabilizer,
+    StabilizerSettings,
+    carried_share,
+    high_pass,
+)
 from stylize.report.flicker import noise_clip, pan_and_zoom_clip, warping_error
 from tests.helpers import photo_tensor
 
@@ -90,6 +96,19 @@ def test_the_output_stays_in_range_and_mismatched_shapes_are_refused(photo: torc
     assert stabilized.min() >= 0 and stabilized.max() <= 1
     with pytest.raises(ValueError, match="stylized frames for"):
         FlowStabilizer()(clip.frames, saturated[:2])
+
+
+def test_the_carry_is_whole_on_still_footage_and_falls_where_it_moves_or_the_flow_fails() -> None:
+    settings = StabilizerSettings(carry=0.8)
+    flow = torch.zeros(4, 6, 2)
+    flow[:, 3:, 0] = 2.0  # the right half moves 2 px a frame
+    mismatch, in_view = torch.zeros(1, 4, 6), torch.ones(1, 4, 6, dtype=torch.bool)
+    mismatch[:, 0, :], in_view[:, 1, :] = 1.0, False  # the top row mismatched, the next one out of view
+    share = carried_share(settings, flow, mismatch, in_view)[0]
+    assert share.shape == (4, 6)
+    torch.testing.assert_close(share[2:, :3], torch.full((2, 3), 0.8))
+    torch.testing.assert_close(share[2:, 3:], torch.full((2, 3), 0.8 * MOVING_SHARE), atol=1e-6, rtol=0)
+    assert share[:2].abs().max() < 1e-6
 
 
 def test_high_pass_keeps_fine_detail_and_drops_colour() -> None:

@@ -554,8 +554,8 @@ def video(
     carry: Annotated[
         float | None,
         typer.Option(
-            help="The previous output's share of the texture where the flow holds, 0 to below 1 "
-            f"(default {StabilizerSettings.carry:g}).",
+            help="The previous output's share of the texture where the flow holds and the footage is still "
+            f"(half of it where it moves), 0 to below 1 (default {StabilizerSettings.carry:g}).",
             show_default=False,
         ),
     ] = None,

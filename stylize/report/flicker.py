@@ -2,8 +2,9 @@
 
 A clip is made from one still photo, so every pixel's true motion is known and
 no optical-flow network is needed: a slow pan and zoom in sub-pixel steps, an
-exposure ramp, a still shot with fresh sensor-like noise per frame, and a small
-object moving over a still background.
+exposure ramp, a still shot with fresh sensor-like noise per frame, a small
+object moving over a still background, and a hand-held shot: a pan under a
+hand's tremor, with noise.
 
 The measure is the warping error of video style transfer (Lai et al., "Learning
 Blind Video Temporal Consistency", ECCV 2018; Ruder et al., 2016): the mean
@@ -27,6 +28,7 @@ EDGE_MARGIN = 8
 # on a sub-pixel pan) has no warping error to read a stylization against.
 STEADY_SOURCE = 0.1
 SENSOR_NOISE = 3 / 255  # the standard deviation of a phone's noise in daylight, roughly
+SHAKE = 0.7  # px: the standard deviation of a hand's tremor's fresh step in each frame
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,24 @@ def pan_and_zoom_clip(photo: torch.Tensor, size: tuple[int, int], frames: int = 
     return moving_window_clip("pan and zoom", photo, size, centres, 1.002**t)
 
 
+def hand_held_clip(photo: torch.Tensor, size: tuple[int, int], frames: int = 24, seed: int = 0) -> Clip:
+    """A phone held in the hand: a slow pan (0.5 px a frame) under a tremor
+    (each frame's offset pulled 20% back toward the path, plus a fresh random
+    step of SHAKE px in x and y: about 1.2 px from the path and 0.7 px from one
+    frame to the next), with fresh sensor noise in every frame."""
+    height, width = photo.shape[-2:]
+    generator = torch.Generator().manual_seed(seed)
+    steps = torch.randn(frames, 2, generator=generator) * SHAKE
+    offsets = torch.zeros(frames, 2)
+    for t in range(1, frames):
+        offsets[t] = 0.8 * offsets[t - 1] + steps[t]
+    path = torch.arange(frames, dtype=torch.float32)[:, None] * torch.tensor([0.5, 0.0])
+    centres = torch.tensor([width / 2 - 0.25 * frames, height / 2]) + path + offsets
+    moving = moving_window_clip("hand-held", photo, size, centres, torch.ones(frames))
+    noise = torch.randn(moving.frames.shape, generator=generator) * SENSOR_NOISE
+    return Clip(moving.name, (moving.frames + noise).clamp(0, 1), moving.previous, moving.visible)
+
+
 def still_clip(name: str, photo: torch.Tensor, size: tuple[int, int], frames: int) -> Clip:
     """The centre ``size`` window of the photo, unmoving, ``frames`` times."""
     height, width = photo.shape[-2:]
@@ -224,11 +244,12 @@ def moving_object_clip(photo: torch.Tensor, size: tuple[int, int], frames: int =
 
 
 def standard_clips(photo: torch.Tensor, size: tuple[int, int] = (192, 256), frames: int = 24) -> list[Clip]:
-    """The four clips of the flicker table, from one photo (1, 3, H, W) larger
+    """The five clips of the flicker table, from one photo (1, 3, H, W) larger
     than ``size`` by the pan's travel. Raises ValueError for a smaller photo."""
     return [
         pan_and_zoom_clip(photo, size, frames),
         exposure_ramp_clip(photo, size, frames),
         noise_clip(photo, size, frames),
         moving_object_clip(photo, size, frames),
+        hand_held_clip(photo, size, frames),
     ]
