@@ -151,7 +151,8 @@ def shift_equivariance(
 @dataclass(frozen=True)
 class LossWeights:
     """The loss terms' multipliers, and each style layer's share of the style
-    term. Defaults: the training recipe's (see README, "The training recipe")."""
+    term. Defaults: the plain loss, as the optimisation (``stylize image
+    --style``) uses it; training sets its recipe's in ``TrainConfig``."""
 
     content: float = 1.0
     style: float = 1.0
