@@ -321,6 +321,14 @@ def test_only_norm_params_from_a_one_style_model_makes_a_two_style_model_of_its_
     with torch.no_grad():
         assert (first(image) - second(image)).abs().max() > 1e-3  # the new style's γ and β trained
 
+    # Each column's losses are against its own painting: the run had only the new style's image.
+    source = tmp_path / "photo.png"
+    Image.fromarray((photo_tensor(24, 32, 5)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(source)
+    reports = compare([source], [out], CompareSettings(size=32, device="cpu")).reports
+    sources = {report.info.style: report.losses.source for report in reports}
+    # (the parent's thumbnail here is a placeholder, so Starry Night's column has no painting at all)
+    assert sources["starry"].endswith(", no style image") and sources["swirls"].endswith(", style image"), sources
+
 
 def test_only_norm_params_is_refused_in_one_line_where_it_cannot_work(
     cli, tmp_path: Path, style_image: Path, dots_image: Path, photos: Path, vgg_weights: Path

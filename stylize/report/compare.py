@@ -320,7 +320,8 @@ class _LossMeter:
 
     def _style_image(self, info: ModelInfo, trained: TrainConfig | None) -> tuple[torch.Tensor | None, str]:
         path = trained.style_image if trained else None
-        if trained and trained.more_style_images:  # a multi-style model's column is one style: that style's image
+        # A multi-style model's column is one style: that style's image, where this run had it.
+        if trained and (trained.more_style_images or trained.only_norm_params):
             path = next((path for path in trained.style_images if path.stem == info.style), None)
         if trained is not None and path is not None and path.is_file():
             style = load_image(path).rgb
