@@ -19,8 +19,8 @@ back weighs at most carry**k (0.8: 33% after five frames). Where the footage
 moves, half as much is carried: texture carried along motion is resampled at
 every frame, which softens it, and the network paints a moved scene's texture
 anew, so blending in more of the old one costs strength (on the flicker
-benchmark's slow pan, a carry of 0.5 raised the style loss 10%, 0.4 raised it
-8%; on its noisy still shot 0.8 raised it 10%: see README, "Steadier video").
+benchmark's slow pan, a carry of 0.5 raised the style loss 11%, 0.4 raised it
+8%; on its noisy still shot 0.8 raised it 8%: see README, "Steadier video").
 """
 
 from __future__ import annotations
