@@ -180,6 +180,8 @@ def batch_instance_norm(channels: int, site: str, options: NormOptions) -> nn.Mo
 # A conditional norm -> the plain norm that one style (or one mix) of it is:
 # the same statistics, with that style's scale and shift.
 CONDITIONAL_NORMS: dict[str, str] = {"conditional-instance": "instance", "conditional-batch": "batch"}
+# A plain norm -> its conditional twin, which a one-style model of it grows into.
+CONDITIONAL_TWINS: dict[str, str] = {plain: conditional for conditional, plain in CONDITIONAL_NORMS.items()}
 
 
 def check_styles(norm: str, styles: int) -> int:

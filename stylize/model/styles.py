@@ -36,6 +36,14 @@ def style_names(info: ModelInfo) -> tuple[str, ...]:
     return tuple(f"style-{number}" for number in range(1, info.config.styles + 1))
 
 
+def style_thumbnails(info: ModelInfo) -> tuple[str, ...]:
+    """The thumbnails of ``style_names(info)``, in order ("" where the file has none)."""
+    if info.config.styles == 1 and not info.style_thumbnails:
+        return (info.style_thumbnail,)
+    missing = info.config.styles - len(info.style_thumbnails)
+    return (*info.style_thumbnails, *("",) * missing)
+
+
 def style_weights(names: Sequence[str], mix: Mapping[str, float]) -> torch.Tensor:
     """The (len(names),) float32 weights of ``mix`` (style name -> weight),
     normalised to sum to 1; a style not in ``mix`` weighs 0.
@@ -94,7 +102,7 @@ def choose_styles(model: StyleModel, mix: Mapping[str, float] | None = None) -> 
     chosen = [(name, weight) for name, weight in zip(names, weights.tolist(), strict=True) if weight > 0]
     if len(chosen) == 1:
         (style, _), index = chosen[0], names.index(chosen[0][0])
-        thumbnail = info.style_thumbnails[index] if index < len(info.style_thumbnails) else ""
+        thumbnail = style_thumbnails(info)[index]
         suffix = style
     else:
         style = " + ".join(f"{name} {weight:.0%}" for name, weight in chosen)

@@ -17,7 +17,14 @@ from stylize.errors import InvalidSetting, StylizeError
 from stylize.model.checkpoints import Checkpoint, checkpoint_dir, checkpoint_files
 from stylize.model.files import MODEL_SUFFIX, ModelInfo, load_model, resolve_model
 from stylize.model.network import MIN_SIZE, NetConfig, check_resampling
-from stylize.model.norms import CONDITIONAL_NORMS, DEFAULT_GROUPS, check_groups, check_norm, check_styles
+from stylize.model.norms import (
+    CONDITIONAL_NORMS,
+    CONDITIONAL_TWINS,
+    DEFAULT_GROUPS,
+    check_groups,
+    check_norm,
+    check_styles,
+)
 from stylize.model.styles import style_names
 from stylize.training.losses import SHIFT_MIN_SIZE, LossWeights
 from stylize.training.schedule import check_lr_schedule
@@ -123,17 +130,19 @@ class TrainConfig:
         if self.only_norm_params and (self.init is None or self.more_style_images):
             raise InvalidSetting("only_norm_params", "adds one style image to a multi-style --init model: give both")
 
-    def for_device(self, device: torch.device) -> TrainConfig:
+    def for_device(self, device: torch.device, parent: ModelInfo | None = None) -> TrainConfig:
         """Every ``None`` replaced by the device's recipe, and the resampling by
         the init model's (a fine-tune keeps its parent's network); with
-        ``only_norm_params``, the norm too.
+        ``only_norm_params``, the norm too. ``parent``: the init model's info if
+        the caller has read it already (else it is read here).
 
         Raises StylizeError if the init model cannot be found or read, or with
         ``only_norm_params`` holds no conditional norm or has another resampling.
         """
         recipe = recipe_for(device)
         unset = {key: getattr(recipe, key) for key in dataclasses.asdict(recipe) if getattr(self, key) is None}
-        parent = load_model(resolve_model(self.init)).info if self.init else None
+        if parent is None and self.init:
+            parent = load_model(resolve_model(self.init)).info
         if self.resampling is None:
             unset["resampling"] = parent.config.resampling if parent else NetConfig.resampling
         if self.only_norm_params and parent is not None:
@@ -310,10 +319,9 @@ def _conditional_norm(parent: ModelInfo) -> str:
     Raises StylizeError for a parent of any other norm."""
     if parent.config.norm in CONDITIONAL_NORMS:
         return parent.config.norm
-    for conditional, plain in CONDITIONAL_NORMS.items():
-        if parent.config.norm == plain:
-            return conditional
-    plain_norms = " or ".join(f"{plain}-norm" for plain in CONDITIONAL_NORMS.values())
+    if parent.config.norm in CONDITIONAL_TWINS:
+        return CONDITIONAL_TWINS[parent.config.norm]
+    plain_norms = " or ".join(f"{plain}-norm" for plain in CONDITIONAL_TWINS)
     raise StylizeError(
         f"--only-norm-params adds a style to a multi-style or a {plain_norms} model; {parent.name} "
         f"is {parent.config.norm}-norm. Train one with --norm {' or --norm '.join(CONDITIONAL_NORMS)}"

@@ -38,10 +38,17 @@ from stylize.model.checkpoints import (
     read_checkpoint,
     write_checkpoint,
 )
-from stylize.model.files import load_model, resolve_model, save_model
+from stylize.model.files import ModelInfo, StyleModel, load_model, resolve_model, save_model
 from stylize.model.network import NetConfig, TransformerNet
-from stylize.model.norms import CONDITIONAL_NORMS
-from stylize.model.styles import as_conditional, set_style_mix, style_names, train_only_last_style, with_new_style
+from stylize.model.norms import CONDITIONAL_NORMS, CONDITIONAL_TWINS
+from stylize.model.styles import (
+    as_conditional,
+    set_style_mix,
+    style_names,
+    style_thumbnails,
+    train_only_last_style,
+    with_new_style,
+)
 from stylize.training.config import TrainConfig
 from stylize.training.data import batches, crop_loader, training_files
 from stylize.training.distributed import (
@@ -206,7 +213,8 @@ def _train(run: _Run, reporter: _Reporter) -> None:
 def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] | None) -> _Run:
     """Check everything that can fail before the first step, then build the run."""
     device = process_device(resolve_device(config.device), world)
-    config = config.for_device(device)
+    parent = load_model(resolve_model(config.init)) if config.init is not None else None
+    config = config.for_device(device, parent.info if parent else None)
     keep_freed_memory(device)
     files = training_files(config.data)
     styles = [load_image(path).rgb for path in config.style_images]
@@ -214,7 +222,7 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
         raise StylizeError(f"the model path {config.out} is a folder; give a file name such as style.safetensors")
     if world.is_main:
         check_writable(config.out)
-    held_styles = _held_styles(config)
+    held_styles = _held_styles(parent.info) if parent and config.only_norm_params else ()
     net_config = config.net_config
     if held_styles:
         net_config = dataclasses.replace(net_config, styles=len(held_styles) + 1)
@@ -249,8 +257,9 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
         train_only_last_style(network)
     if checkpoint is not None:
         run.restore(checkpoint)
-    elif config.init is not None:
-        run.init_sha256 = _start_from(network, config.init, add_style=config.only_norm_params)
+    elif parent is not None:
+        _start_from(network, parent, add_style=config.only_norm_params)
+        run.init_sha256 = file_sha256(parent.info.path)
     run.trained = parallel(network, world, device, config.sync_bn)  # same parameters: the optimizer still fits
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -458,25 +467,18 @@ def _save_trained_model(run: _Run) -> None:
     )  # fmt: skip
 
 
-def _held_styles(config: TrainConfig) -> tuple[tuple[str, str], ...]:
-    """With ``only_norm_params``: the init model's styles, names and thumbnails."""
-    if not config.only_norm_params or config.init is None:
-        return ()
-    info = load_model(resolve_model(config.init)).info
-    if info.config.norm not in CONDITIONAL_NORMS:
-        return ((info.style, info.style_thumbnail),)
-    thumbnails = info.style_thumbnails or ("",) * info.config.styles
-    return tuple(zip(style_names(info), thumbnails, strict=True))
+def _held_styles(parent: ModelInfo) -> tuple[tuple[str, str], ...]:
+    """The styles an ``only_norm_params`` run adds one to: names and thumbnails."""
+    return tuple(zip(style_names(parent), style_thumbnails(parent), strict=True))
 
 
-def _start_from(network: TransformerNet, init: str, add_style: bool = False) -> str:
+def _start_from(network: TransformerNet, parent: StyleModel, add_style: bool = False) -> None:
     """Copy a trained model's weights into ``network`` (with ``add_style``, the
     model's styles and a new one last; a plain-norm model is its conditional
-    twin's first style); the model's sha256."""
-    path = resolve_model(init)
-    trained = load_model(path).network
+    twin's first style)."""
+    path, trained = parent.info.path, parent.network
     held = trained.config.styles + add_style
-    plain = add_style and trained.config.norm == CONDITIONAL_NORMS.get(network.config.norm)
+    plain = add_style and CONDITIONAL_TWINS.get(trained.config.norm) == network.config.norm
     norm = network.config.norm if plain else trained.config.norm
     # Resampling changes no weight's name or shape: a fine-tune may switch it.
     expected = dataclasses.replace(trained.config, norm=norm, resampling=network.config.resampling, styles=held)
@@ -488,7 +490,6 @@ def _start_from(network: TransformerNet, init: str, add_style: bool = False) -> 
         )
     state = as_conditional(network, trained.state_dict()) if plain else trained.state_dict()
     network.load_state_dict(with_new_style(state) if add_style else state)
-    return file_sha256(path)
 
 
 def _describe(config: NetConfig) -> str:
