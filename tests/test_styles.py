@@ -356,7 +356,7 @@ def test_only_norm_params_is_refused_in_one_line_where_it_cannot_work(
     assert not out.exists()
 
 
-def test_compare_shows_a_column_per_style_and_a_blend_strip_between_two(tmp_path: Path) -> None:
+def test_compare_shows_a_column_per_style_and_a_blend_strip_between_neighbours(tmp_path: Path) -> None:
     multi = write_multi(tmp_path / "multi.safetensors")
     source = tmp_path / "photo.png"
     Image.fromarray((photo_tensor(24, 32, 5)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(source)
@@ -374,6 +374,13 @@ def test_compare_shows_a_column_per_style_and_a_blend_strip_between_two(tmp_path
         expected = halfway(strip.contents[0]).clamp(0, 1)
     torch.testing.assert_close(strip.outputs[2][0].plain, expected, rtol=0, atol=1e-4)
     assert (strip.outputs[1][0].plain - strip.outputs[3][0].plain).abs().mean() > 0.005
+    # Three styles: a walk stripes -> dots -> waves, nine columns, each style once.
+    walk = compare(
+        [source], [multi], dataclasses.replace(settings, styles=("stripes", "dots", "waves"), blend_strip=True)
+    )
+    assert [report.info.style for report in walk.reports][::4] == ["stripes", "dots", "waves"]
+    assert len(walk.reports) == 9
+    torch.testing.assert_close(walk.outputs[2][0].plain, strip.outputs[2][0].plain, rtol=0, atol=0)
 
     with pytest.raises(StylizeError, match="a blend strip needs two columns"):
         compare([source], [multi], dataclasses.replace(settings, styles=("dots",), blend_strip=True))

@@ -675,8 +675,8 @@ def compare(
         bool,
         typer.Option(
             "--blend-strip",
-            help="The first two columns and three mixes between them (25, 50, 75%): two models fine-tuned "
-            "from one parent, or two styles of a multi-style model.",
+            help="Three mixes (25, 50, 75%) between each two neighbouring columns: models fine-tuned "
+            "from one parent, or the styles of a multi-style model.",
         ),
     ] = False,
 ) -> None:

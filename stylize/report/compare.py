@@ -12,12 +12,14 @@ against the first model's own training loss: the ceiling that loss allows, so
 how far a trained network is from it reads off one column.
 
 A multi-style model gives a column per style (or per one of ``styles``); with
-``blend_strip``, the first two columns become five, the mix going 0 -> 1.
+``blend_strip``, three mixes go between each two neighbouring columns (two
+columns become five, three become nine: a walk through the styles).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +46,7 @@ from stylize.training.vgg import (
     style_layer_weights,
 )
 
-# The mixes of a blend strip, from the first column (0) to the second (1).
+# The mixes of a blend strip, from one column (0) to the next (1).
 BLEND_STRIP = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Besides x1, the plain stylization. Sensitivity compares x1 with the first.
 CONTRAST_FACTORS = (0.5, 1.5)
@@ -115,7 +117,7 @@ class CompareSettings:
     # L-BFGS steps of the optimisation column (0: none): the first model's loss, optimised per photo.
     reference_steps: int = 0
     styles: tuple[str, ...] = ()  # a multi-style model's styles to show; empty: all
-    blend_strip: bool = False  # the first two columns, and three mixes between them
+    blend_strip: bool = False  # three mixes between each two neighbouring columns
 
     def __post_init__(self) -> None:
         if self.size < MIN_SIZE:
@@ -434,8 +436,8 @@ def _reference(
 def model_columns(paths: Sequence[Path], settings: CompareSettings, device: torch.device) -> list[StyleModel]:
     """The models of the sheet's columns: each file's model, a multi-style one
     as one model per style (those of ``settings.styles``, if given, in that
-    order); with
-    ``settings.blend_strip``, the first two and the ``BLEND_STRIP`` mixes between.
+    order); with ``settings.blend_strip``, the ``BLEND_STRIP`` mixes between
+    each two neighbouring ones.
 
     Raises StylizeError for a style no multi-style model holds, or a blend
     strip of fewer than two columns or of models that cannot be blended.
@@ -455,8 +457,10 @@ def model_columns(paths: Sequence[Path], settings: CompareSettings, device: torc
         return columns
     if len(columns) < 2:
         raise StylizeError("a blend strip needs two columns: two models, or a multi-style model's two styles")
-    first, second = columns[:2]
-    return [first, *(blend_models(first, second, mix) for mix in BLEND_STRIP[1:-1]), second]
+    strip = columns[:1]
+    for first, second in itertools.pairwise(columns):
+        strip.extend([*(blend_models(first, second, mix) for mix in BLEND_STRIP[1:-1]), second])
+    return strip
 
 
 def compare(
