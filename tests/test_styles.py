@@ -330,6 +330,49 @@ def test_only_norm_params_from_a_one_style_model_makes_a_two_style_model_of_its_
     assert sources["starry"].endswith(", no style image") and sources["swirls"].endswith(", style image"), sources
 
 
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_a_one_style_model_starts_every_style_of_a_multi_style_run_of_its_conditional_twin(
+    cli, tmp_path: Path, style_image: Path, dots_image: Path, photos: Path, vgg_weights: Path, norm: str
+) -> None:
+    parent = write_model(tmp_path / "parent.safetensors", norm=norm, seed=7)
+    out = tmp_path / "multi.safetensors"
+    still = ("--steps", "1", "--lr", "1e-9", "--warmup-steps", "0")  # the start, hardly moved
+    args = train_args(style_image, photos, out, vgg_weights, "--init", parent, "--norm", f"conditional-{norm}", *still)
+    args.insert(2, str(dots_image))
+    result = cli(*args)
+    assert result.code == 0, result.err
+
+    multi = load_model(out)
+    assert multi.info.config.norm == f"conditional-{norm}" and multi.info.styles == ("swirls", "dots")
+    expected = dict(load_model(parent).network.named_parameters())  # (a batch norm's statistics moved a step)
+    for name in multi.info.styles:  # each style is the parent, its γ and β included
+        for key, value in choose_styles(multi, {name: 1.0}).network.named_parameters():
+            assert torch.allclose(value, expected[key], atol=1e-5), (name, key)
+
+
+def test_a_joint_run_from_a_multi_style_model_says_which_style_starts_each_where_the_names_differ(
+    cli, tmp_path: Path, style_image: Path, dots_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    parent = write_model(tmp_path / "parent.safetensors", norm="instance", seed=7)
+    steps = ("--steps", "1", "--norm", "conditional-instance")
+    multi = tmp_path / "multi.safetensors"
+    first = train_args(style_image, photos, multi, vgg_weights, "--init", parent, *steps)
+    first.insert(2, str(dots_image))
+    assert cli(*first).code == 0
+
+    again = train_args(style_image, photos, tmp_path / "again.safetensors", vgg_weights, "--init", multi, *steps)
+    again.insert(2, str(dots_image))
+    swapped = train_args(dots_image, photos, tmp_path / "swapped.safetensors", vgg_weights, "--init", multi, *steps)
+    swapped.insert(2, str(style_image))
+    same, other = cli(*again), cli(*swapped)
+    assert same.code == 0 and other.code == 0, other.err
+    assert "starts from" not in same.err
+    assert (
+        "holds the styles swirls, dots; each style starts from the one in its place: dots from swirls, swirls from dots"
+        in " ".join(other.err.split())
+    )
+
+
 def test_only_norm_params_is_refused_in_one_line_where_it_cannot_work(
     cli, tmp_path: Path, style_image: Path, dots_image: Path, photos: Path, vgg_weights: Path
 ) -> None:

@@ -211,7 +211,9 @@ def train(
     init: Annotated[
         str | None,
         typer.Option(
-            help="Start from a trained model (bundled name or file) of the same norm: a new style in minutes."
+            help="Start from a trained model (bundled name or file) of the same norm: a new style in minutes. "
+            "An instance- or batch-norm model also starts every style of a --norm conditional-instance or "
+            "conditional-batch run.",
         ),
     ] = None,
     only_norm_params: Annotated[

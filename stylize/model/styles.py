@@ -115,12 +115,14 @@ def choose_styles(model: StyleModel, mix: Mapping[str, float] | None = None) -> 
     return StyleModel(renamed, network)
 
 
-def as_conditional(network: TransformerNet, plain: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def as_conditional(
+    network: TransformerNet, plain: Mapping[str, torch.Tensor], styles: int = 1
+) -> dict[str, torch.Tensor]:
     """The weights ``plain`` of a plain-norm network as conditional ``network``'s
-    of one style: each norm's γ and β become that style's row (the inverse of
-    ``plain_network`` with one style)."""
+    of ``styles`` styles: each norm's γ and β become every style's row (with
+    one style, the inverse of ``plain_network``)."""
     return {
-        key: plain[key.replace(STYLE_KEY, ".")][None] if STYLE_KEY in key else plain[key]
+        key: plain[key.replace(STYLE_KEY, ".")].expand(styles, -1).clone() if STYLE_KEY in key else plain[key]
         for key in network.state_dict()
     }
 

@@ -259,6 +259,9 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
         run.restore(checkpoint)
     elif parent is not None:
         _start_from(network, parent, add_style=config.only_norm_params)
+        mismatch = None if config.only_norm_params else _style_order_mismatch(parent.info, config)
+        if mismatch and on_notice and world.is_main:
+            on_notice(mismatch)
         run.init_sha256 = file_sha256(parent.info.path)
     run.trained = parallel(network, world, device, config.sync_bn)  # same parameters: the optimizer still fits
     if device.type == "cuda":
@@ -472,13 +475,27 @@ def _held_styles(parent: ModelInfo) -> tuple[tuple[str, str], ...]:
     return tuple(zip(style_names(parent), style_thumbnails(parent), strict=True))
 
 
+def _style_order_mismatch(parent: ModelInfo, config: TrainConfig) -> str | None:
+    """Each style of a run started from a multi-style model takes the γ and β
+    of the model's style in the same place, whatever the names: say so where
+    they differ (a joint run given its styles in another order)."""
+    held, wanted = style_names(parent), tuple(path.stem for path in config.style_images)
+    if len(held) < 2 or held == wanted:
+        return None
+    pairs = ", ".join(f"{new} from {old}" for new, old in zip(wanted, held, strict=True) if new != old)
+    return (
+        f"{parent.path.name} holds the styles {', '.join(held)}; each style starts from the one in its place: {pairs}"
+    )
+
+
 def _start_from(network: TransformerNet, parent: StyleModel, add_style: bool = False) -> None:
     """Copy a trained model's weights into ``network`` (with ``add_style``, the
-    model's styles and a new one last; a plain-norm model is its conditional
-    twin's first style)."""
+    model's styles and a new one last). A plain-norm model starts its
+    conditional twin: as the first style with ``add_style``, else as every
+    style (each then trains its own γ and β)."""
     path, trained = parent.info.path, parent.network
-    held = trained.config.styles + add_style
-    plain = add_style and CONDITIONAL_TWINS.get(trained.config.norm) == network.config.norm
+    plain = CONDITIONAL_TWINS.get(trained.config.norm) == network.config.norm
+    held = network.config.styles if plain else trained.config.styles + add_style
     norm = network.config.norm if plain else trained.config.norm
     # Resampling changes no weight's name or shape: a fine-tune may switch it.
     expected = dataclasses.replace(trained.config, norm=norm, resampling=network.config.resampling, styles=held)
@@ -488,7 +505,7 @@ def _start_from(network: TransformerNet, parent: StyleModel, add_style: bool = F
             f"the network of the model to start from, {path}, is {_describe(trained.config)}; "
             f"this run's is {_describe(network.config)}{hint}"
         )
-    state = as_conditional(network, trained.state_dict()) if plain else trained.state_dict()
+    state = as_conditional(network, trained.state_dict(), held - add_style) if plain else trained.state_dict()
     network.load_state_dict(with_new_style(state) if add_style else state)
 
 
