@@ -136,15 +136,16 @@ def with_new_style(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     }
 
 
-def train_only_last_style(network: TransformerNet) -> None:
-    """Freeze all of ``network`` but its last style's γ and β: the other
-    parameters take no gradient, the other styles' rows a zero one (so Adam
-    leaves them bit for bit), and batch norms keep their running statistics."""
+def train_only_style(network: TransformerNet, index: int = -1) -> None:
+    """Freeze all of ``network`` but one style's γ and β (default the last):
+    the other parameters take no gradient, the other styles' rows a zero one
+    (so Adam leaves them bit for bit), and batch norms keep their running
+    statistics."""
     for name, parameter in network.named_parameters():
         if STYLE_KEY in name:
-            last_row = torch.zeros_like(parameter)
-            last_row[-1] = 1
-            parameter.register_hook(lambda grad, mask=last_row: grad * mask)
+            row = torch.zeros_like(parameter)
+            row[index] = 1
+            parameter.register_hook(lambda grad, mask=row: grad * mask)
         else:
             parameter.requires_grad_(False)
     for module in network.modules():

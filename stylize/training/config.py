@@ -25,7 +25,6 @@ from stylize.model.norms import (
     check_norm,
     check_styles,
 )
-from stylize.model.styles import style_names
 from stylize.training.losses import SHIFT_MIN_SIZE, LossWeights
 from stylize.training.schedule import check_lr_schedule
 from stylize.training.vgg import DEFAULT_CONTENT_LAYER, check_loss_network, style_layer_weights
@@ -149,10 +148,6 @@ class TrainConfig:
             if self.resampling not in (None, parent.config.resampling):
                 raise InvalidSetting(
                     "resampling", f"must be the --init model's ({parent.config.resampling}) with --only-norm-params"
-                )
-            if self.style_image.stem in style_names(parent):
-                raise StylizeError(
-                    f"{parent.name} already holds a style named {self.style_image.stem!r}: rename the image"
                 )
             unset["norm"] = _conditional_norm(parent)
         return dataclasses.replace(self, **unset)

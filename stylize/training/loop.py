@@ -46,7 +46,7 @@ from stylize.model.styles import (
     set_style_mix,
     style_names,
     style_thumbnails,
-    train_only_last_style,
+    train_only_style,
     with_new_style,
 )
 from stylize.training.config import TrainConfig
@@ -121,6 +121,9 @@ class _Run:
     # Styles the network holds before this run's (an --only-norm-params run adds
     # to its init model's): their names and thumbnails, kept in the model file.
     held_styles: tuple[tuple[str, str], ...] = ()
+    # Each of this run's styles' row in the network: after the held ones, or
+    # the held one of the same name, retrained in place.
+    slots: tuple[int, ...] = ()
     step: int = 0
     seconds_before: float = 0.0
     started: float = field(default_factory=time.perf_counter)
@@ -223,9 +226,10 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
     if world.is_main:
         check_writable(config.out)
     held_styles = _held_styles(parent.info) if parent and config.only_norm_params else ()
+    slots = _slots(held_styles, config)
     net_config = config.net_config
     if held_styles:
-        net_config = dataclasses.replace(net_config, styles=len(held_styles) + 1)
+        net_config = dataclasses.replace(net_config, styles=max(len(held_styles), slots[0] + 1))
     checkpoint = None
     if config.resume is not None:
         source = find_checkpoint(config.resume)
@@ -252,16 +256,19 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
         style_thumbnails=[encode_thumbnail(style) for style in styles],
         files=files,
         held_styles=held_styles,
+        slots=slots,
     )
     if config.only_norm_params:
-        train_only_last_style(network)
+        train_only_style(network, slots[0])
     if checkpoint is not None:
         run.restore(checkpoint)
     elif parent is not None:
-        _start_from(network, parent, add_style=config.only_norm_params)
-        mismatch = None if config.only_norm_params else _style_order_mismatch(parent.info, config)
-        if mismatch and on_notice and world.is_main:
-            on_notice(mismatch)
+        _start_from(network, parent, add_style=config.only_norm_params and slots[0] == len(held_styles))
+        note = (
+            _retrain_note(parent.info, slots) if config.only_norm_params else _style_order_mismatch(parent.info, config)
+        )
+        if note and on_notice and world.is_main:
+            on_notice(note)
         run.init_sha256 = file_sha256(parent.info.path)
     run.trained = parallel(network, world, device, config.sync_bn)  # same parameters: the optimizer still fits
     if device.type == "cuda":
@@ -304,7 +311,7 @@ def _step(run: _Run, images: torch.Tensor) -> torch.Tensor:
     shift = _shift(config.seed, run.step) if weights.shift > 0 else None
     style = _style_index(config.seed, run.step, len(run.targets))
     if run.network.config.styles > 1:  # the network's own styles come after those it held
-        mix = F.one_hot(torch.tensor(len(run.held_styles) + style), run.network.config.styles)
+        mix = F.one_hot(torch.tensor(run.slots[style]), run.network.config.styles)
         set_style_mix(run.network, mix.float())
     with autocast(run.device, run.dtype):
         # The moved photos ride in the same forward pass (one pass, as DDP needs).
@@ -461,7 +468,10 @@ def _save_trained_model(run: _Run) -> None:
         "stylize": VERSION,
     }
     run.network.eval()
-    styles = [*run.held_styles, *zip([path.stem for path in config.style_images], run.style_thumbnails, strict=True)]
+    styles = list(run.held_styles)
+    names = [path.stem for path in config.style_images]
+    for slot, style in zip(run.slots, zip(names, run.style_thumbnails, strict=True), strict=True):
+        styles[slot : slot + 1] = [style]  # replaced in place, or appended
     conditional = config.norm in CONDITIONAL_NORMS
     save_model(
         config.out, run.network, config.style_name, training, run.style_thumbnails[0],
@@ -473,6 +483,22 @@ def _save_trained_model(run: _Run) -> None:
 def _held_styles(parent: ModelInfo) -> tuple[tuple[str, str], ...]:
     """The styles an ``only_norm_params`` run adds one to: names and thumbnails."""
     return tuple(zip(style_names(parent), style_thumbnails(parent), strict=True))
+
+
+def _slots(held_styles: tuple[tuple[str, str], ...], config: TrainConfig) -> tuple[int, ...]:
+    """Each style image's row in the network: after the held styles, or the
+    held one of the same name (an --only-norm-params run retrains it)."""
+    held = [name for name, _ in held_styles]
+    if len(config.style_images) == 1 and config.style_image.stem in held:
+        return (held.index(config.style_image.stem),)
+    return tuple(range(len(held), len(held) + len(config.style_images)))
+
+
+def _retrain_note(parent: ModelInfo, slots: tuple[int, ...]) -> str | None:
+    held = style_names(parent)
+    if slots[0] == len(held):
+        return None
+    return f"{parent.path.name} holds {held[slots[0]]!r}: retraining its γ and β in place, the other styles bit for bit"
 
 
 def _style_order_mismatch(parent: ModelInfo, config: TrainConfig) -> str | None:
