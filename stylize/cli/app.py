@@ -221,7 +221,8 @@ def train(
         typer.Option(
             "--only-norm-params",
             help="With --init a multi-style model, or an instance- or batch-norm one: add this style to it, "
-            "training only the norm layers' new scale and shift (all else frozen): a new style in minutes.",
+            "training only the norm layers' new scale and shift (all else frozen): a new style in minutes. "
+            "A style the model holds (same name) is retrained in place.",
         ),
     ] = False,
     loss_network: LossNetworkOption = TrainConfig.loss_network,
