@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 import stylize.training.loop as training
 from stylize import StylizeError, TrainConfig, load_model, save_model
 from stylize.model.blend import check_blendable, load_blended
+from stylize.model.files import ModelInfo
 from stylize.model.network import NetConfig, TransformerNet
 from stylize.model.norms import ConditionalBatchNorm2d, ConditionalInstanceNorm2d
 from stylize.model.styles import choose_styles, plain_network, set_style_mix, style_weights
@@ -279,25 +280,35 @@ def test_the_cli_stylizes_with_a_chosen_style_or_mix_and_lists_styles(
     assert "waves, dots, stripes" in next(line for line in listing.out.splitlines() if "multi" in line)
 
 
+def only_norm_params_run(
+    cli, style: Path, photos: Path, vgg_weights: Path, parent: Path
+) -> tuple[str, dict[str, tuple[torch.Tensor, torch.Tensor]], ModelInfo]:
+    """A fast --only-norm-params run from ``parent``, checked to leave every
+    weight and running statistic bit for bit; its stderr, each style tensor
+    (γ or β, a row per style) after and before, and its model's info."""
+    out = parent.with_name("trained.safetensors")
+    fast = ("--warmup-steps", "0", "--lr", "0.01")
+    result = cli(*train_args(style, photos, out, vgg_weights, "--init", parent, "--only-norm-params", *fast))
+    assert result.code == 0, result.err
+    after, before = load_file(str(out)), load_file(str(parent))
+    for key, value in before.items():
+        if ".styles." not in key:
+            assert torch.equal(after[key], value), key
+    styles = {key: (after[key], value) for key, value in before.items() if ".styles." in key}
+    return result.err, styles, load_model(out).info
+
+
 @pytest.mark.parametrize("norm", CONDITIONAL)
 def test_only_norm_params_adds_a_style_and_leaves_everything_else_bit_for_bit(
     cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, norm: str
 ) -> None:
     parent = write_multi(tmp_path / "multi.safetensors", norm)
-    out = tmp_path / "more.safetensors"
-    fast = ("--warmup-steps", "0", "--lr", "0.01")
-    result = cli(*train_args(style_image, photos, out, vgg_weights, "--init", parent, "--only-norm-params", *fast))
-    assert result.code == 0, result.err
-
-    grown, before = load_file(str(out)), load_file(str(parent))
-    assert load_model(out).info.styles == (*STYLES, "swirls") and load_model(out).info.config.norm == norm
-    assert load_model(out).info.style_thumbnails[:3] == tuple(f"thumb-{name}" for name in STYLES)
-    for key, value in before.items():
-        if ".styles." in key:
-            assert torch.equal(grown[key][:3], value), key  # the other styles' rows untouched
-            assert not torch.equal(grown[key][3], value.float().mean(dim=0).half()), key  # the new one trained
-        else:
-            assert torch.equal(grown[key], value), key  # weights and running statistics frozen
+    _, styles, info = only_norm_params_run(cli, style_image, photos, vgg_weights, parent)
+    assert info.styles == (*STYLES, "swirls") and info.config.norm == norm
+    assert info.style_thumbnails[:3] == tuple(f"thumb-{name}" for name in STYLES)
+    for key, (grown, value) in styles.items():
+        assert torch.equal(grown[:3], value), key  # the other styles' rows untouched
+        assert not torch.equal(grown[3], value.float().mean(dim=0).half()), key  # the new one trained
 
 
 @pytest.mark.parametrize("norm", CONDITIONAL)
@@ -305,25 +316,16 @@ def test_only_norm_params_with_a_held_style_name_retrains_that_style_in_place(
     cli, tmp_path: Path, dots_image: Path, photos: Path, vgg_weights: Path, norm: str
 ) -> None:
     parent = write_multi(tmp_path / "multi.safetensors", norm)
-    out = tmp_path / "again.safetensors"
-    fast = ("--warmup-steps", "0", "--lr", "0.01")
-    result = cli(*train_args(dots_image, photos, out, vgg_weights, "--init", parent, "--only-norm-params", *fast))
-    assert result.code == 0, result.err
-    assert "multi.safetensors holds 'dots': retraining its γ and β in place" in " ".join(result.err.split())
-
-    retrained, before = load_file(str(out)), load_file(str(parent))
-    info = load_model(out).info
+    err, styles, info = only_norm_params_run(cli, dots_image, photos, vgg_weights, parent)
+    assert "multi.safetensors holds 'dots': retraining its γ and β in place" in " ".join(err.split())
     assert info.styles == STYLES and info.config.norm == norm
     assert [info.style_thumbnails[0], info.style_thumbnails[2]] == ["thumb-waves", "thumb-stripes"]
     assert info.style_thumbnails[1] != "thumb-dots"  # the run's own image
-    for key, value in before.items():
-        if ".styles." in key:
-            assert torch.equal(retrained[key][[0, 2]], value[[0, 2]]), key  # the other styles untouched
-            assert not torch.equal(retrained[key][1], value[1]), key  # dots retrained...
-            # ... from its own rows: 4 Adam steps of 0.01 move no number more than 0.04 (+ fp16 rounding)
-            assert (retrained[key][1].float() - value[1].float()).abs().max() < 0.05, key
-        else:
-            assert torch.equal(retrained[key], value), key  # weights and running statistics frozen
+    for key, (retrained, value) in styles.items():
+        assert torch.equal(retrained[[0, 2]], value[[0, 2]]), key  # the other styles untouched
+        assert not torch.equal(retrained[1], value[1]), key  # dots retrained...
+        # ... from its own rows: 4 Adam steps of 0.01 move no number more than 0.04 (+ fp16 rounding)
+        assert (retrained[1].float() - value[1].float()).abs().max() < 0.05, key
 
 
 @pytest.mark.parametrize("norm", ["instance", "batch"])
