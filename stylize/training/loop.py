@@ -119,7 +119,7 @@ class _Run:
     style_thumbnails: list[str]
     files: Sequence[Path]
     # Styles the network holds before this run's (an --only-norm-params run adds
-    # to its init model's): their names and thumbnails, kept in the model file.
+    # to its init model's, or retrains one): names and thumbnails, kept in the file.
     held_styles: tuple[tuple[str, str], ...] = ()
     # Each of this run's styles' row in the network: after the held ones, or
     # the held one of the same name, retrained in place.
@@ -264,9 +264,7 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
         run.restore(checkpoint)
     elif parent is not None:
         _start_from(network, parent, add_style=config.only_norm_params and slots[0] == len(held_styles))
-        note = (
-            _retrain_note(parent.info, slots) if config.only_norm_params else _style_order_mismatch(parent.info, config)
-        )
+        note = _start_note(parent.info, config, slots)
         if note and on_notice and world.is_main:
             on_notice(note)
         run.init_sha256 = file_sha256(parent.info.path)
@@ -310,7 +308,7 @@ def _step(run: _Run, images: torch.Tensor) -> torch.Tensor:
     weights = config.term_weights
     shift = _shift(config.seed, run.step) if weights.shift > 0 else None
     style = _style_index(config.seed, run.step, len(run.targets))
-    if run.network.config.styles > 1:  # the network's own styles come after those it held
+    if run.network.config.styles > 1:  # this run's style's row, among those the network holds
         mix = F.one_hot(torch.tensor(run.slots[style]), run.network.config.styles)
         set_style_mix(run.network, mix.float())
     with autocast(run.device, run.dtype):
@@ -494,18 +492,17 @@ def _slots(held_styles: tuple[tuple[str, str], ...], config: TrainConfig) -> tup
     return tuple(range(len(held), len(held) + len(config.style_images)))
 
 
-def _retrain_note(parent: ModelInfo, slots: tuple[int, ...]) -> str | None:
+def _start_note(parent: ModelInfo, config: TrainConfig, slots: tuple[int, ...]) -> str | None:
+    """What to tell about a run started from ``parent``: which held style an
+    --only-norm-params run retrains in place, or, for a joint run whose names
+    differ from the model's (another order), that each style starts from the
+    γ and β of the model's style in its place, whatever the names."""
     held = style_names(parent)
-    if slots[0] == len(held):
-        return None
-    return f"{parent.path.name} holds {held[slots[0]]!r}: retraining its γ and β in place, the other styles bit for bit"
-
-
-def _style_order_mismatch(parent: ModelInfo, config: TrainConfig) -> str | None:
-    """Each style of a run started from a multi-style model takes the γ and β
-    of the model's style in the same place, whatever the names: say so where
-    they differ (a joint run given its styles in another order)."""
-    held, wanted = style_names(parent), tuple(path.stem for path in config.style_images)
+    if config.only_norm_params:
+        if slots[0] == len(held):  # a new style
+            return None
+        return f"{parent.path.name} holds {held[slots[0]]!r}: retraining its γ and β in place, the others bit for bit"
+    wanted = tuple(path.stem for path in config.style_images)
     if len(held) < 2 or held == wanted:
         return None
     pairs = ", ".join(f"{new} from {old}" for new, old in zip(wanted, held, strict=True) if new != old)
