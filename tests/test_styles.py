@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -356,6 +357,13 @@ def test_only_norm_params_from_a_one_style_model_makes_a_two_style_model_of_its_
     sources = {report.info.style: report.losses.source for report in reports}
     # (the parent's thumbnail here is a placeholder, so Starry Night's column has no painting at all)
     assert sources["starry"].endswith(", no style image") and sources["swirls"].endswith(", style image"), sources
+    beside = style_image.with_stem("starry")  # a painting of the held style's name beside the run's
+    try:
+        shutil.copy(style_image, beside)
+        reports = compare([source], [out], CompareSettings(size=32, device="cpu")).reports
+    finally:
+        beside.unlink()
+    assert all(report.losses.source.endswith(", style image") for report in reports)
 
 
 @pytest.mark.parametrize("norm", ["instance", "batch"])
@@ -406,10 +414,12 @@ def test_only_norm_params_is_refused_in_one_line_where_it_cannot_work(
 ) -> None:
     out = tmp_path / "m.safetensors"
     single = write_model(tmp_path / "single.safetensors", norm="layer")
+    plain = write_model(tmp_path / "plain.safetensors", norm="instance", style="swirls")
     multi = write_multi(tmp_path / "multi.safetensors")
     cases = {
-        "--only-norm-params adds one style image to a multi-style --init model": (),
+        "--only-norm-params adds (or retrains) one style image of a multi-style --init model": (),
         "single is layer-norm. Train one with --norm conditional-instance": ("--init", single),
+        "plain is a one-style model of 'swirls': to train it on, leave out --only-norm-params": ("--init", plain),
         "--only-norm-params trains the --init model's own norm: leave out --norm": (
             "--init", multi, "--norm", "conditional-instance"
         ),

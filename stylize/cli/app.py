@@ -286,7 +286,7 @@ def train(
         raise StylizeError("--only-norm-params trains the --init model's own norm: leave out --norm")
     runs = plan_norm_runs(config, norm or [config.norm])
     with ProgressBars() as bars:
-        label = "training a new style's norm parameters" if only_norm_params else "training {}"
+        label = "training one style's norm parameters" if only_norm_params else "training {}"
         tasks = {run.out: bars.add(label.format(run.norm), total=steps) for run in runs}
 
         def show(run: TrainConfig, report: StepReport) -> None:

@@ -322,9 +322,12 @@ class _LossMeter:
 
     def _style_image(self, info: ModelInfo, trained: TrainConfig | None) -> tuple[torch.Tensor | None, str]:
         path = trained.style_image if trained else None
-        # A multi-style model's column is one style: that style's image, where this run had it.
+        # A multi-style model's column is one style: that style's image, where this run had it,
+        # else a painting of its name beside the run's (a style its --init model held).
         if trained and (trained.more_style_images or trained.only_norm_params):
-            path = next((path for path in trained.style_images if path.stem == info.style), None)
+            named = [path for path in trained.style_images if path.stem == info.style]
+            beside = [path.with_stem(info.style) for path in trained.style_images]
+            path = next((path for path in named or beside if path.is_file()), None)
         if trained is not None and path is not None and path.is_file():
             style = load_image(path).rgb
             sized = style if trained.style_size is None else resize_long_side(style, trained.style_size)

@@ -95,7 +95,8 @@ class TrainConfig:
     style_layer_weights: tuple[float, ...] = ()
     # A trained model (bundled name or file) to start from instead of random weights.
     init: str | None = None
-    # Add this run's style to a multi-style init model: train only its new γ and β, all else frozen.
+    # Add this run's style to a multi-style init model (or retrain the one of its name):
+    # train only that style's γ and β, all else frozen.
     only_norm_params: bool = False
     seed: int = 42
     device: str = DEFAULT_DEVICE
@@ -127,7 +128,9 @@ class TrainConfig:
                 f"the style images need different names (a style is chosen by name): two are {repeated[0]!r}"
             )
         if self.only_norm_params and (self.init is None or self.more_style_images):
-            raise InvalidSetting("only_norm_params", "adds one style image to a multi-style --init model: give both")
+            raise InvalidSetting(
+                "only_norm_params", "adds (or retrains) one style image of a multi-style --init model: give both"
+            )
 
     def for_device(self, device: torch.device, parent: ModelInfo | None = None) -> TrainConfig:
         """Every ``None`` replaced by the device's recipe, and the resampling by
@@ -148,6 +151,11 @@ class TrainConfig:
             if self.resampling not in (None, parent.config.resampling):
                 raise InvalidSetting(
                     "resampling", f"must be the --init model's ({parent.config.resampling}) with --only-norm-params"
+                )
+            if parent.config.norm not in CONDITIONAL_NORMS and self.style_image.stem == parent.style:
+                raise StylizeError(
+                    f"{parent.name} is a one-style model of {parent.style!r}: to train it on, leave out "
+                    "--only-norm-params; to add a style, rename the image"
                 )
             unset["norm"] = _conditional_norm(parent)
         return dataclasses.replace(self, **unset)

@@ -479,7 +479,7 @@ def _save_trained_model(run: _Run) -> None:
 
 
 def _held_styles(parent: ModelInfo) -> tuple[tuple[str, str], ...]:
-    """The styles an ``only_norm_params`` run adds one to: names and thumbnails."""
+    """The styles an ``only_norm_params`` run adds one to (or retrains one of): names and thumbnails."""
     return tuple(zip(style_names(parent), style_thumbnails(parent), strict=True))
 
 
