@@ -230,6 +230,19 @@ def test_resume_refuses_different_settings(
     assert result.error_lines == [result.error_lines[0]] and "lr=0.001, not 0.5" in result.err
 
 
+def test_resume_refuses_an_init_model_that_changed_since_the_start(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path
+) -> None:
+    parent = write_model(tmp_path / "parent.safetensors", seed=1)
+    out = tmp_path / "m.safetensors"
+    start = ("--init", parent, "--steps", "2", "--checkpoint-every", "1")
+    assert cli(*train_args(style_image, photos, out, vgg_weights, *start)).code == 0
+    write_model(parent, seed=2)  # overwritten: another network of the same shape
+    result = cli(*train_args(style_image, photos, out, vgg_weights, *start, "--resume", tmp_path / "m.ckpt"))
+    assert result.code == 2 and len(result.error_lines) == 1
+    assert "m.ckpt" in result.err and "started from another parent.safetensors (the file changed since)" in result.err
+
+
 def _four_steps(out: Path, style_image: Path, photos: Path, vgg_weights: Path, **changes: Any) -> TrainConfig:
     """Four steps of two 32 px crops with the small VGG; no checkpoints unless ``changes`` ask."""
     settings: dict[str, Any] = {"checkpoint_every": 0, **changes}

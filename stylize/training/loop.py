@@ -234,6 +234,7 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
     if config.resume is not None:
         source = find_checkpoint(config.resume)
         checkpoint = read_checkpoint(source)
+        _check_same_parent(checkpoint, parent, source)
         config.check_resumable(checkpoint, source, world.size, net_config)
 
     torch.manual_seed(config.seed)
@@ -272,6 +273,16 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return run
+
+
+def _check_same_parent(checkpoint: Checkpoint, parent: StyleModel | None, source: Path) -> None:
+    """A resumed run from --init must find the very file it started from: an
+    overwritten parent (``--out`` its own ``--init``) would change the run."""
+    if parent is not None and checkpoint.init_sha256 and file_sha256(parent.info.path) != checkpoint.init_sha256:
+        raise StylizeError(
+            f"{source} started from another {parent.info.path.name} (the file changed since): "
+            "resume with the one it started from, or start a new run"
+        )
 
 
 def _adam(network: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
