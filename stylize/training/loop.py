@@ -227,9 +227,10 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
         check_writable(config.out)
     held_styles = _held_styles(parent.info) if parent and config.only_norm_params else ()
     slots = _slots(held_styles, config)
+    adds_style = config.only_norm_params and slots[0] == len(held_styles)  # else it retrains a held one
     net_config = config.net_config
     if held_styles:
-        net_config = dataclasses.replace(net_config, styles=max(len(held_styles), slots[0] + 1))
+        net_config = dataclasses.replace(net_config, styles=len(held_styles) + adds_style)
     checkpoint = None
     if config.resume is not None:
         source = find_checkpoint(config.resume)
@@ -264,7 +265,7 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
     if checkpoint is not None:
         run.restore(checkpoint)
     elif parent is not None:
-        _start_from(network, parent, add_style=config.only_norm_params and slots[0] == len(held_styles))
+        _start_from(network, parent, add_style=adds_style)
         note = _start_note(parent.info, config, slots)
         if note and on_notice and world.is_main:
             on_notice(note)
