@@ -11,9 +11,11 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from stylize import StylizeError
 from stylize.training.losses import (
+    LossTerms,
     LossWeights,
     content_loss,
     gram_matrix,
+    mean_terms,
     perceptual_loss,
     shift_equivariance,
     shift_image,
@@ -163,6 +165,20 @@ def test_perceptual_loss_applies_weights_and_leaves_inputs_alone() -> None:
     assert with_shift.stacked()[3].item() == 0.25
     for before, after in zip(copies, (output, out_features["c"], out_features["s"], in_features["c"]), strict=True):
         assert torch.equal(before, after)
+
+
+def test_mean_terms_averages_each_term_over_loss_networks() -> None:
+    def terms(content: float, style: float, shift: float | None = None) -> LossTerms:
+        moved = None if shift is None else torch.tensor(shift)
+        return LossTerms(torch.tensor(content), torch.tensor(style), torch.tensor(0.5), moved)
+
+    mean = mean_terms([terms(1.0, 10.0), terms(3.0, 30.0)])
+    assert (mean.content.item(), mean.style.item(), mean.tv.item(), mean.shift) == (2.0, 20.0, 0.5, None)
+    assert mean_terms([terms(1.0, 2.0, 0.25), terms(3.0, 4.0, 0.75)]).shift.item() == 0.5
+    single = terms(1.0, 2.0)
+    assert mean_terms([single]) is single
+    with pytest.raises(ValueError):
+        mean_terms([])
 
 
 def test_relu_names_follow_the_papers() -> None:

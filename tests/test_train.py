@@ -84,6 +84,51 @@ def test_corrupt_training_images_are_skipped_and_counted(
     assert load_model(tmp_path / "m.safetensors").info.training["unreadable_files"] == 2
 
 
+@pytest.fixture(scope="module")
+def other_vgg_weights(tmp_path_factory: pytest.TempPathFactory, vgg_weights: Path) -> Path:
+    """The small VGG's file with other random weights: a second loss network."""
+    torch.manual_seed(1)
+    state = {key: torch.randn_like(value) * value.std() for key, value in torch.load(vgg_weights).items()}
+    path = tmp_path_factory.mktemp("vgg") / "vgg16-other.pth"
+    torch.save(state, path)
+    return path
+
+
+def test_several_loss_networks_train_against_the_mean_of_their_losses(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, other_vgg_weights: Path
+) -> None:
+    def first_step(name: str, *networks: Path) -> dict[str, float]:
+        extra = [arg for weights in networks[1:] for arg in ("--loss-network", "vgg16", "--loss-weights", str(weights))]
+        result = cli(*train_args(style_image, photos, tmp_path / name, networks[0], "--steps", "1", *extra))
+        assert result.code == 0, result.err
+        return json.loads((tmp_path / name).with_suffix(".metrics.jsonl").read_text().splitlines()[0])
+
+    one, other = first_step("a.safetensors", vgg_weights), first_step("b.safetensors", other_vgg_weights)
+    both = first_step("ab.safetensors", vgg_weights, other_vgg_weights)
+    for term in ("content", "style", "tv"):
+        assert both[term] == pytest.approx((one[term] + other[term]) / 2, rel=1e-4)
+    assert one["style"] != pytest.approx(other["style"], rel=0.01)  # else the mean proves nothing
+    training = load_model(tmp_path / "ab.safetensors").info.training
+    assert training["more_loss_networks"] == ["vgg16"]
+    assert training["more_loss_network_weights"] == [str(other_vgg_weights.resolve())]
+    assert training["more_loss_weights_sha256"] == [hashlib.sha256(other_vgg_weights.read_bytes()).hexdigest()]
+    assert TrainingRecord.of(training).settings.loss_networks == (
+        ("vgg16", vgg_weights.resolve()), ("vgg16", other_vgg_weights.resolve())
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("weights_files", [1, 3])
+def test_loss_network_weights_once_per_network_or_never(
+    cli, tmp_path: Path, style_image: Path, photos: Path, vgg_weights: Path, weights_files: int
+) -> None:
+    more = ["--loss-network", "vgg16"] + ["--loss-weights", str(vgg_weights)] * (weights_files - 1)
+    result = cli(*train_args(style_image, photos, tmp_path / "m.safetensors", vgg_weights, *more))
+    assert result.code == 2 and result.error_lines == [
+        "error: --loss-network-weights must be given once per loss network, or never"
+    ]
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def test_no_training_images_is_one_clear_error(cli, tmp_path: Path, style_image: Path, vgg_weights: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no photos here")

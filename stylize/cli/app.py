@@ -225,8 +225,23 @@ def train(
             "A style the model holds (same name) is retrained in place.",
         ),
     ] = False,
-    loss_network: LossNetworkOption = TrainConfig.loss_network,
-    loss_network_weights: LossNetworkWeightsOption = None,
+    loss_network: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"VGG for the loss: {', '.join(loss_network_names())}. Repeat it to train against the mean of "
+            f"several networks' losses. Default: {TrainConfig.loss_network}.",
+            show_default=False,
+        ),
+    ] = None,
+    loss_network_weights: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--loss-network-weights",
+            "--loss-weights",
+            help="Torchvision-format VGG state dict, once per --loss-network in the same order; "
+            "default: download torchvision's ImageNet weights.",
+        ),
+    ] = None,
     content_layer: ContentLayerOption = DEFAULT_CONTENT_LAYER,
     style_layers: StyleLayersOption = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = TrainConfig.device,
@@ -248,6 +263,7 @@ def train(
 
     --batch-size is per process: torchrun --nproc_per_node 4 with --batch-size 4 takes 16 photos per step.
     """
+    loss_networks, weights_files = loss_network or [TrainConfig.loss_network], loss_network_weights or []
     config = TrainConfig(
         style_image=style_images[0],
         more_style_images=tuple(style_images[1:]),
@@ -270,8 +286,10 @@ def train(
         precision=precision,
         init=init,
         only_norm_params=only_norm_params,
-        loss_network=loss_network,
-        loss_network_weights=loss_network_weights,
+        loss_network=loss_networks[0],
+        loss_network_weights=weights_files[0] if weights_files else None,
+        more_loss_networks=tuple(loss_networks[1:]),
+        more_loss_network_weights=tuple(weights_files[1:]),
         content_layer=content_layer,
         **_style_layers(style_layers),
         seed=seed,

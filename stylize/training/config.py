@@ -89,6 +89,11 @@ class TrainConfig:
     loss_network: str = "vgg16"
     # A torchvision-format state dict of the loss network; None: ImageNet weights, downloaded.
     loss_network_weights: Path | None = None
+    # More loss networks, after ``loss_network``: the loss is the mean of every network's
+    # (relative) terms, so a stylization must please each VGG, not the quirks of one.
+    more_loss_networks: tuple[str, ...] = ()
+    # Their weights files, one each, or none (ImageNet weights; none for the first either).
+    more_loss_network_weights: tuple[Path, ...] = ()
     content_layer: str = DEFAULT_CONTENT_LAYER
     style_layers: tuple[str, ...] = ()  # empty: the loss network's default layers and weights
     # One per style layer, or empty: every layer given weighs 1.
@@ -115,7 +120,12 @@ class TrainConfig:
         check_groups(self.groups)
         if self.resampling is not None:
             check_resampling(self.resampling)
-        check_loss_network(self.loss_network)
+        for name in (self.loss_network, *self.more_loss_networks):
+            check_loss_network(name)
+        weights_files = (self.loss_network_weights is not None) + len(self.more_loss_network_weights)
+        more = len(self.more_loss_networks)
+        if weights_files not in (0, 1 + more) or len(self.more_loss_network_weights) > more:
+            raise InvalidSetting("loss_network_weights", "must be given once per loss network, or never")
         check_lr_schedule(self.lr_schedule)
         check_precision(self.precision)
         if self.style_layer_weights and len(self.style_layer_weights) != len(self.style_layers):
@@ -178,6 +188,13 @@ class TrainConfig:
         return NetConfig(norm=self.norm, groups=self.groups, resampling=resampling, styles=styles)
 
     @property
+    def loss_networks(self) -> tuple[tuple[str, Path | None], ...]:
+        """Every loss network's (name, weights file or None for ImageNet's), ``loss_network`` first."""
+        names = (self.loss_network, *self.more_loss_networks)
+        weights = (self.loss_network_weights, *self.more_loss_network_weights)
+        return tuple(zip(names, weights + (None,) * (len(names) - len(weights)), strict=True))
+
+    @property
     def style_layer_weighting(self) -> dict[str, float]:
         """Every style layer the loss uses -> its weight."""
         return style_layer_weights(self.loss_network, self.style_layers, self.style_layer_weights)
@@ -198,7 +215,9 @@ class TrainConfig:
         for key, value in values.items():
             if isinstance(value, Path):
                 values[key] = str(value.resolve())
-        values["more_style_images"] = [str(path.resolve()) for path in self.more_style_images]
+        for key in ("more_style_images", "more_loss_network_weights"):
+            values[key] = [str(path.resolve()) for path in getattr(self, key)]
+        values["more_loss_networks"] = list(self.more_loss_networks)
         values["style_layers"] = list(self.style_layer_weighting)
         values["style_layer_weights"] = list(self.style_layer_weighting.values())
         return values
@@ -228,7 +247,9 @@ class TrainConfig:
                 known[name] = Path(known[name])
         for name in ("style_layers", "style_layer_weights"):
             known[name] = tuple(known.get(name) or ())
-        known["more_style_images"] = tuple(map(Path, known.get("more_style_images") or ()))
+        for name in ("more_style_images", "more_loss_network_weights"):
+            known[name] = tuple(map(Path, known.get(name) or ()))
+        known["more_loss_networks"] = tuple(known.get("more_loss_networks") or ())
         return cls(**known)
 
     def check_resumable(

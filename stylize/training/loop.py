@@ -61,7 +61,7 @@ from stylize.training.distributed import (
     union_over_processes,
     wait_for_all,
 )
-from stylize.training.losses import perceptual_loss, shift_equivariance, shift_image, style_targets
+from stylize.training.losses import mean_terms, perceptual_loss, shift_equivariance, shift_image, style_targets
 from stylize.training.metrics import MetricsLog, metrics_log_path
 from stylize.training.schedule import learning_rate
 from stylize.training.vgg import LossNetwork, announce_download
@@ -114,8 +114,8 @@ class _Run:
     network: TransformerNet
     trained: torch.nn.Module  # the network, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
-    loss_network: LossNetwork
-    targets: list[dict[str, torch.Tensor]]  # per style, in the network's order
+    loss_networks: list[LossNetwork]
+    targets: list[list[dict[str, torch.Tensor]]]  # per loss network, per style in the network's order
     style_thumbnails: list[str]
     files: Sequence[Path]
     # Styles the network holds before this run's (an --only-norm-params run adds
@@ -244,7 +244,8 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
         check_sync_batch_norm(network, device, config.norm)
     dtype = compute_dtype(config.precision, device)
     sized_styles = [resize_long_side(style, config.recipe.style_size) for style in styles]
-    loss_network, targets = _loss_network(config, sized_styles, device, dtype, on_notice)
+    loss_networks = [_loss_network(config, *named, device, dtype, on_notice) for named in config.loss_networks]
+    targets = [_style_targets(config, network, sized_styles, device, dtype) for network in loss_networks]
     run = _Run(
         config=config,
         world=world,
@@ -253,7 +254,7 @@ def _set_up(config: TrainConfig, world: World, on_notice: Callable[[str], None] 
         network=network,
         trained=network,
         optimizer=_adam(network, config.lr, device),
-        loss_network=loss_network,
+        loss_networks=loss_networks,
         targets=targets,
         style_thumbnails=[encode_thumbnail(style) for style in styles],
         files=files,
@@ -294,21 +295,32 @@ def _adam(network: torch.nn.Module, lr: float, device: torch.device) -> torch.op
 
 def _loss_network(
     config: TrainConfig,
-    styles: Sequence[torch.Tensor],
+    name: str,
+    weights_file: Path | None,
     device: torch.device,
     dtype: torch.dtype,
     on_notice: Callable[[str], None] | None,
-) -> tuple[LossNetwork, list[dict[str, torch.Tensor]]]:
-    """The frozen VGG in the training dtype, and each style's Gram matrices, computed once."""
-    layers = tuple(config.style_layer_weighting)
-    announce_download(config.loss_network, config.loss_network_weights, on_notice)
-    network = LossNetwork(config.loss_network, [config.content_layer, *layers], config.loss_network_weights)
+) -> LossNetwork:
+    """A frozen VGG of the run's layers, in the training dtype."""
+    announce_download(name, weights_file, on_notice)
+    network = LossNetwork(name, [config.content_layer, *config.style_layer_weighting], weights_file)
     network = network.to(device).to(memory_format=memory_format(device))
     if dtype != torch.float32:  # frozen, so cast once instead of at every call
         network.features.to(dtype)
+    return network
+
+
+def _style_targets(
+    config: TrainConfig,
+    network: LossNetwork,
+    styles: Sequence[torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> list[dict[str, torch.Tensor]]:
+    """Each style's Gram matrices under ``network``, computed once."""
+    layers = tuple(config.style_layer_weighting)
     with torch.no_grad(), autocast(device, dtype):
-        targets = [style_targets(network(style.to(device)), layers) for style in styles]
-    return network, targets
+        return [style_targets(network(style.to(device)), layers) for style in styles]
 
 
 def _step(run: _Run, images: torch.Tensor) -> torch.Tensor:
@@ -319,7 +331,7 @@ def _step(run: _Run, images: torch.Tensor) -> torch.Tensor:
         group["lr"] = learning_rate(run.step, config.recipe.steps, config.lr, config.lr_schedule, config.warmup_steps)
     weights = config.term_weights
     shift = _shift(config.seed, run.step) if weights.shift > 0 else None
-    style = _style_index(config.seed, run.step, len(run.targets))
+    style = _style_index(config.seed, run.step, len(config.style_images))
     if run.network.config.styles > 1:  # this run's style's row, among those the network holds
         mix = F.one_hot(torch.tensor(run.slots[style]), run.network.config.styles)
         set_style_mix(run.network, mix.float())
@@ -327,11 +339,13 @@ def _step(run: _Run, images: torch.Tensor) -> torch.Tensor:
         # The moved photos ride in the same forward pass (one pass, as DDP needs).
         both = run.trained(images if shift is None else torch.cat([images, shift_image(images, shift)]))
         output = both[: len(images)]
-        with torch.no_grad():
-            input_features = run.loss_network(images, layers=(config.content_layer,))
-        terms = perceptual_loss(
-            output, run.loss_network(output), input_features, run.targets[style], config.content_layer, weights
-        )
+        terms = mean_terms([
+            perceptual_loss(
+                output, network(output), _content_target(network, images, config.content_layer),
+                targets[style], config.content_layer, weights,
+            )
+            for network, targets in zip(run.loss_networks, run.targets, strict=True)
+        ])  # fmt: skip
         if shift is not None:
             equivariance = shift_equivariance(output, both[len(images) :], shift)
             terms = dataclasses.replace(terms, shift=weights.shift * equivariance)
@@ -340,6 +354,11 @@ def _step(run: _Run, images: torch.Tensor) -> torch.Tensor:
     run.optimizer.step()
     run.step += 1
     return terms.stacked()
+
+
+@torch.no_grad()
+def _content_target(network: LossNetwork, images: torch.Tensor, layer: str) -> dict[str, torch.Tensor]:
+    return network(images, layers=(layer,))
 
 
 def _style_index(seed: int, step: int, styles: int) -> int:
@@ -474,6 +493,7 @@ def _save_trained_model(run: _Run) -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "unreadable_files": len(run.unreadable),
         "loss_weights_sha256": file_sha256(config.loss_network_weights) if config.loss_network_weights else None,
+        "more_loss_weights_sha256": [file_sha256(path) for path in config.more_loss_network_weights],
         "torch": torch.__version__,
         "stylize": VERSION,
     }

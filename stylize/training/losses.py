@@ -183,6 +183,23 @@ class LossTerms:
         return torch.stack([self.content, self.style, self.tv, shift, self.total]).detach()
 
 
+def mean_terms(terms: Sequence[LossTerms]) -> LossTerms:
+    """Each term's mean over several loss networks' ``LossTerms`` (one: itself).
+    Relative terms (module docstring) share one scale, so a mean weighs each
+    network alike. Raises ValueError for none."""
+    if not terms:
+        raise ValueError("mean_terms needs at least one LossTerms")
+    if len(terms) == 1:
+        return terms[0]
+    shifts = [t.shift for t in terms if t.shift is not None]
+    return LossTerms(
+        content=torch.stack([t.content for t in terms]).mean(),
+        style=torch.stack([t.style for t in terms]).mean(),
+        tv=torch.stack([t.tv for t in terms]).mean(),
+        shift=torch.stack(shifts).mean() if shifts else None,
+    )
+
+
 def style_targets(style_features: Mapping[str, torch.Tensor], layers: Sequence[str]) -> dict[str, torch.Tensor]:
     """Gram matrices of the style image, computed once before training."""
     return {layer: gram_matrix(style_features[layer]).detach() for layer in layers}
