@@ -23,6 +23,7 @@ from stylize.model.network import NetConfig, TransformerNet
 from stylize.model.norms import ConditionalBatchNorm2d, ConditionalInstanceNorm2d
 from stylize.model.styles import choose_styles, plain_network, set_style_mix, style_weights
 from stylize.report.compare import BLEND_STRIP, CompareSettings, compare
+from stylize.training.config import plan_norm_runs
 
 from .helpers import assert_same_weights, minimal_record, photo_tensor, train_args, write_model
 
@@ -297,6 +298,20 @@ def only_norm_params_run(
             assert torch.equal(after[key], value), key
     styles = {key: (after[key], value) for key, value in before.items() if ".styles." in key}
     return result.err, styles, load_model(out).info
+
+
+@pytest.mark.parametrize(("style", "expected"), [("dots", "multi"), ("swirls", "multi+swirls")])
+def test_only_norm_params_into_a_folder_names_an_in_place_retrain_after_its_parent(
+    tmp_path: Path, photos: Path, style: str, expected: str
+) -> None:
+    parent = write_multi(tmp_path / "multi.safetensors")
+    (tmp_path / "out").mkdir()
+    config = TrainConfig(
+        style_image=tmp_path / f"{style}.png", data=photos, out=tmp_path / "out", init=str(parent),
+        only_norm_params=True,
+    )  # fmt: skip
+    (run,) = plan_norm_runs(config, ["conditional-instance"])
+    assert run.out == tmp_path / "out" / f"{expected}.safetensors"
 
 
 @pytest.mark.parametrize("norm", CONDITIONAL)

@@ -15,7 +15,7 @@ import torch
 from stylize.devices import DEFAULT_DEVICE, DEFAULT_PRECISION, check_precision
 from stylize.errors import InvalidSetting, StylizeError
 from stylize.model.checkpoints import Checkpoint, checkpoint_dir, checkpoint_files
-from stylize.model.files import MODEL_SUFFIX, ModelInfo, load_model, resolve_model
+from stylize.model.files import MODEL_SUFFIX, ModelInfo, load_model, read_info, resolve_model
 from stylize.model.network import MIN_SIZE, NetConfig, check_resampling
 from stylize.model.norms import (
     CONDITIONAL_NORMS,
@@ -357,6 +357,16 @@ def _repeated(values: Sequence[str]) -> list[str]:
     return sorted(value for value, count in Counter(values).items() if count > 1)
 
 
+def _model_name(config: TrainConfig, norm: str) -> str:
+    """STYLE-NORM; with --only-norm-params, the parent's name if the run retrains
+    one of its styles in place, else PARENT+STYLE (the parent with one more style)."""
+    if not (config.only_norm_params and config.init):
+        return f"{config.style_name}-{norm}"
+    parent = read_info(resolve_model(config.init))
+    in_place = parent.config.norm in CONDITIONAL_NORMS and config.style_name in parent.styles
+    return parent.path.stem if in_place else f"{parent.path.stem}+{config.style_name}"
+
+
 def plan_norm_runs(config: TrainConfig, norms: Sequence[str]) -> list[TrainConfig]:
     """One run per norm, identical in everything else, for a fair comparison.
 
@@ -384,10 +394,7 @@ def plan_norm_runs(config: TrainConfig, norms: Sequence[str]) -> list[TrainConfi
         )
     runs = []
     for norm in norms:
-        # A style added to a multi-style model is that model with one more style: PARENT+STYLE.
-        added_to = f"{Path(config.init).stem}+" if config.only_norm_params and config.init else ""
-        name = f"{added_to}{config.style_name}" if added_to else f"{config.style_name}-{norm}"
-        out = folder / f"{name}{MODEL_SUFFIX}"
+        out = folder / f"{_model_name(config, norm)}{MODEL_SUFFIX}"
         resume = checkpoint_dir(out) if config.resume is not None and checkpoint_files(checkpoint_dir(out)) else None
         runs.append(dataclasses.replace(config, norm=norm, out=out, resume=resume))
     return runs
