@@ -59,7 +59,8 @@ class TrainConfig:
     ``image_size`` is the side of the square training crops and ``style_size``
     the style image's long side, both in pixels. Raises InvalidSetting for a
     value out of range, ``groups`` that does not divide 32, an unknown norm,
-    resampling, loss network, schedule or precision, ``style_layer_weights``
+    resampling, loss network, schedule or precision, loss network weights files
+    not one per loss network (or none), ``style_layer_weights``
     that do not match ``style_layers``, or several style images for a norm that
     is not conditional.
     """
